@@ -1,0 +1,178 @@
+"""Cost of the Gradient Mask: training-step time and peak memory against the vanilla step.
+
+Runs a full SGD step (forward, backward, optimizer) of ResNet-18 (CIFAR stem, 100 classes) with
+each mask variant and without a mask, interleaved in rounds so that drift hits all variants
+alike, warm-up excluded, and prints each variant's median step time and its ratio to the
+vanilla median of the same run. Peak memory of a step is measured per variant in a fresh
+subprocess (CPU: peak RSS during the steps (VmHWM, reset first) minus RSS before them, with glibc's mmap threshold
+fixed so that RSS follows live tensors; CUDA: max_memory_allocated).
+
+    python benchmarks/bench_mask.py                      # CPU, 2 threads, batch 64
+    python benchmarks/bench_mask.py --device cuda --batch-size 128 --bf16 --channels-last
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import gradmask
+
+VARIANTS = {
+    "vanilla": None,
+    "lateral": dict(mode="lateral"),
+    "norm": dict(mode="norm"),
+    "pixel": dict(mode="pixel"),
+    "lateral-full-kernel": dict(mode="lateral", kernel_size=None),
+}
+
+
+def build(args):
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = gradmask.create_model(args.model, args.num_classes, stem="cifar").to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images = torch.rand(args.batch_size, 3, 32, 32, device=device)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    return model, optimizer, images, labels
+
+
+def step(model, optimizer, images, labels, args):
+    with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
+        loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def attach(model, variant):
+    config = VARIANTS[variant]
+    return None if config is None else gradmask.attach(model, gradmask.GradientMask(**config))
+
+
+def timer(args):
+    if args.device_type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        return lambda: (end.record(), torch.cuda.synchronize(), start.elapsed_time(end) / 1e3)[-1]
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def time_variants(args) -> dict[str, list[float]]:
+    model, optimizer, images, labels = build(args)
+    times = {v: [] for v in args.variants}
+    for round_index in range(args.rounds + 1):  # round 0 is warm-up, not recorded
+        for variant in args.variants:
+            handle = attach(model, variant)
+            step(model, optimizer, images, labels, args)  # settle caches for this variant
+            elapsed = timer(args)
+            for _ in range(args.steps):
+                step(model, optimizer, images, labels, args)
+            seconds = elapsed() / args.steps
+            if handle is not None:
+                handle.remove()
+            if round_index:
+                times[variant].append(seconds)
+    return times
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        line = next(line for line in fh if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def child_memory(args) -> None:
+    """Print the peak memory of ``args.steps`` steps of one variant (run in a fresh process)."""
+    model, optimizer, images, labels = build(args)
+    handle = attach(model, args.child)
+    if args.device_type == "cuda":
+        step(model, optimizer, images, labels, args)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.steps):
+            step(model, optimizer, images, labels, args)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        step(model, optimizer, images, labels, args)
+        before = _status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+        for _ in range(args.steps):
+            step(model, optimizer, images, labels, args)
+        peak = _status_bytes("VmHWM") - before
+    del handle
+    print(json.dumps({"variant": args.child, "peak_bytes": peak}))
+
+
+def memory_variants(args) -> dict[str, int]:
+    peaks = {}
+    for variant in args.variants:
+        command = [sys.executable, __file__, "--child", variant] + args.passthrough
+        # A fixed mmap threshold stops glibc from keeping freed tensors in its heap, so peak
+        # RSS follows the peak of live tensors rather than the allocator's caching.
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+        peaks[variant] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return peaks
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", help="write the raw measurements here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.variants = args.variants.split(",")
+    if "vanilla" not in args.variants:
+        args.variants.insert(0, "vanilla")
+    args.device_type = torch.device(args.device).type
+    args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    torch.set_num_threads(args.threads)
+    if args.child:
+        return child_memory(args)
+
+    times = time_variants(args)
+    peaks = {} if args.no_memory else memory_variants(args)
+    base_time = statistics.median(times["vanilla"])
+    print(f"# {args.model}, batch {args.batch_size}, {args.device}"
+          f"{' bf16' if args.bf16 else ''}{' channels_last' if args.channels_last else ''}, "
+          f"{args.threads} threads, torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps")
+    print(f"| variant | step (ms) | time / vanilla | peak memory (MiB) | memory / vanilla |")
+    print(f"|---|---:|---:|---:|---:|")
+    for variant in args.variants:
+        t = statistics.median(times[variant])
+        mem = peaks.get(variant)
+        mem_cols = (f"{mem / 2**20:.0f} | {mem / peaks['vanilla']:.3f}" if mem is not None else "- | -")
+        print(f"| {variant} | {t * 1e3:.1f} | {t / base_time:.3f} | {mem_cols} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": {k: v for k, v in vars(args).items() if k != "passthrough"},
+                       "times": times, "peak_bytes": peaks}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

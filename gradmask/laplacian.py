@@ -1,0 +1,172 @@
+"""Laplacian-of-Gaussian (LoG) filtering of batches of 2-D maps.
+
+The one LoG implementation of gradmask: the Gradient Mask (Algorithm 1, step 3), LI-Map
+(Section 3.2) and the LI background blur (Algorithm 2) all filter through :class:`LoGFilter`.
+
+How it is fast: every kernel offered here is a sum of two separable terms,
+``k(y, x) = sum_t row_t(y) * col_t(x)``, and a 1-D filter with any fixed padding on an
+``n``-long axis is an ``n x n`` matrix. Filtering a batch of ``(H, W)`` maps is therefore two
+batched matrix products, ``out = sum_t R_t @ D @ C_t^T``, whatever the kernel size. The
+matrices are built once per (map size, device, dtype) and cached.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+KERNELS = ("log", "authors")
+PADDINGS = ("reflect", "zero")
+
+
+def default_kernel_size(sigma: float) -> int:
+    """``2 * ceil(3 * sigma) + 1``: the window holding the LoG's +-3 sigma support."""
+    return 2 * math.ceil(3.0 * sigma) + 1
+
+
+def _eq2_factors(sigma: float, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Separable factors of eq. (2), ``-1/(pi s^4) (1 - r^2/(2 s^2)) exp(-r^2/(2 s^2))``.
+
+    With ``g(x) = exp(-x^2/(2 s^2))`` and ``h(x) = x^2/(2 s^2) g(x)`` the kernel is
+    ``c * [(g - h)(y) g(x) - g(y) h(x)]``, ``c = -1/(pi s^4)``.
+    """
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-(x**2) / (2.0 * sigma**2))
+    h = x**2 / (2.0 * sigma**2) * g
+    c = -1.0 / (math.pi * sigma**4)
+    return [(c * (g - h), g), (c * g, -h)]
+
+
+def _authors_factors(sigma: float, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Separable factors of ``scipy.ndimage.gaussian_laplace(impulse, sigma)`` on a
+    ``size x size`` window with scipy's default ``mode='reflect'`` (what the authors' LI-Map
+    code used): ``d2(y) g0(x) + g0(y) d2(x)`` with the 1-D filters of the impulse."""
+    from scipy.ndimage import gaussian_filter1d
+
+    impulse = np.zeros(size)
+    impulse[size // 2] = 1.0
+    d2 = gaussian_filter1d(impulse, sigma, order=2, mode="reflect")
+    g0 = gaussian_filter1d(impulse, sigma, order=0, mode="reflect")
+    return [(d2, g0), (g0, d2)]
+
+
+def filter_matrix(taps: np.ndarray, n: int, padding: str) -> np.ndarray:
+    """The ``n x n`` matrix ``M`` with ``(M @ v)[i] = sum_d taps[d + r] * v_pad[i + d]``.
+
+    ``taps`` has odd length ``2r + 1`` with ``r <= n - 1``. ``padding="reflect"`` mirrors
+    without repeating the edge (``torch.nn.functional.pad(mode="reflect")``, scipy's
+    ``mode="mirror"``); ``"zero"`` pads with zeros.
+    """
+    r = (len(taps) - 1) // 2
+    if r > n - 1:
+        raise ValueError(f"filter radius {r} does not fit an axis of length {n}")
+    out = np.zeros((n, n), dtype=np.float64)
+    rows = np.arange(n)
+    for d in range(-r, r + 1):
+        cols = rows + d
+        if padding == "reflect":
+            cols = np.where(cols < 0, -cols, cols)
+            cols = np.where(cols > n - 1, 2 * (n - 1) - cols, cols)
+            np.add.at(out, (rows, cols), taps[d + r])
+        else:
+            valid = (cols >= 0) & (cols < n)
+            np.add.at(out, (rows[valid], cols[valid]), taps[d + r])
+    return out
+
+
+def _crop(taps: np.ndarray, radius: int) -> np.ndarray:
+    centre = (len(taps) - 1) // 2
+    return taps[centre - radius : centre + radius + 1]
+
+
+class LoGFilter:
+    """LoG filtering ``(..., H, W) -> (..., H, W)`` with a cached separable matrix form.
+
+    Args:
+        sigma: standard deviation of the Gaussian (paper: 11). Finite and > 0.
+        kernel_size: odd window size ``s`` (default 5, as the authors' code), or ``None`` for
+            ``2*ceil(3*sigma)+1`` cropped to what can reach a pixel of the map
+            (radius <= map side - 1 per axis).
+        kernel: ``"log"``: eq. (2) sampled at integer offsets (equal, up to one positive
+            factor, to ``scipy.ndimage.gaussian_laplace`` of a centred impulse with
+            ``mode='constant'``). ``"authors"``: the authors' LI-Map kernel, the
+            ``s x s`` window of ``gaussian_laplace`` of an impulse with scipy's default
+            ``mode='reflect'`` (more peaked: centre -1, neighbours about -0.72 after scaling).
+        padding: ``"reflect"`` (mirror without repeating the edge, as
+            ``torch.nn.ReflectionPad2d``) or ``"zero"``.
+
+    With ``padding="reflect"`` an explicit ``kernel_size`` must fit the map
+    (``kernel_size <= 2*side - 1``); with ``"zero"`` a larger kernel is cropped, which is exact.
+    """
+
+    def __init__(self, sigma: float = 11.0, kernel_size: Optional[int] = 5,
+                 kernel: str = "log", padding: str = "reflect"):
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        if kernel_size is not None:
+            if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+                raise ValueError(f"kernel_size must be an odd integer >= 1 or None, got {kernel_size!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.sigma = float(sigma)
+        self.kernel_size = kernel_size
+        self.kernel = kernel
+        self.padding = padding
+        size = kernel_size if kernel_size is not None else default_kernel_size(self.sigma)
+        self._radius = (size - 1) // 2
+        if kernel == "log":
+            self._factors = _eq2_factors(self.sigma, self._radius)
+        else:
+            self._factors = _authors_factors(self.sigma, size)
+        self._matrices: dict = {}
+
+    def __repr__(self) -> str:
+        return (f"LoGFilter(sigma={self.sigma}, kernel_size={self.kernel_size}, "
+                f"kernel={self.kernel!r}, padding={self.padding!r})")
+
+    def _radii(self, height: int, width: int) -> tuple[int, int]:
+        if self.kernel_size is not None and self.padding == "reflect":
+            if self._radius > min(height, width) - 1:
+                raise ValueError(
+                    f"kernel_size={self.kernel_size} does not fit a {height}x{width} map with "
+                    f"padding='reflect' (needs kernel_size <= {2 * min(height, width) - 1}); "
+                    f"use kernel_size=None (cropped to the map) or padding='zero'")
+        return min(self._radius, height - 1), min(self._radius, width - 1)
+
+    def kernel2d(self, height: int, width: int) -> np.ndarray:
+        """The 2-D kernel (float64) applied to maps of this size, after any cropping."""
+        ry, rx = self._radii(height, width)
+        return sum(np.outer(_crop(r, ry), _crop(c, rx)) for r, c in self._factors)
+
+    def matrices(self, height: int, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached ``(rows (H, 2H), cols (W, 2W))``: ``out = rows @ stack_t(D @ C_t^T)``."""
+        key = (height, width, torch.device(device), dtype)
+        cached = self._matrices.get(key)
+        if cached is None:
+            ry, rx = self._radii(height, width)
+            rows = np.concatenate([filter_matrix(_crop(r, ry), height, self.padding)
+                                   for r, _ in self._factors], axis=1)
+            cols = np.concatenate([filter_matrix(_crop(c, rx), width, self.padding).T
+                                   for _, c in self._factors], axis=1)
+            cached = (torch.as_tensor(rows, dtype=dtype, device=device),
+                      torch.as_tensor(cols, dtype=dtype, device=device))
+            self._matrices[key] = cached
+        return cached
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
+        """Filter ``maps`` ``(..., H, W)`` (floating point) -> same shape and dtype."""
+        if maps.dim() < 2 or not maps.is_floating_point():
+            raise ValueError(f"maps must be a floating-point tensor (..., H, W), got "
+                             f"{tuple(maps.shape)} {maps.dtype}")
+        *lead, height, width = maps.shape
+        rows, cols = self.matrices(height, width, maps.device, maps.dtype)
+        terms = len(self._factors)
+        flat = maps.reshape(-1, height, width)
+        # (B, H, W) @ (W, tW) -> (B, H, t, W) -> (B, t, H, W) -> (B, tH, W)
+        partial = torch.matmul(flat, cols).view(-1, height, terms, width).transpose(1, 2)
+        out = torch.matmul(rows, partial.reshape(-1, terms * height, width))
+        return out.view(*lead, height, width)

@@ -1,0 +1,239 @@
+"""gradmask.attach: targets, hooks, exact gradients, autocast, channels_last, DDP."""
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import gradmask
+from gradmask import GradientMask
+
+
+class RecordingMask(GradientMask):
+    """A GradientMask that keeps every gradient it saw and every compact mask it made."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def apply(self, grad):
+        masked, keep = super().apply(grad)
+        self.seen.append((grad.detach().clone(), keep.clone()))
+        return masked, keep
+
+
+def small_resnet(seed=0, **kw):
+    torch.manual_seed(seed)
+    return gradmask.create_model("resnet18_narrow", 10, stem="cifar", **kw)
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def run_step(model, x, y):
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    return grads(model)
+
+
+def test_weight_gradient_is_the_sum_over_kept_positions_eq7():
+    """One conv target, dL/da = R: dL/dw = sum over kept (n, i, j) of R * input patch."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3, padding=1, bias=False).double()
+    x = torch.randn(3, 2, 7, 6, dtype=torch.float64)
+    upstream = torch.randn(3, 4, 7, 6, dtype=torch.float64)
+    gm = GradientMask(groups=2)
+    with gradmask.attach(conv, gm, targets=[conv]):
+        (conv(x) * upstream).sum().backward()
+    keep = gm.mask(upstream)
+    patches = F.unfold(x, 3, padding=1)  # (N, 2*3*3, H*W)
+    kept_upstream = (upstream * keep).flatten(2)  # (N, 4, H*W)
+    by_hand = torch.einsum("ncp,nkp->ck", kept_upstream, patches).view_as(conv.weight)
+    torch.testing.assert_close(conv.weight.grad, by_hand, rtol=1e-12, atol=1e-12)
+    unmasked = torch.einsum("ncp,nkp->ck", upstream.flatten(2), patches).view_as(conv.weight)
+    assert not torch.allclose(conv.weight.grad, unmasked)
+
+
+def test_remove_restores_exact_vanilla_gradients():
+    model = small_resnet()
+    x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    vanilla = run_step(model, x, y)
+    handle = gradmask.attach(model, GradientMask())
+    masked = run_step(model, x, y)
+    assert not torch.equal(masked["layer1.0.conv1.weight"], vanilla["layer1.0.conv1.weight"])
+    assert torch.equal(masked["fc.weight"], vanilla["fc.weight"])  # nothing masked above layer3
+    handle.enabled = False
+    assert all(torch.equal(v, vanilla[k]) for k, v in run_step(model, x, y).items())
+    handle.enabled = True
+    handle.remove()
+    assert all(torch.equal(v, vanilla[k]) for k, v in run_step(model, x, y).items())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_context_manager_removes_hooks_and_counts_calls():
+    model = small_resnet()
+    x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    with gradmask.attach(model, GradientMask(inhibition_rate=0.25)) as handle:
+        run_step(model, x, y)
+        run_step(model, x, y)
+        with torch.no_grad():
+            model(x)  # no backward, no call
+        stats = handle.stats()
+    assert list(stats) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
+    assert stats["layer2.0"]["calls"] == 2 and stats["layer2.0"]["shape"] == (2, 32, 8, 8)
+    n = 8 * 8
+    assert stats["layer2.0"]["kept_fraction"] == pytest.approx((n - 1 - int(0.25 * (n - 1))) / n, abs=0.02)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_default_targets_every_residual_block_but_last_two():
+    assert list(gradmask.default_targets(gradmask.create_model("resnet50", 10))) == (
+        [f"layer1.{i}" for i in range(3)] + [f"layer2.{i}" for i in range(4)]
+        + [f"layer3.{i}" for i in range(6)] + ["layer4.0"])
+    assert len(gradmask.default_targets(gradmask.create_model("resnet34", 10))) == 14
+
+
+class ForeignBlock(nn.Module):
+    """Shaped like torchvision's BasicBlock (conv1, conv2, downsample), with in-place ops."""
+
+    def __init__(self, c, inplace=True):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=inplace)
+        self.downsample = None
+        self.inplace = inplace
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.inplace:
+            out += x
+        else:
+            out = out + x
+        return self.relu(out)
+
+
+def foreign_net(inplace):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=inplace),
+                         *[ForeignBlock(16, inplace) for _ in range(4)],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).double()
+
+
+def test_structural_blocks_and_in_place_relu_give_the_out_of_place_gradients():
+    x, y = torch.rand(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+    results = []
+    for inplace in (True, False):
+        model = foreign_net(inplace)
+        # default targets: the 4 structural blocks minus the last two; plus a conv followed by in-place ReLU
+        handle = gradmask.attach(model, GradientMask(groups=4))
+        assert list(handle.targets) == ["2", "3"]
+        conv_handle = gradmask.attach(model, GradientMask(groups=4), targets=["0"])
+        results.append(run_step(model, x, y))
+        assert conv_handle.stats()["0"]["calls"] == 1
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    plain = foreign_net(True)
+    assert not torch.equal(run_step(plain, x, y)["0.weight"], results[0]["0.weight"])
+
+
+def test_targets_by_name_pattern_type_and_module():
+    model = small_resnet()
+    assert list(gradmask.attach(model, GradientMask(), targets=["layer1.0", "layer2"]).targets) == ["layer1.0", "layer2"]
+    assert list(gradmask.attach(model, GradientMask(), targets=["layer*.1"]).targets) == [
+        "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert len(gradmask.attach(model, GradientMask(), targets=[gradmask.models.BasicBlock]).targets) == 8
+    assert list(gradmask.attach(model, GradientMask(), targets=[model.layer3]).targets) == ["layer3"]
+
+
+def test_bad_targets_raise_clear_errors():
+    model = small_resnet()
+    with pytest.raises(ValueError, match="'layer9' matches no module"):
+        gradmask.attach(model, GradientMask(), targets=["layer9"])
+    with pytest.raises(ValueError, match="no residual blocks.*targets="):
+        gradmask.attach(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), GradientMask())
+    handle = gradmask.attach(model, GradientMask(), targets=["fc"])
+    with pytest.raises(ValueError, match=r"target 'fc' \(Linear\) must output a 4-D floating-point tensor"):
+        model(torch.rand(1, 3, 16, 16))
+    handle.remove()
+    gradmask.attach(model, GradientMask(groups=3), targets=["layer1.0"])
+    with pytest.raises(ValueError, match="groups=3 must divide the channel count C=16"):
+        run_step(model, torch.rand(1, 3, 16, 16), torch.tensor([1]))
+
+
+def test_autocast_bf16_on_cpu():
+    model = small_resnet()
+    gm = RecordingMask()
+    x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    with gradmask.attach(model, gm) as handle:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    assert len(gm.seen) == 6 and all(g.dtype == torch.bfloat16 for g, _ in gm.seen)
+    for g, keep in gm.seen:
+        assert torch.equal(GradientMask().keep_map(g), keep)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(abs(s["kept_fraction"] - 0.5) < 0.02 for s in handle.stats().values())
+
+
+def test_channels_last_model_gets_the_same_gradients():
+    x, y = torch.rand(3, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (3,))
+    reference = small_resnet().double()
+    cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
+    gradmask.attach(reference, GradientMask())
+    gm = RecordingMask()
+    gradmask.attach(cl, gm)
+    expected = run_step(reference, x, y)
+    got = run_step(cl, x.contiguous(memory_format=torch.channels_last), y)
+    assert any(g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous() for g, _ in gm.seen)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-9, atol=1e-12)
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = small_resnet()
+        gm = RecordingMask()
+        gradmask.attach(model, gm)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(123)
+        x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+        shard = slice(rank * 4, (rank + 1) * 4)
+        F.cross_entropy(ddp(x[shard]), y[shard]).backward()
+        torch.save({"masks": [k for _, k in gm.seen], "grads": grads(model)},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_masks_equal_single_process_on_each_shard(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(123)
+    x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    shard_grads = []
+    for rank in range(2):
+        model = small_resnet()
+        gm = RecordingMask()
+        gradmask.attach(model, gm)
+        shard = slice(rank * 4, (rank + 1) * 4)
+        shard_grads.append(run_step(model, x[shard], y[shard]))
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert len(result["masks"]) == 6
+        for ddp_keep, (_, keep) in zip(result["masks"], gm.seen):
+            assert torch.equal(ddp_keep, keep)
+    ddp_grads = torch.load(tmp_path / "rank0.pt")["grads"]
+    for k, g in ddp_grads.items():
+        torch.testing.assert_close(g, (shard_grads[0][k] + shard_grads[1][k]) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_double_star_pattern_crosses_dots():
+    model = small_resnet()
+    names = list(gradmask.attach(model, GradientMask(), targets=["layer2.**.conv*"]).targets)
+    assert names == ["layer2.0.conv1", "layer2.0.conv2", "layer2.1.conv1", "layer2.1.conv2"]

@@ -1,0 +1,141 @@
+"""LoG filter: against the eq. (2) formula, a plain conv2d, and scipy.ndimage."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from gradmask.laplacian import LoGFilter, default_kernel_size, filter_matrix
+
+
+def eq2(sigma, size):
+    """Eq. (2) evaluated point by point on a size x size window."""
+    r = size // 2
+    out = np.empty((size, size))
+    for i in range(size):
+        for j in range(size):
+            d2 = (i - r) ** 2 + (j - r) ** 2
+            out[i, j] = -1 / (math.pi * sigma**4) * (1 - d2 / (2 * sigma**2)) * math.exp(-d2 / (2 * sigma**2))
+    return out
+
+
+def conv_reference(maps, kernel, padding):
+    """Plain 2-D convolution of (B, H, W) maps with an explicit kernel and F.pad."""
+    k = torch.as_tensor(kernel, dtype=maps.dtype)
+    ry, rx = (k.shape[0] - 1) // 2, (k.shape[1] - 1) // 2
+    x = maps.unsqueeze(1)
+    x = F.pad(x, (rx, rx, ry, ry), mode="reflect" if padding == "reflect" else "constant")
+    return F.conv2d(x, k[None, None]).squeeze(1)
+
+
+def assert_proportional(a, b, rtol=1e-9):
+    """a == c * b for one positive constant c."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    c = np.dot(a, b) / np.dot(b, b)
+    assert c > 0
+    np.testing.assert_allclose(a, c * b, rtol=rtol, atol=rtol * np.abs(a).max())
+
+
+@pytest.mark.parametrize("sigma,size", [(11.0, 5), (1.0, 7), (2.5, 9)])
+def test_log_kernel_is_eq2(sigma, size):
+    np.testing.assert_allclose(LoGFilter(sigma, size).kernel2d(16, 16), eq2(sigma, size), rtol=1e-12)
+
+
+@pytest.mark.parametrize("sigma,size", [(11.0, 5), (1.5, 9)])
+def test_log_kernel_matches_scipy_impulse_constant_mode(sigma, size):
+    impulse = np.zeros((size, size))
+    impulse[size // 2, size // 2] = 1
+    ref = ndimage.gaussian_laplace(impulse, sigma, mode="constant", truncate=(size // 2) / sigma + 1e-9)
+    assert_proportional(LoGFilter(sigma, size).kernel2d(size, size), ref)
+
+
+def test_default_kernel_is_all_negative_at_sigma_11():
+    assert (LoGFilter().kernel2d(32, 32) < 0).all()
+
+
+def test_authors_kernel_is_scipy_reflect_window():
+    impulse = np.zeros((5, 5))
+    impulse[2, 2] = 1
+    ref = ndimage.gaussian_laplace(impulse, 11.0)  # scipy's default mode='reflect'
+    ours = LoGFilter(11.0, 5, kernel="authors").kernel2d(8, 8)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
+    scaled = ours / -ours[2, 2]
+    assert scaled[2, 2] == -1
+    assert -0.76 < scaled[2, 1] < -0.70 and -0.76 < scaled[1, 2] < -0.70
+    eq2_scaled = eq2(11.0, 5) / -eq2(11.0, 5)[2, 2]
+    assert np.abs(scaled - eq2_scaled).max() > 0.2  # a genuinely different (more peaked) kernel
+
+
+@pytest.mark.parametrize("padding,mode", [("reflect", "mirror"), ("zero", "constant")])
+@pytest.mark.parametrize("shape", [(9, 9), (10, 10), (7, 12), (13, 6)])
+def test_filter_matches_scipy_gaussian_laplace(padding, mode, shape):
+    sigma = 1.2
+    size = default_kernel_size(sigma)  # radius 4, fits every shape above
+    maps = np.random.default_rng(0).random((3, *shape))
+    ours = LoGFilter(sigma, size, padding=padding)(torch.from_numpy(maps)).numpy()
+    ref = np.stack([ndimage.gaussian_laplace(m, sigma, mode=mode, truncate=(size // 2) / sigma + 1e-9)
+                    for m in maps])
+    assert_proportional(ours, ref)
+
+
+@pytest.mark.parametrize("kernel", ["log", "authors"])
+@pytest.mark.parametrize("padding", ["reflect", "zero"])
+@pytest.mark.parametrize("shape", [(8, 8), (9, 9), (6, 11)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_filter_matches_conv2d(kernel, padding, shape, dtype):
+    f = LoGFilter(11.0, 5, kernel=kernel, padding=padding)
+    maps = torch.rand(4, *shape, dtype=torch.float64)
+    ref = conv_reference(maps, f.kernel2d(*shape), padding)
+    out = f(maps.to(dtype))
+    assert out.dtype == dtype and out.shape == maps.shape
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_full_kernel_zero_padding_crop_is_exact():
+    """kernel_size=None with zero padding: cropping the 67-wide kernel to the map loses nothing."""
+    maps = np.random.default_rng(1).random((2, 6, 9))
+    ours = LoGFilter(11.0, None, padding="zero")(torch.from_numpy(maps)).numpy()
+    ref = np.stack([ndimage.gaussian_laplace(m, 11.0, mode="constant", truncate=3.0) for m in maps])
+    assert_proportional(ours, ref)
+
+
+def test_full_kernel_reflect_is_cropped_to_map():
+    f = LoGFilter(11.0, None, padding="reflect")
+    assert f.kernel2d(8, 5).shape == (15, 9)
+    assert f.kernel2d(100, 100).shape == (67, 67)
+
+
+def test_explicit_kernel_too_large_for_reflect_raises():
+    with pytest.raises(ValueError, match="kernel_size=5.*2x2.*<= 3"):
+        LoGFilter(11.0, 5)(torch.rand(1, 2, 2))
+    LoGFilter(11.0, 5, padding="zero")(torch.rand(1, 2, 2))  # zero padding: exact crop, allowed
+
+
+def test_filter_matrix_reflect_is_torch_reflect():
+    taps = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    v = np.random.default_rng(2).random(6)
+    padded = F.pad(torch.from_numpy(v)[None, None], (2, 2), mode="reflect")[0, 0].numpy()
+    expected = np.array([np.dot(taps, padded[i:i + 5]) for i in range(6)])
+    np.testing.assert_allclose(filter_matrix(taps, 6, "reflect") @ v, expected)
+
+
+def test_matrices_are_cached_per_size_device_dtype():
+    f = LoGFilter()
+    a = f.matrices(8, 8, "cpu", torch.float32)
+    assert f.matrices(8, 8, "cpu", torch.float32) is a
+    assert f.matrices(8, 8, "cpu", torch.float64)[0].dtype == torch.float64
+    assert f.matrices(8, 9, "cpu", torch.float32)[1].shape == (9, 18)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sigma=float("nan")), "sigma"), (dict(sigma=float("inf")), "sigma"), (dict(sigma=0.0), "sigma"),
+    (dict(sigma=-1.0), "sigma"), (dict(kernel_size=4), "kernel_size"), (dict(kernel_size=0), "kernel_size"),
+    (dict(kernel_size=-3), "kernel_size"), (dict(kernel_size=2.0), "kernel_size"),
+    (dict(kernel="gauss"), "kernel"), (dict(padding="circular"), "padding"),
+])
+def test_bad_parameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LoGFilter(**kwargs)
