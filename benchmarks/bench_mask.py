@@ -2,10 +2,17 @@
 
 Runs a full SGD step (forward, backward, optimizer) of ResNet-18 (CIFAR stem, 100 classes) with
 each mask variant and without a mask, interleaved in rounds so that drift hits all variants
-alike, warm-up excluded, and prints each variant's median step time and its ratio to the
-vanilla median of the same run. Peak memory of a step is measured per variant in a fresh
-subprocess (CPU: peak RSS during the steps (VmHWM, reset first) minus RSS before them, with glibc's mmap threshold
-fixed so that RSS follows live tensors; CUDA: max_memory_allocated).
+alike, warm-up excluded. Two figures per variant:
+
+- step / vanilla: the median over rounds of (variant step time / vanilla step time of the same
+  round). Honest but noisy on a shared 2-core machine (a few % between rounds).
+- hooks / vanilla: the time of the mask hooks alone, run on the gradients that one real step
+  delivered to the targets, divided by the median vanilla step. This is the extra work the mask
+  adds to a step, measured with far less noise.
+
+Peak memory of a step is measured per variant in a fresh subprocess (CPU: peak RSS during the
+steps (VmHWM, reset first) minus RSS before them, with glibc's mmap threshold fixed so that RSS
+follows live tensors; CUDA: max_memory_allocated).
 
     python benchmarks/bench_mask.py                      # CPU, 2 threads, batch 64
     python benchmarks/bench_mask.py --device cuda --batch-size 128 --bf16 --channels-last
@@ -94,6 +101,41 @@ def _status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
+class _Recorder(gradmask.GradientMask):
+    """Passes gradients through unchanged and keeps them, to time the real hook inputs later."""
+
+    def __init__(self):
+        super().__init__(inhibition_rate=0.0)
+        self.grads = []
+
+    def apply(self, grad):
+        self.grads.append(grad.detach().clone())
+        return grad, torch.ones(1, dtype=torch.bool)
+
+
+def hook_seconds(args) -> dict[str, float]:
+    """Median time of each variant's mask over the gradients of one real step's targets."""
+    model, optimizer, images, labels = build(args)
+    recorder = _Recorder()
+    handle = gradmask.attach(model, recorder)
+    step(model, optimizer, images, labels, args)
+    handle.remove()
+    seconds = {"vanilla": 0.0}
+    for variant in args.variants:
+        if VARIANTS[variant] is None:
+            continue
+        gm = gradmask.GradientMask(**VARIANTS[variant])
+        runs = []
+        for repeat in range(args.rounds * args.steps + 1):
+            elapsed = timer(args)
+            for grad in recorder.grads:
+                gm.apply(grad)
+            if repeat:
+                runs.append(elapsed())
+        seconds[variant] = statistics.median(runs)
+    return seconds
+
+
 def child_memory(args) -> None:
     """Print the peak memory of ``args.steps`` steps of one variant (run in a fresh process)."""
     model, optimizer, images, labels = build(args)
@@ -156,22 +198,25 @@ def main(argv=None) -> None:
         return child_memory(args)
 
     times = time_variants(args)
+    hooks = hook_seconds(args)
     peaks = {} if args.no_memory else memory_variants(args)
     base_time = statistics.median(times["vanilla"])
     print(f"# {args.model}, batch {args.batch_size}, {args.device}"
           f"{' bf16' if args.bf16 else ''}{' channels_last' if args.channels_last else ''}, "
           f"{args.threads} threads, torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps")
-    print(f"| variant | step (ms) | time / vanilla | peak memory (MiB) | memory / vanilla |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| variant | step (ms) | step / vanilla | hooks (ms) | hooks / vanilla step | peak memory (MiB) | memory / vanilla |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for variant in args.variants:
         t = statistics.median(times[variant])
+        paired = statistics.median(a / b for a, b in zip(times[variant], times["vanilla"]))
         mem = peaks.get(variant)
         mem_cols = (f"{mem / 2**20:.0f} | {mem / peaks['vanilla']:.3f}" if mem is not None else "- | -")
-        print(f"| {variant} | {t * 1e3:.1f} | {t / base_time:.3f} | {mem_cols} |")
+        print(f"| {variant} | {t * 1e3:.0f} | {paired:.3f} | {hooks[variant] * 1e3:.1f} | "
+              f"{hooks[variant] / base_time:.3f} | {mem_cols} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "passthrough"},
-                       "times": times, "peak_bytes": peaks}, fh, indent=1)
+                       "times": times, "hook_seconds": hooks, "peak_bytes": peaks}, fh, indent=1)
 
 
 if __name__ == "__main__":

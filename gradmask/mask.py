@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from .laplacian import LoGFilter
+from .selection import kth_smallest
 
 MODES = ("lateral", "norm", "pixel")
 
@@ -29,8 +30,8 @@ class GradientMask:
     one mask per channel (``groups`` is ignored).
 
     The threshold follows ``torch.quantile`` (linear interpolation): with ``n = H*W`` positions
-    exactly ``n - 1 - floor(q (n - 1))`` positions are kept (up to ties), found with
-    ``kthvalue`` instead of ``quantile``. ``inhibition_rate=0`` keeps every position (a literal
+    exactly ``n - 1 - floor(q (n - 1))`` positions are kept (up to ties), found with an order
+    statistic (:func:`gradmask.selection.kth_smallest`) instead of ``quantile``. ``inhibition_rate=0`` keeps every position (a literal
     ``> quantile(0)`` would drop the single minimum).
 
     Args:
@@ -112,7 +113,7 @@ class GradientMask:
             return torch.ones(n, g, 1, h, w, dtype=torch.bool, device=grad.device)
         flat = score.view(n * g, h * w)
         rank = math.floor(self.inhibition_rate * (h * w - 1)) + 1  # 1-based order statistic
-        threshold = flat.kthvalue(rank, dim=1, keepdim=True).values
+        threshold = kth_smallest(flat, rank)
         return (flat > threshold).view(n, g, 1, h, w)
 
     def _expand(self, grad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
