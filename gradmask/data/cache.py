@@ -1,0 +1,188 @@
+"""On-disk uint8 tensor cache for small decoded datasets.
+
+A cache entry is ``<cache_dir>/<name>-<split>-<fingerprint>.pt`` holding a dict
+``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "classes": list[str],
+"fingerprint": str, "format": int}``.  The fingerprint hashes the source's
+identity (resolved path, size and mtime of the archive, or of every file of a
+directory tree) plus the decode parameters, so a changed source gets a new file
+name and is rebuilt -- a stale cache is never used.
+
+Policy for a damaged entry (unreadable / truncated / wrong keys, shapes or
+dtypes / fingerprint mismatch): warn naming the file and rebuild it.
+Writes are atomic: temp file in the same directory, fsync, ``os.replace``.
+If the cache directory is not writable the data are returned uncached with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+__all__ = [
+    "CACHE_ENV",
+    "CACHE_FORMAT",
+    "default_cache_dir",
+    "fingerprint",
+    "file_signature",
+    "signatures_of",
+    "cache_path",
+    "load_cached",
+    "save_cached",
+    "cached",
+]
+
+CACHE_ENV = "GRADMASK_CACHE"
+CACHE_FORMAT = 1
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$GRADMASK_CACHE``, else ``~/.cache/gradmask``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "gradmask"
+
+
+def file_signature(path: str | os.PathLike) -> tuple[str, int, int]:
+    """(resolved path, size in bytes, mtime in ns) of one file."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return (str(p), int(st.st_size), int(st.st_mtime_ns))
+
+
+def fingerprint(*parts: Any) -> str:
+    """16-hex-digit SHA-256 of JSON-serialisable ``parts`` (signatures, parameters)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_FORMAT, *parts], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "data"
+
+
+def cache_path(name: str, split: str, fp: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache_dir>/<name>-<split>-<fp>.pt`` (name/split sanitised for file names)."""
+    return default_cache_dir(cache_dir) / f"{_safe(name)}-{_safe(split)}-{fp}.pt"
+
+
+def _check_entry(obj: Any, fp: str) -> Optional[str]:
+    """None if ``obj`` is a valid cache entry for fingerprint ``fp``, else what is wrong."""
+    if not isinstance(obj, dict):
+        return f"expected a dict, found {type(obj).__name__}"
+    missing = {"images", "labels", "classes", "fingerprint", "format"} - set(obj)
+    if missing:
+        return f"missing keys {sorted(missing)}"
+    if obj["format"] != CACHE_FORMAT:
+        return f"format {obj['format']!r}, expected {CACHE_FORMAT}"
+    if obj["fingerprint"] != fp:
+        return f"fingerprint {obj['fingerprint']!r}, expected {fp!r}"
+    im, lb, cl = obj["images"], obj["labels"], obj["classes"]
+    if not isinstance(im, torch.Tensor) or im.dtype != torch.uint8 or im.dim() != 4 or im.shape[1] != 3:
+        return f"images must be uint8 (N,3,H,W), found {getattr(im, 'dtype', type(im))} {tuple(getattr(im, 'shape', ()))}"
+    if not isinstance(lb, torch.Tensor) or lb.dtype != torch.int64 or lb.shape != (im.shape[0],):
+        return f"labels must be int64 ({im.shape[0]},), found {getattr(lb, 'dtype', type(lb))} {tuple(getattr(lb, 'shape', ()))}"
+    if not isinstance(cl, list) or not all(isinstance(c, str) for c in cl):
+        return "classes must be a list of str"
+    if lb.numel() and (int(lb.min()) < 0 or int(lb.max()) >= len(cl)):
+        return "labels out of range of classes"
+    return None
+
+
+def load_cached(path: str | os.PathLike, fp: str) -> Optional[dict]:
+    """The entry at ``path`` if present and valid; None if absent; None plus a warning
+    naming the file if it is damaged (the caller then rebuilds it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, unpickling error, ...
+        warnings.warn(f"gradmask cache file {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=3)
+        return None
+    problem = _check_entry(obj, fp)
+    if problem is not None:
+        warnings.warn(f"gradmask cache file {path} is invalid ({problem}); rebuilding it", stacklevel=3)
+        return None
+    return obj
+
+
+def save_cached(path: str | os.PathLike, entry: dict) -> bool:
+    """Atomically write ``entry`` to ``path``. Returns False (with a warning) if the
+    directory cannot be written; never leaves a partial file at ``path``."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is ordinary data
+        os.replace(tmp, path)
+        tmp = None
+        return True
+    except OSError as e:
+        warnings.warn(f"could not write gradmask cache file {path} ({e}); continuing without cache", stacklevel=3)
+        return False
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def cached(
+    name: str,
+    split: str,
+    fp: str,
+    build: Callable[[], tuple[torch.Tensor, torch.Tensor, list[str]]],
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, list[str]], Path, bool]:
+    """Return ``((images, labels, classes), cache_file, hit)``; ``build()`` runs only on a miss.
+
+    images uint8 (N,3,H,W), labels int64 (N,).  With ``use_cache=False`` nothing is
+    read or written.
+    """
+    path = cache_path(name, split, fp, cache_dir)
+    if use_cache:
+        entry = load_cached(path, fp)
+        if entry is not None:
+            return (entry["images"], entry["labels"], list(entry["classes"])), path, True
+    images, labels, classes = build()
+    entry = {
+        "images": images.contiguous(),
+        "labels": labels.contiguous(),
+        "classes": list(classes),
+        "fingerprint": fp,
+        "format": CACHE_FORMAT,
+    }
+    problem = _check_entry(entry, fp)
+    if problem is not None:  # a bug in the builder, not in the file
+        raise ValueError(f"builder for {name}-{split} produced invalid data: {problem}")
+    if use_cache:
+        save_cached(path, entry)
+    return (images, labels, list(classes)), path, False
+
+
+def signatures_of(files: Iterable[str | os.PathLike], root: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """[(path relative to root, size, mtime_ns)] for the given files (order kept)."""
+    root = Path(root)
+    out = []
+    for f in files:
+        st = os.stat(f)
+        out.append((os.path.relpath(f, root), int(st.st_size), int(st.st_mtime_ns)))
+    return out
+
