@@ -8,8 +8,12 @@ from .hooks import MaskHandle, attach, default_targets, register_residual_block,
 from .laplacian import LoGFilter
 from .mask import GradientMask
 from .models import Normalized, create_model, list_models
+from .saliency import (GradCAM, GradCAMPlusPlus, LIBackgroundBlur, LIMap, box_iou, localization_scores,
+                       saliency_box, saliency_boxes, select_images)
 
 __version__ = "0.1.0"
 
-__all__ = ["GradientMask", "LoGFilter", "MaskHandle", "Normalized", "attach", "create_model",
-           "default_targets", "list_models", "register_residual_block", "residual_blocks"]
+__all__ = ["GradCAM", "GradCAMPlusPlus", "GradientMask", "LIBackgroundBlur", "LIMap", "LoGFilter",
+           "MaskHandle", "Normalized", "attach", "box_iou", "create_model", "default_targets",
+           "list_models", "localization_scores", "register_residual_block", "residual_blocks",
+           "saliency_box", "saliency_boxes", "select_images"]
