@@ -1,0 +1,296 @@
+"""``TrainConfig``: every hyperparameter of a training run in one dataclass, and the presets.
+
+``TrainConfig(**fields)`` validates on construction (``ValueError`` naming the field and the
+accepted range); ``TrainConfig.from_preset("quick", epochs=3)`` starts from a preset;
+``TrainConfig.from_dict(d)`` reads back ``dataclasses.asdict(config)`` (``config.json``, the
+checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
+STEMS = ("cifar", "imagenet")
+SCHEDULES = ("multistep", "cosine", "onecycle")
+AMP_MODES = ("none", "bf16", "fp16")
+MASK_MODES = ("none", "lateral", "norm", "pixel")
+
+#: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's CIFAR recipe (it keeps the original ResNet's hyperparameters for both arms):
+    # SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 200 epochs, lr x0.2 at 60/120/160,
+    # ResNet-18 with the CIFAR stem, random crop (pad 4) + horizontal flip.
+    "paper": dict(model="resnet18", stem="cifar", epochs=200, batch_size=128, lr=0.1, momentum=0.9,
+                  weight_decay=5e-4, nesterov=False, schedule="multistep", milestones=(60, 120, 160),
+                  gamma=0.2, warmup_epochs=0.0, label_smoothing=0.0, augment="crop-flip"),
+    # About a minute on 2 CPU cores on the synthetic data, clearly above chance (see README).
+    # No augmentation: in 4 epochs it only slows learning down.
+    "quick": dict(model="resnet18_narrow", epochs=4, batch_size=64, lr=0.1, momentum=0.9,
+                  weight_decay=5e-4, nesterov=False, schedule="onecycle", warmup_epochs=1.0,
+                  label_smoothing=0.0, augment="none", train_limit=5000, test_limit=1000),
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class TrainConfig:
+    """All hyperparameters of one run (airbench style). See ``docs/DESIGN.md`` for the engine.
+
+    Data: ``dataset`` one of ``DATASETS``; ``data`` its path (not used by "synthetic");
+    ``train_limit`` / ``test_limit`` use only the first N images of a split (streamed ImageNet:
+    N images per epoch); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
+    ``augment`` a name in ``gradmask.train.augment.AUGMENTS`` ("crop-flip": random crop with
+    4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
+    ``num_workers`` decoding processes of the streamed ImageNet loader.
+
+    Model: ``model`` any :func:`gradmask.create_model` name (incl. "torchvision:NAME" /
+    "timm:NAME"); ``stem`` "cifar" / "imagenet" (None: "imagenet" for ImageNet or images larger
+    than 64 px, else "cifar").
+
+    Optimisation: SGD(``lr``, ``momentum``, ``weight_decay``, ``nesterov``), ``batch_size`` is
+    the global batch (split evenly over distributed processes); the lr is set every step by
+    ``schedule``: "multistep" (x ``gamma`` at each epoch of ``milestones``), "cosine" (to 0),
+    "onecycle" (linear up to ``lr``, then linear down to 0); each after a linear warm-up of
+    ``warmup_epochs`` (the one-cycle's rising share; for "cosine" / "onecycle" at most all steps
+    but the last). ``label_smoothing`` of the training loss.
+
+    Execution: ``seed`` (torch, numpy, python, data order and augmentation); ``device`` "auto"
+    (CUDA if available), "cpu", "cuda", "cuda:N"; ``amp`` autocast "none" / "bf16" / "fp16"
+    (fp16 on CUDA only, with a GradScaler; bf16 on CPU too); ``channels_last``; ``compile``
+    (``torch.compile``).
+
+    Gradient mask: ``mask`` "none" (vanilla) or a :class:`gradmask.GradientMask` mode, with
+    ``groups``, ``sigma``, ``kernel_size`` (None: full), ``kernel``, ``padding``,
+    ``inhibition_rate``, ``targets`` (module names / patterns; None: every residual block but
+    the last ``skip_last``).
+
+    Run directory: ``out`` (None: ``runs/<dataset>-<model>-<mask>-seed<seed>``); ``resume``
+    continue from ``<out>/checkpoint.pt`` (a finished run returns its final metrics);
+    ``overwrite`` start again in a directory holding a run; ``tensorboard`` also log to
+    ``<out>/tensorboard`` (needs the tensorboard package); ``progress`` a tqdm bar per epoch.
+    """
+
+    # data
+    dataset: str = "synthetic"
+    data: Optional[str] = None
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    synthetic_train: int = 20000
+    synthetic_test: int = 5000
+    augment: str = "crop-flip"
+    num_workers: int = 8
+    # model
+    model: str = "resnet18_narrow"
+    stem: Optional[str] = None
+    # optimisation
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "multistep"
+    milestones: tuple[int, ...] = (60, 120, 160)
+    gamma: float = 0.2
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    # execution
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    # gradient mask
+    mask: str = "lateral"
+    groups: int = 16
+    sigma: float = 11.0
+    kernel_size: Optional[int] = 5
+    kernel: str = "log"
+    padding: str = "reflect"
+    inhibition_rate: float = 0.5
+    targets: Optional[tuple[str, ...]] = None
+    skip_last: int = 2
+    # run directory and reporting
+    out: Optional[str] = None
+    resume: bool = False
+    overwrite: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # normalise sequences read back from JSON (lists) or given as lists
+        if isinstance(self.milestones, (list, tuple)):
+            self.milestones = tuple(self.milestones)
+        if isinstance(self.targets, str):
+            self.targets = tuple(t for t in self.targets.split(",") if t)
+        elif isinstance(self.targets, list):
+            self.targets = tuple(self.targets)
+        if self.data is not None and not isinstance(self.data, str):
+            self.data = str(self.data)  # os.PathLike
+        if self.out is not None and not isinstance(self.out, str):
+            self.out = str(self.out)
+        self.validate()
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+        """``PRESETS[name]`` with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from ``dataclasses.asdict(config)`` (extra key ``gradmask_version`` ignored)."""
+        values = {k: v for k, v in values.items() if k != "gradmask_version"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; fields: {sorted(names)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A validated copy with ``changes``."""
+        return self.from_dict({**dataclasses.asdict(self), **changes})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> str:
+        """``out``, or the default ``runs/<dataset>-<model>-<mask>-seed<seed>``."""
+        if self.out is not None:
+            return self.out
+        model = self.model.replace(":", "_").replace("/", "_")
+        return f"runs/{self.dataset}-{model}-{self.mask}-seed{self.seed}"
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field and its accepted range."""
+
+        def bad(name: str, accepted: str) -> ValueError:
+            return ValueError(f"{name} must be {accepted}, got {getattr(self, name)!r}")
+
+        def choice(name: str, options) -> None:
+            if getattr(self, name) not in options:
+                raise bad(name, f"one of {list(options)}")
+
+        def positive_int(name: str, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if not _is_int(v) or v < 1:
+                raise bad(name, "an integer >= 1" + (" or None" if optional else ""))
+
+        def number(name: str, lo: float, hi: float = math.inf, lo_open: bool = False,
+                   hi_open: bool = True) -> None:
+            v = getattr(self, name)
+            ok = _is_number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                lo_s = f"{'>' if lo_open else '>='} {lo}"
+                hi_s = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi}"
+                raise bad(name, f"a number {lo_s}{hi_s}")
+
+        def boolean(name: str) -> None:
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+
+        # data
+        choice("dataset", DATASETS)
+        if self.dataset != "synthetic" and not self.data:
+            raise ValueError(f"data must be the path of the {self.dataset!r} dataset "
+                             f"(a directory or archive), got {self.data!r}")
+        positive_int("train_limit", optional=True)
+        positive_int("test_limit", optional=True)
+        positive_int("synthetic_train")
+        positive_int("synthetic_test")
+        from .augment import AUGMENTS
+        choice("augment", sorted(AUGMENTS))
+        if not _is_int(self.num_workers) or self.num_workers < 0:
+            raise bad("num_workers", "an integer >= 0")
+        # model
+        if not isinstance(self.model, str) or not self.model:
+            raise bad("model", "a model name")
+        if not self.model.startswith(("torchvision:", "timm:")):
+            from ..models import list_models
+            if self.model not in list_models():
+                raise ValueError(f"model must be one of {list_models()} or 'torchvision:NAME' / "
+                                 f"'timm:NAME', got {self.model!r}")
+        if self.stem is not None:
+            choice("stem", STEMS)
+        # optimisation
+        positive_int("epochs")
+        positive_int("batch_size")
+        number("lr", 0.0, lo_open=True)
+        number("momentum", 0.0, 1.0)
+        number("weight_decay", 0.0)
+        boolean("nesterov")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov must be False when momentum is 0 (Nesterov needs momentum > 0)")
+        choice("schedule", SCHEDULES)
+        if (not isinstance(self.milestones, tuple) or not all(_is_int(m) and m >= 1 for m in self.milestones)
+                or list(self.milestones) != sorted(set(self.milestones))):
+            raise bad("milestones", "increasing epochs >= 1 (a list of integers)")
+        number("gamma", 0.0, 1.0, lo_open=True, hi_open=False)
+        number("warmup_epochs", 0.0)
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be <= epochs ({self.epochs}), got {self.warmup_epochs!r}")
+        number("label_smoothing", 0.0, 1.0)
+        # execution
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "an integer >= 0")
+        if not isinstance(self.device, str) or not (
+                self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        choice("amp", AMP_MODES)
+        boolean("channels_last")
+        boolean("compile")
+        # gradient mask
+        choice("mask", MASK_MODES)
+        positive_int("groups")
+        number("sigma", 0.0, lo_open=True)
+        if self.kernel_size is not None and (not _is_int(self.kernel_size) or self.kernel_size < 1
+                                             or self.kernel_size % 2 == 0):
+            raise bad("kernel_size", "an odd integer >= 1 or None (the full 2*ceil(3 sigma)+1 window)")
+        choice("kernel", ("log", "authors"))
+        choice("padding", ("reflect", "zero"))
+        number("inhibition_rate", 0.0, 1.0)
+        if self.targets is not None and (not isinstance(self.targets, tuple) or not self.targets
+                                         or not all(isinstance(t, str) and t for t in self.targets)):
+            raise bad("targets", "None or a non-empty list of module names / patterns")
+        if not _is_int(self.skip_last) or self.skip_last < 0:
+            raise bad("skip_last", "an integer >= 0")
+        # run directory
+        if self.out is not None and not self.out:
+            raise bad("out", "a directory path or None")
+        for name in ("resume", "overwrite", "tensorboard", "progress"):
+            boolean(name)
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues the run in "
+                             "out, overwrite starts it again")
+
+
+# fields that may differ between a run and its resumption (they do not change the result)
+RESUME_FREE_FIELDS = ("out", "resume", "overwrite", "tensorboard", "progress", "num_workers", "device",
+                      "compile")
+
+
+def config_differences(a: TrainConfig, b: TrainConfig, ignore=RESUME_FREE_FIELDS) -> dict[str, tuple]:
+    """``{field: (a's value, b's value)}`` for fields that differ, except ``ignore``."""
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(TrainConfig)
+            if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)}
+
+
+__all__ = ["AMP_MODES", "DATASETS", "MASK_MODES", "PRESETS", "SCHEDULES", "STEMS", "TrainConfig",
+           "config_differences"]

@@ -1,0 +1,193 @@
+"""The training and test data of a run, as device-side batches of images in [0, 1].
+
+Small datasets (synthetic, CIFAR, ImageFolder trees decoded to memory) sit whole on the device as
+uint8 and are served by :class:`gradmask.data.TensorLoader` with batched crop + flip there;
+ImageNet streams through :func:`gradmask.data.make_imagenet_loader` worker processes (uint8
+batches, converted on the device). Under ``torch.distributed`` every process gets a disjoint
+shard of each epoch's permutation; the test set is sharded too, and :meth:`RunData.test_batches`
+marks the padding samples that the shards repeat so that every test image counts once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from ..data import (RandomCropFlip, TensorLoader, dataset_stats, eval_transform, load_dataset,
+                    make_imagenet_loader, to_float)
+from .augment import Augment
+from .config import TrainConfig
+
+_CROP_PADDING = 4
+SYNTHETIC_DATA_SEED = 0  # the synthetic data set is fixed; ``seed`` varies the training only
+
+
+@dataclass
+class RunData:
+    """``train`` / ``test``: a TensorLoader or a DataLoader; sizes are images per epoch over all
+    processes (``train_size`` after ``train_limit``); ``mean`` / ``std`` the model's
+    normalisation; ``image_size`` the side of the training images."""
+
+    train: object
+    test: object
+    num_classes: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    train_size: int
+    test_size: int
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    streamed: bool = False
+    train_steps: int = 0  # batches per epoch on each process
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.train, TensorLoader):
+            self.train.set_epoch(epoch)
+        elif getattr(self.train, "sampler", None) is not None and hasattr(self.train.sampler, "set_epoch"):
+            self.train.sampler.set_epoch(epoch)
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's training batches of the current epoch, on the device."""
+        if not self.streamed:
+            yield from self.train
+            return
+        for step, (x, y) in enumerate(self.train):
+            if step >= self.train_steps:
+                break
+            yield (to_float(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
+
+    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        """``(images, labels, valid)``: ``valid`` bool (B,) is False on the samples that pad this
+        process's shard (or lie beyond ``test_limit``), None when every sample counts."""
+        seen = 0  # samples of this process so far: sample k sits at position rank + k * world_size
+        for x, y in self.test:
+            b = y.shape[0]
+            positions = self.rank + self.world_size * (seen + torch.arange(b))
+            seen += b
+            valid = positions < self.test_size
+            if not bool(valid.any()):
+                break
+            if self.streamed:
+                x, y = to_float(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+            yield x, y, (None if bool(valid.all()) else valid.to(y.device))
+
+    def loader_state(self) -> dict:
+        """What the loader needs to continue exactly: TensorLoader permutations and augmentation
+        streams derive from (seed, epoch); a single-process DataLoader draws from its generator."""
+        state = {"epoch": getattr(self.train, "epoch", None)}
+        gen = getattr(self.train, "generator", None)
+        if isinstance(gen, torch.Generator):
+            state["generator"] = gen.get_state()
+        return state
+
+    def load_loader_state(self, state: dict) -> None:
+        gen = getattr(self.train, "generator", None)
+        if isinstance(gen, torch.Generator) and state.get("generator") is not None:
+            gen.set_state(state["generator"])
+
+
+def _channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple, tuple]:
+    """Per-channel mean and std in [0, 1] of uint8 images (an even subsample of at most
+    ``max_images``), for datasets without published statistics."""
+    step = max(1, images.shape[0] // max_images)
+    sample = images[::step][:max_images].to(torch.float64).div_(255.0)
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _small_splits(config: TrainConfig):
+    if config.dataset == "synthetic":
+        n_train = min(config.synthetic_train, config.train_limit or config.synthetic_train)
+        n_test = min(config.synthetic_test, config.test_limit or config.synthetic_test)
+        train = load_dataset("synthetic", split="train", n=n_train, seed=SYNTHETIC_DATA_SEED)
+        test = load_dataset("synthetic", split="test", n=n_test, seed=SYNTHETIC_DATA_SEED)
+        return train, test
+    train = load_dataset(config.dataset, root=config.data, split="train")
+    if config.dataset == "folder":
+        try:
+            test = load_dataset("folder", root=config.data, split="test")
+        except ValueError as exc:
+            if "no split folder" not in str(exc):
+                raise
+            test = load_dataset("folder", root=config.data, split="val")
+    else:
+        test = load_dataset(config.dataset, root=config.data, split="test")
+    return train, test
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``limit`` images drawn at random with a fixed seed (0), the same for every run and seed:
+    files are stored class by class, so the first ``limit`` would hold only a few classes."""
+    if limit >= len(labels):
+        return images, labels
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randperm(len(labels), generator=generator)[:limit].sort().values
+    return images[index], labels[index]
+
+
+def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank: int = 0,
+               world_size: int = 1) -> RunData:
+    """The run's data on ``device``; ``config.batch_size`` is split over ``world_size``."""
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of "
+                         f"processes ({world_size})")
+    batch = config.batch_size // world_size
+    eval_batch = max(2 * batch, 256)
+    if config.dataset == "imagenet":
+        return _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch)
+
+    train_ds, test_ds = _small_splits(config)
+    if train_ds.images.shape[1:] != test_ds.images.shape[1:]:
+        raise ValueError(f"train and test images of {config.dataset!r} differ in shape: "
+                         f"{tuple(train_ds.images.shape[1:])} vs {tuple(test_ds.images.shape[1:])}")
+    num_classes = len(train_ds.classes)
+    if config.dataset == "folder":
+        mean, std = _channel_stats(train_ds.images)
+    else:
+        stats = dataset_stats(config.dataset)
+        mean, std = tuple(stats.mean), tuple(stats.std)
+    train_images, train_labels = train_ds.images, train_ds.labels
+    test_images, test_labels = test_ds.images, test_ds.labels
+    if config.train_limit is not None:
+        train_images, train_labels = _subset(train_images, train_labels, config.train_limit)
+    if config.test_limit is not None:
+        test_images, test_labels = _subset(test_images, test_labels, config.test_limit)
+    image_size = int(train_images.shape[-1])
+    loader_aug = None
+    if augment.crop_flip:
+        loader_aug = RandomCropFlip(padding=min(_CROP_PADDING, image_size - 1))
+    train = TensorLoader(train_images, train_labels, batch, shuffle=True, augment=loader_aug,
+                         seed=config.seed, rank=rank, world_size=world_size, device=device)
+    test = TensorLoader(test_images, test_labels, eval_batch, shuffle=False, rank=rank,
+                        world_size=world_size, device=device)
+    return RunData(train, test, num_classes, image_size, mean, std, train_size=int(train_images.shape[0]),
+                   test_size=int(test_images.shape[0]), device=device, rank=rank, world_size=world_size,
+                   streamed=False, train_steps=len(train))
+
+
+def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch) -> RunData:
+    distributed = world_size > 1
+    common = dict(num_workers=config.num_workers, distributed=distributed, rank=rank if distributed else None,
+                  world_size=world_size if distributed else None, seed=config.seed, uint8=True)
+    transform = None if augment.crop_flip else eval_transform(uint8=True)
+    train = make_imagenet_loader(config.data, "train", batch, train=True, transform=transform, **common)
+    test = make_imagenet_loader(config.data, "val", eval_batch, train=False, **common)
+    n_train, n_test = len(train.dataset), len(test.dataset)
+    if config.train_limit is not None:
+        n_train = min(n_train, config.train_limit)
+    if config.test_limit is not None:
+        n_test = min(n_test, config.test_limit)
+    # train_limit on a stream: a random ``train_limit`` images per epoch (the first batches)
+    steps = min(len(train), max(1, math.ceil(n_train / (batch * world_size))))
+    stats = dataset_stats("imagenet")
+    return RunData(train, test, len(train.dataset.classes), 224, tuple(stats.mean), tuple(stats.std),
+                   train_size=n_train, test_size=n_test, device=device, rank=rank, world_size=world_size,
+                   streamed=True, train_steps=steps)
+
+
+__all__ = ["RunData", "SYNTHETIC_DATA_SEED", "build_data"]

@@ -1,0 +1,407 @@
+"""``train(config, callbacks=())``: the training loop of every experiment.
+
+One function for one process or many (``torchrun``): seed, data on the device, model (+ the
+gradient mask hooks, channels_last, torch.compile, DistributedDataParallel), SGD with a per-step
+lr schedule, autocast, a progress bar per epoch, evaluation, the run directory
+(:mod:`gradmask.train.rundir`) and an atomic checkpoint every epoch from which ``resume=True``
+continues bit-identically (on CPU).
+
+Callbacks: objects with any of ``on_train_start(ctx)``, ``on_epoch_end(ctx, record)``,
+``on_train_end(ctx, final)``, or plain callables ``cb(ctx, record)`` (= ``on_epoch_end``).
+``ctx`` is the :class:`TrainContext` (model, optimiser, data, mask handle, ...); ``record`` the
+epoch's metrics dict before it is written: a callback may add keys (numbers, or JSON values),
+which go to ``metrics.jsonl`` (and, if scalar, to ``metrics.csv``). Every process calls them;
+``ctx.is_main`` tells the one that writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..hooks import MaskHandle, attach
+from ..mask import GradientMask
+from .augment import build_augment
+from .checkpoint import FORMAT, build_model, read_checkpoint, save_checkpoint
+from .config import TrainConfig, config_differences
+from .data import RunData, build_data
+from .distributed import DistContext, setup_distributed
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import TENSORBOARD, RunDir
+from .schedule import build_scheduler
+
+
+def _version() -> str:
+    import gradmask
+    return gradmask.__version__
+
+
+@dataclass
+class TrainContext:
+    """What callbacks see. ``model`` is the bare model (the mask hooks on it); ``net`` what the
+    training step calls (``model``, or its DDP / compiled wrapper); ``epoch`` the number of epochs
+    finished."""
+
+    config: TrainConfig
+    run_dir: RunDir
+    device: torch.device
+    dist: DistContext
+    data: RunData
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    handle: Optional[MaskHandle]
+    epoch: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+
+def _device_type(spec: str) -> str:
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(spec).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} was requested but CUDA is not available here; "
+                         f"use device='cpu' or 'auto'")
+    return kind
+
+
+def _device(spec: str, kind: str, dist_ctx: DistContext) -> torch.device:
+    if kind != "cuda":
+        return torch.device(kind)
+    if dist_ctx.enabled or spec in ("auto", "cuda"):
+        index = dist_ctx.local_rank if dist_ctx.enabled else torch.cuda.current_device()
+        return torch.device("cuda", index)
+    return torch.device(spec)
+
+
+def _device_name(device: torch.device, world_size: int) -> str:
+    name = "cpu" if device.type == "cpu" else f"{device.type} ({torch.cuda.get_device_name(device)})"
+    return name if world_size == 1 else f"{name} x{world_size}"
+
+
+def _autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if amp == "none":
+        return contextlib.nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device (it trains with a GradScaler); on {device.type} "
+                         f"use amp='bf16' or 'none'")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _callbacks(callbacks: Sequence, event: str) -> list[Callable]:
+    out = []
+    for cb in callbacks:
+        method = getattr(cb, event, None)
+        if method is not None:
+            out.append(method)
+        elif event == "on_epoch_end" and callable(cb) and not any(
+                hasattr(cb, e) for e in ("on_train_start", "on_train_end")):
+            out.append(cb)
+    return out
+
+
+def _tensorboard_writer(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as exc:  # noqa: BLE001 - the tensorboard package is optional
+        warnings.warn(f"tensorboard=True but torch.utils.tensorboard does not import ({exc}); "
+                      f"metrics go to metrics.jsonl / metrics.csv only", stacklevel=3)
+        return None
+    return SummaryWriter(str(run / TENSORBOARD))
+
+
+def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
+    """Train as ``config`` says; return the final metrics (the contents of ``final.json``).
+
+    Under ``torchrun`` (env WORLD_SIZE > 1) or inside an initialised process group, every process
+    calls ``train`` with the same config: DistributedDataParallel over disjoint data shards,
+    metrics reduced over processes, files written by rank 0 only.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a gradmask.train.TrainConfig, got {type(config).__name__}")
+    config.validate()
+    dist_ctx = setup_distributed(_device_type(config.device))
+    try:
+        return _train(config, list(callbacks), dist_ctx)
+    finally:
+        dist_ctx.close()
+
+
+def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
+    kind = _device_type(config.device)
+    device = _device(config.device, kind, dist_ctx)
+    autocast = _autocast_factory(config.amp, device)
+    run = RunDir(config.run_dir)
+    run.check_start(config.resume, config.overwrite)
+    if config.resume and run.finished:
+        return run.read_final()
+    resume = None
+    if config.resume and run.checkpoint.is_file():
+        resume = read_checkpoint(run.checkpoint, map_location="cpu")
+        diff = config_differences(TrainConfig.from_dict(dict(resume["config"])), config)
+        if diff:
+            raise ValueError(f"cannot resume from {run.checkpoint}: the config differs in "
+                             + ", ".join(f"{k} (run {a!r}, now {b!r})" for k, (a, b) in diff.items())
+                             + "; use the run's settings, or overwrite=True to start again")
+    if dist_ctx.is_main and resume is None:
+        run.clear()  # overwrite, or a resume with nothing to resume from
+    dist_ctx.barrier()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    seed_everything(config.seed)
+    augment = build_augment(config)
+    data = build_data(config, augment, device, dist_ctx.rank, dist_ctx.world_size)
+    stem = config.stem or ("imagenet" if config.dataset == "imagenet" or data.image_size > 64 else "cifar")
+    model_args = {"name": config.model, "num_classes": data.num_classes, "stem": stem,
+                  "mean": list(data.mean), "std": list(data.std)}
+    model = build_model(model_args).to(device)  # same initial weights on every process
+    if dist_ctx.enabled:  # then independent random streams per process (batch augmentation, dropout)
+        seed_everything(config.seed + 1_000_003 * dist_ctx.rank)
+    handle = None
+    if config.mask != "none":
+        gm = GradientMask(groups=config.groups, sigma=config.sigma, kernel_size=config.kernel_size,
+                          kernel=config.kernel, padding=config.padding,
+                          inhibition_rate=config.inhibition_rate, mode=config.mask)
+        handle = attach(model, gm, targets=list(config.targets) if config.targets else None,
+                        skip_last=config.skip_last)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    scheduler = build_scheduler(optimizer, config, data.train_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
+    history: list[dict] = []
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        history = [dict(r) for r in resume["history"]]
+        start_epoch = int(resume["epoch"])
+
+    net: nn.Module = model
+    if dist_ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_net: nn.Module = model
+    if config.compile:
+        net = torch.compile(net)
+        eval_net = net if not dist_ctx.enabled else torch.compile(model)
+
+    writer = None
+    if dist_ctx.is_main:
+        run.write_config(config.to_dict(), _version())
+        if resume is not None:
+            run.write_metrics(history, jsonl=True)  # drop records of epochs after the checkpoint
+        if config.tensorboard:
+            writer = _tensorboard_writer(run)
+
+    ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
+                       handle, epoch=start_epoch, history=history)
+    for cb in _callbacks(callbacks, "on_train_start"):
+        cb(ctx)
+    if resume is not None:  # last: everything above may draw random numbers
+        per_rank = resume.get("rank_states") or []
+        mine = per_rank[dist_ctx.rank] if len(per_rank) == dist_ctx.world_size else resume
+        set_rng_state(mine["rng"])
+        data.load_loader_state(mine["loader"])
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    batch_augment = augment.batch
+    show = config.progress and dist_ctx.is_main
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            start = time.perf_counter()
+            train_loss, train_acc, images, lr = _train_epoch(ctx, epoch, criterion, autocast, batch_augment, show)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - start
+            dist_ctx.average_buffers(model)
+            test_loss, test_acc, test_top5 = _evaluate(ctx, eval_net, autocast)
+            mask_kept = _mask_kept(handle, dist_ctx, device)
+            epoch_seconds = time.perf_counter() - start
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                      "test_loss": test_loss, "test_acc": test_acc, "test_top5": test_top5, "lr": lr,
+                      "epoch_seconds": epoch_seconds, "images_per_second": images / max(train_time, 1e-9),
+                      "mask_kept": mask_kept}
+            ctx.epoch = epoch + 1
+            for cb in _callbacks(callbacks, "on_epoch_end"):
+                cb(ctx, record)
+            history.append(record)
+            if dist_ctx.is_main:
+                run.append_metrics(record)
+                run.write_metrics(history)
+                if writer is not None:
+                    _log_tensorboard(writer, record)
+                if show:
+                    tqdm.write(_summary(record, config.epochs), file=sys.stderr)
+            if not math.isfinite(train_loss):
+                raise RuntimeError(f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
+                                   f"lower lr (now {config.lr}) or check the data")
+            rank_states = dist_ctx.all_gather_object({"rng": rng_state(), "loader": data.loader_state()})
+            if dist_ctx.is_main:
+                save_checkpoint(run.checkpoint, _checkpoint_state(ctx, model_args, rank_states))
+        last = history[-1]
+        final = {"test_acc": last["test_acc"], "test_top5": last["test_top5"], "test_loss": last["test_loss"],
+                 "epochs": config.epochs, "train_seconds": sum(r["epoch_seconds"] for r in history),
+                 "device": _device_name(device, dist_ctx.world_size), "model": config.model,
+                 "mask": config.mask, "seed": config.seed,
+                 "num_params": sum(p.numel() for p in model.parameters())}
+        dist_ctx.barrier()
+        if dist_ctx.is_main:
+            run.write_final(final)
+        for cb in _callbacks(callbacks, "on_train_end"):
+            cb(ctx, final)
+        return final
+    finally:
+        if writer is not None:
+            writer.close()
+        if handle is not None:
+            handle.remove()
+
+
+def _train_epoch(ctx: TrainContext, epoch: int, criterion, autocast, batch_augment, show: bool):
+    """One pass over this process's shard. Returns (loss, accuracy, images) over all processes and
+    the lr of the epoch's last step."""
+    config, data, net, optimizer, scaler = ctx.config, ctx.data, ctx.net, ctx.optimizer, ctx.scaler
+    device, world = ctx.device, ctx.dist.world_size
+    net.train()
+    data.set_epoch(epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=data.train_steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+               disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr)
+    with bar:
+        for step, (x, y) in enumerate(data.train_batches()):
+            if batch_augment is not None:
+                x = batch_augment(x, y, ctx.model)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = net(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler.is_enabled():
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            ctx.scheduler.step()
+            n = y.shape[0]
+            loss_sum += loss.detach().to(torch.float64) * n
+            correct += (logits.detach().argmax(1) == y).sum()
+            count += n
+            if show:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
+                                    img_s=f"{bar.format_dict['rate'] * n * world:.0f}"
+                                    if bar.format_dict.get("rate") else "-")
+    totals = torch.stack([loss_sum, correct.to(torch.float64), torch.tensor(float(count), dtype=torch.float64,
+                                                                             device=device)])
+    ctx.dist.all_reduce_sum(totals)
+    loss_total, correct_total, images = totals.tolist()
+    return loss_total / images, correct_total / images, int(images), lr
+
+
+def _evaluate(ctx: TrainContext, eval_net: nn.Module, autocast) -> tuple[float, float, float]:
+    """(loss, top-1, top-5) on the test set, every image counted once over all processes."""
+    eval_net.eval()
+    k = min(5, ctx.data.num_classes)
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+    with torch.no_grad(), autocast():
+        for x, y, valid in ctx.data.test_batches():
+            if ctx.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = eval_net(x).float()
+            loss = F.cross_entropy(logits, y, reduction="none")
+            top = logits.topk(k, dim=1).indices
+            hits = top == y[:, None]
+            w = torch.ones_like(loss) if valid is None else valid.to(loss.dtype)
+            sums += torch.stack([(loss * w).sum(), (hits[:, 0] * w).sum(), (hits.any(1) * w).sum(),
+                                 w.sum()]).to(torch.float64)
+    ctx.dist.all_reduce_sum(sums)
+    loss_sum, top1, top5, n = sums.tolist()
+    n = max(n, 1.0)
+    return loss_sum / n, top1 / n, top5 / n
+
+
+def _mask_kept(handle: Optional[MaskHandle], dist_ctx: DistContext, device) -> Optional[dict]:
+    """Per-target kept fraction of the epoch (mean over processes); resets the handle's stats."""
+    if handle is None:
+        return None
+    stats = handle.stats()
+    handle.reset_stats()
+    names = list(stats)
+    values = torch.tensor([stats[n]["kept_fraction"] if stats[n]["kept_fraction"] is not None else float("nan")
+                           for n in names], dtype=torch.float64, device=device)
+    dist_ctx.all_reduce_sum(values)
+    values /= dist_ctx.world_size
+    return {n: (None if math.isnan(v) else v) for n, v in zip(names, values.tolist())}
+
+
+def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) -> dict:
+    """The checkpoint dict; ``rng`` / ``loader`` are rank 0's, ``rank_states`` every process's
+    (restored per rank when resuming with the same number of processes)."""
+    return {
+        "format": FORMAT,
+        "gradmask_version": _version(),
+        "epoch": ctx.epoch,
+        "model": ctx.model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None,
+        "rng": rank_states[0]["rng"],
+        "loader": rank_states[0]["loader"],
+        "rank_states": rank_states if len(rank_states) > 1 else None,
+        "config": ctx.config.to_dict(),
+        "model_args": model_args,
+        "history": ctx.history,
+    }
+
+
+def _log_tensorboard(writer, record: dict) -> None:
+    step = record["epoch"]
+    for key, value in record.items():
+        if key == "mask_kept" and value:
+            for name, kept in value.items():
+                if kept is not None:
+                    writer.add_scalar(f"mask_kept/{name}", kept, step)
+        elif key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(key, value, step)
+    writer.flush()
+
+
+def _summary(r: dict, epochs: int) -> str:
+    kept = [v for v in (r["mask_kept"] or {}).values() if v is not None]
+    mask = f" | kept {sum(kept) / len(kept):.3f}" if kept else ""
+    return (f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
+            f"test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f} top5 {r['test_top5']:.4f}{mask} | "
+            f"lr {r['lr']:.4g} | {r['epoch_seconds']:.1f} s, {r['images_per_second']:.0f} img/s")
+
+
+__all__ = ["TrainContext", "train"]
