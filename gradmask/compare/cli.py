@@ -1,0 +1,95 @@
+"""``gradmask compare``: train mask variants x seeds with the training flags, then write the report.
+
+The training flags and the TrainConfig they build come from the training engine's CLI module
+(``gradmask.train.cli.add_train_arguments(parser)`` / ``config_from_args(args)``), so ``compare`` takes
+exactly the options ``gradmask train`` takes, except ``--mask`` / ``--seed`` (replaced by ``--variants``,
+``--seeds``, ``--seed-offset``) and ``--out`` (the comparison folder).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import register
+from .report import VARIANTS, report_paths, summary_text, write_report
+from .runner import check_seeds, check_variants, compare
+
+# Imported here, not inside configure(): gradmask.train.cli registers its own command on import, and
+# build_parser() iterates over the registered commands while calling configure().
+_train_cli_import_error: str | None = None
+try:
+    from ..train import cli as _train_cli
+except ImportError as exc:                              # the engine's CLI missing or broken
+    if exc.name not in ("gradmask.train", "gradmask.train.cli"):
+        raise
+    _train_cli = None
+    _train_cli_import_error = f"{type(exc).__name__}: {exc}"
+
+
+def _add_train_arguments():
+    """``gradmask.train.cli.add_train_arguments``; until it exists, the ``configure`` function that
+    ``gradmask train`` registers with (``_configure``)."""
+    return getattr(_train_cli, "add_train_arguments", None) or getattr(_train_cli, "_configure", None)
+
+
+def _train_cli_problem() -> str | None:
+    if _train_cli is None:
+        return f"the training engine's CLI module gradmask.train.cli is not available ({_train_cli_import_error})"
+    missing = [name for name, fn in (("add_train_arguments", _add_train_arguments()),
+                                     ("config_from_args", getattr(_train_cli, "config_from_args", None)))
+               if not callable(fn)]
+    if missing:
+        return f"gradmask.train.cli lacks {', '.join(missing)}"
+    return None
+
+
+class _Replaced(argparse.Action):
+    """A training flag that has no meaning in a comparison: using it is an error naming its replacement."""
+
+    def __init__(self, option_strings, dest, instead: str = "", **kwargs):
+        self.instead = instead
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not a compare option: use {self.instead}")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    if _train_cli_problem() is None:
+        _add_train_arguments()(parser)
+    # declared after the training flags and overriding them where they clash (--out, --mask, --seed)
+    group = parser.add_argument_group("comparison", conflict_handler="resolve")
+    group.add_argument("--variants", default=",".join(VARIANTS),
+                       help=f"comma-separated mask variants among {', '.join(VARIANTS)} (default: all)")
+    group.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    group.add_argument("--seed-offset", type=int, default=0,
+                       help="first seed; runs use seed-offset .. seed-offset+seeds-1 (default 0)")
+    group.add_argument("--out", default="runs/compare",
+                       help="comparison folder: one sub-folder per run, the report next to them "
+                            "(default runs/compare)")
+    group.add_argument("--report-only", action="store_true",
+                       help="train nothing: rewrite the report from the runs already in --out")
+    group.add_argument("--mask", action=_Replaced, instead="--variants", default="none", help=argparse.SUPPRESS)
+    group.add_argument("--seed", action=_Replaced, instead="--seeds and --seed-offset", default=0,
+                       help=argparse.SUPPRESS)
+
+
+@register("compare", "train mask variants over several seeds, then write a report (Markdown, HTML, CSV, plots)",
+          configure)
+def run(args: argparse.Namespace) -> int:
+    variants = check_variants(args.variants)
+    check_seeds(args.seeds, args.seed_offset)
+    if args.report_only:
+        paths = write_report(args.out)
+    else:
+        problem = _train_cli_problem()
+        if problem:
+            print(f"gradmask compare: error: {problem}; only --report-only works", file=sys.stderr)
+            return 2
+        base = _train_cli.config_from_args(args)
+        compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset)
+        paths = report_paths(args.out)
+    print(summary_text(args.out), end="")
+    print(f"report: {paths['markdown']} and {paths['html']} (figures {paths['accuracy'].name}, "
+          f"{paths['loss'].name}; raw numbers {paths['csv'].name}, {paths['json'].name})")
+    return 0

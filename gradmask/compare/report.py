@@ -1,0 +1,641 @@
+"""The comparison report, drawn only from run directories (so it can be rewritten for old results).
+
+A run directory (written by :func:`gradmask.train.train`) holds ``config.json`` (the TrainConfig and
+``gradmask_version``), ``metrics.jsonl`` (one object per finished epoch) and, once finished,
+``final.json``. :func:`write_report` writes next to them:
+
+- ``results.csv`` / ``results.json``: one row per run (the raw numbers the table is drawn from);
+- ``accuracy.png`` / ``loss.png``: test top-1 and train loss per epoch, mean over seeds with a
+  min-max band, one colour per variant;
+- ``report.md`` and a self-contained ``report.html`` (inline CSS, figures as data URIs).
+
+Only finished runs (with ``final.json``) enter the averages; unfinished ones are listed as such.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
+
+VARIANTS = ("none", "lateral", "norm", "pixel")
+"""The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
+
+CI_LEVEL = 0.95
+BASELINE = "none"
+
+# keys of config.json that differ between the runs of one comparison by construction
+_PER_RUN_KEYS = {"mask", "seed", "out", "resume"}
+# TrainConfig fields about logging / bookkeeping, not the experiment: left out of the setting table
+_NOT_SETTING_KEYS = {"overwrite", "progress", "tensorboard"}
+# setting keys shown first (matched on the last component of a flattened key), in this order
+_PREFERRED_KEYS = [
+    "dataset", "data", "train_limit", "test_limit", "synthetic_train", "synthetic_test", "model",
+    "num_classes", "stem", "image_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+    "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "label_smoothing", "augment",
+    "inhibition_rate", "groups", "sigma", "kernel_size", "kernel", "padding", "targets", "skip_last",
+    "device", "amp", "channels_last", "compile", "num_workers",
+]
+_COLORS = {"none": "#444444", "lateral": "#1f77b4", "norm": "#ff7f0e", "pixel": "#2ca02c"}
+_EXTRA_COLORS = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+@dataclass
+class Run:
+    """One run directory: its config, per-epoch metrics and (when finished) final metrics."""
+    path: Path
+    config: dict
+    metrics: list[dict] = field(default_factory=list)
+    final: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def variant(self) -> str:
+        return str(self.config.get("mask", "none"))
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("seed")
+        return int(seed) if seed is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None
+
+    @property
+    def epochs_done(self) -> int:
+        if self.final is not None and self.final.get("epochs") is not None:
+            return int(self.final["epochs"])
+        return int(self.metrics[-1]["epoch"]) if self.metrics else 0
+
+    @property
+    def epochs_planned(self) -> int | None:
+        epochs = self.config.get("epochs")
+        return int(epochs) if epochs is not None else None
+
+    def value(self, key: str) -> float | None:
+        """``final.json[key]`` for a finished run, else the last epoch's ``key`` (None if absent)."""
+        if self.final is not None and self.final.get(key) is not None:
+            return float(self.final[key])
+        if self.metrics and self.metrics[-1].get(key) is not None:
+            return float(self.metrics[-1][key])
+        return None
+
+    @property
+    def train_seconds(self) -> float | None:
+        if self.final is not None and self.final.get("train_seconds") is not None:
+            return float(self.final["train_seconds"])
+        seconds = [m.get("epoch_seconds") for m in self.metrics]
+        return float(sum(seconds)) if seconds and all(s is not None for s in seconds) else None
+
+    @property
+    def mask_kept(self) -> float | None:
+        """Mean over targets of the last epoch's kept fraction (None for vanilla / not recorded)."""
+        kept = self.metrics[-1].get("mask_kept") if self.metrics else None
+        if not kept:
+            return None
+        values = [float(v) for v in kept.values() if v is not None]
+        return sum(values) / len(values) if values else None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        epochs, values = [], []
+        for m in self.metrics:
+            if m.get(key) is not None:
+                epochs.append(int(m["epoch"]))
+                values.append(float(m[key]))
+        return epochs, values
+
+
+def variant_order(names: Iterable[str]) -> list[str]:
+    """Distinct variant names: none, lateral, norm, pixel first, then the others alphabetically."""
+    names = set(names)
+    known = [v for v in VARIANTS if v in names]
+    return known + sorted(names - set(VARIANTS))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    by_epoch: dict[int, dict] = {}
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:      # a run killed while writing its last line
+                break
+            raise ValueError(f"{path}, line {i + 1}: not valid JSON") from None
+        if not isinstance(row, dict) or "epoch" not in row:
+            raise ValueError(f"{path}, line {i + 1}: expected an object with an 'epoch' key")
+        by_epoch[int(row["epoch"])] = row   # a resumed run may repeat an epoch: the last one counts
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def load_runs(out_dir: str | os.PathLike) -> list[Run]:
+    """Every sub-folder of ``out_dir`` holding a ``config.json``, ordered by variant then seed.
+
+    ``metrics.jsonl`` holds the finished epochs (a run killed during its first epoch has none yet);
+    a run is finished when ``final.json`` exists. A half-written last metrics line is ignored.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"compare output folder {out} does not exist")
+    runs = []
+    for sub in sorted(p for p in out.iterdir() if p.is_dir()):
+        config_path = sub / "config.json"
+        if not config_path.is_file():
+            continue
+        config = _read_json(config_path)
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: expected a JSON object")
+        final_path = sub / "final.json"
+        final = _read_json(final_path) if final_path.is_file() else None
+        runs.append(Run(sub, config, _read_metrics(sub / "metrics.jsonl"), final))
+    order = {v: i for i, v in enumerate(variant_order(r.variant for r in runs))}
+    runs.sort(key=lambda r: (order[r.variant], r.seed if r.seed is not None else math.inf, r.name))
+    return runs
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+@dataclass
+class VariantSummary:
+    variant: str
+    finished: list[Run]
+    unfinished: list[Run]
+    top1: Summary                   # percent
+    top5: Summary                   # percent
+    train_seconds: Summary
+    delta: DiffInterval | None      # percentage points vs the baseline; None for the baseline itself
+
+    def to_json(self) -> dict:
+        def num(x):
+            return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+        return {
+            "variant": self.variant,
+            "finished_runs": len(self.finished),
+            "unfinished_runs": len(self.unfinished),
+            "seeds": [r.seed for r in self.finished],
+            "epochs": sorted({r.epochs_done for r in self.finished}),
+            "top1_mean_pct": num(self.top1.mean), "top1_std_pct": num(self.top1.std),
+            "top5_mean_pct": num(self.top5.mean), "top5_std_pct": num(self.top5.std),
+            "delta_vs_none_pp": num(self.delta.diff) if self.delta else None,
+            "ci_low_pp": num(self.delta.low) if self.delta else None,
+            "ci_high_pp": num(self.delta.high) if self.delta else None,
+            "ci_level": CI_LEVEL,
+            "train_seconds_mean": num(self.train_seconds.mean),
+        }
+
+
+def summarize_runs(runs: list[Run]) -> list[VariantSummary]:
+    """Per variant (report order): stats over finished runs and Welch's interval of Δ vs ``none``."""
+    def pct(rs, key):
+        return [100.0 * v for v in (r.value(key) for r in rs) if v is not None]
+
+    base = [r for r in runs if r.variant == BASELINE and r.finished]
+    base_top1 = pct(base, "test_acc")
+    out = []
+    for variant in variant_order(r.variant for r in runs):
+        mine = [r for r in runs if r.variant == variant]
+        finished = [r for r in mine if r.finished]
+        top1 = pct(finished, "test_acc")
+        delta = None
+        if variant != BASELINE and top1 and base_top1:
+            delta = diff_confidence_interval(top1, base_top1, CI_LEVEL)
+        seconds = [s for s in (r.train_seconds for r in finished) if s is not None]
+        out.append(VariantSummary(variant, finished, [r for r in mine if not r.finished], summarize(top1),
+                                  summarize(pct(finished, "test_top5")), summarize(seconds), delta))
+    return out
+
+
+RESULT_FIELDS = ["variant", "seed", "finished", "epochs_done", "epochs_planned", "test_acc", "test_top5",
+                 "test_loss", "train_seconds", "mask_kept", "device", "run"]
+
+
+def result_rows(runs: list[Run]) -> list[dict]:
+    """One row per run. Accuracies are fractions; for unfinished runs they are the last epoch's."""
+    rows = []
+    for r in runs:
+        rows.append({
+            "variant": r.variant, "seed": r.seed, "finished": r.finished, "epochs_done": r.epochs_done,
+            "epochs_planned": r.epochs_planned, "test_acc": r.value("test_acc"),
+            "test_top5": r.value("test_top5"), "test_loss": r.value("test_loss"),
+            "train_seconds": r.train_seconds, "mask_kept": r.mask_kept,
+            "device": (r.final or {}).get("device"), "run": r.name,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- formatting
+
+def _nan(x: float | None) -> bool:
+    return x is None or math.isnan(x)
+
+
+def fmt_mean_std(s: Summary) -> str:
+    if s.n == 0:
+        return "–"
+    if s.n < 2:
+        return f"{s.mean:.2f}"
+    return f"{s.mean:.2f} ± {s.std:.2f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if _nan(seconds):
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def fmt_ci(ci: DiffInterval | None) -> str:
+    if ci is None:
+        return "–"
+    if _nan(ci.low):
+        return "not established (n < 2)"
+    return f"[{ci.low:+.2f}, {ci.high:+.2f}]"
+
+
+def _fmt_value(v: Any) -> str:
+    if v is None:
+        return "None"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt_value(x) for x in v) if v else "[]"
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def setting(runs: list[Run]) -> list[tuple[str, str]]:
+    """``(key, value)`` rows: the config shared by the runs (preferred keys first), values that
+    differ between runs (other than mask/seed/out), and device / parameters / version."""
+    flats = [_flatten({k: v for k, v in r.config.items() if k not in _PER_RUN_KEYS | _NOT_SETTING_KEYS})
+             for r in runs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    rank = {k: i for i, k in enumerate(_PREFERRED_KEYS)}
+    keys.sort(key=lambda k: (k == "gradmask_version", rank.get(k.rsplit(".", 1)[-1], len(rank)), k))
+    rows = []
+    for k in keys:
+        values = list(dict.fromkeys(_fmt_value(f.get(k)) for f in flats))
+        rows.append((k, values[0] if len(values) == 1 else "differs between runs: " + " / ".join(values)))
+    finals = [r.final for r in runs if r.final]
+    for key, label in (("device", "device (final.json)"), ("num_params", "parameters")):
+        values = list(dict.fromkeys(_fmt_value(f.get(key)) for f in finals if f.get(key) is not None))
+        if values:
+            rows.append((label, " / ".join(values)))
+    return rows
+
+
+def _common(runs: list[Run], key: str) -> str | None:
+    values = {_fmt_value(r.config.get(key)) for r in runs if r.config.get(key) is not None}
+    return values.pop() if len(values) == 1 else (" / ".join(sorted(values)) if values else None)
+
+
+def _seed_text(summaries: list[VariantSummary]) -> str:
+    counts = {s.variant: len(s.finished) for s in summaries}
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        seeds = sorted({r.seed for s in summaries for r in s.finished if r.seed is not None})
+        seed_list = f" (seeds {', '.join(map(str, seeds))})" if seeds else ""
+        return f"{n} finished seed{'s' if n != 1 else ''} per variant{seed_list}"
+    return "finished seeds per variant: " + ", ".join(f"{v} {n}" for v, n in counts.items())
+
+
+def _epoch_text(runs: list[Run]) -> str:
+    finished = [r for r in runs if r.finished]
+    epochs = sorted({r.epochs_done for r in finished}) or sorted({r.epochs_planned for r in runs
+                                                                   if r.epochs_planned is not None})
+    if not epochs:
+        return "an unknown number of epochs"
+    if len(epochs) == 1:
+        return f"{epochs[0]} epoch{'s' if epochs[0] != 1 else ''}"
+    return "/".join(map(str, epochs)) + " epochs (runs differ)"
+
+
+def conclusions(runs: list[Run], summaries: list[VariantSummary]) -> list[str]:
+    """The sentences under the table: seeds and epochs, then one verdict per variant vs none."""
+    level = f"{CI_LEVEL:.0%}"
+    trained = (f"Each variant was trained for {_epoch_text(runs)}; {_seed_text(summaries)}."
+               if any(r.finished for r in runs) else
+               f"No run has finished yet ({_epoch_text(runs)} planned), so no difference is established.")
+    lines = [f"{trained} The table shows "
+             f"the mean ± sample standard deviation over seeds of the final test accuracy of finished runs; "
+             f"Δ is the difference of means from '{BASELINE}' in percentage points with Welch's {level} "
+             f"t interval (seeds as independent samples)."]
+    base = next((s for s in summaries if s.variant == BASELINE), None)
+    for s in summaries:
+        if s.variant == BASELINE:
+            continue
+        if base is None or not base.finished:
+            lines.append(f"{s.variant}: no finished '{BASELINE}' runs to compare against, so the "
+                         f"difference is not established.")
+            continue
+        if not s.finished:
+            lines.append(f"{s.variant}: no finished runs yet, so the difference is not established.")
+            continue
+        d = s.delta
+        head = f"{s.variant} vs {BASELINE}: Δ = {d.diff:+.2f} pp"
+        contains = interval_contains_zero(d)
+        if contains is None:
+            lines.append(f"{head}; {level} CI not established (n < 2: {len(s.finished)} vs "
+                         f"{len(base.finished)} finished seeds), so the difference is not established.")
+        elif contains:
+            lines.append(f"{head}, {level} CI [{d.low:+.2f}, {d.high:+.2f}] contains 0: with "
+                         f"{len(s.finished)} vs {len(base.finished)} seeds the difference is not established.")
+        else:
+            word = "higher" if d.diff > 0 else "lower"
+            lines.append(f"{head}, {level} CI [{d.low:+.2f}, {d.high:+.2f}] excludes 0: with "
+                         f"{len(s.finished)} vs {len(base.finished)} seeds, {s.variant}'s accuracy is "
+                         f"{word} than {BASELINE}'s (significant at the {1 - CI_LEVEL:.0%} level, Welch's t).")
+    return lines
+
+
+# -------------------------------------------------------------------------------------------- plots
+
+def _color(variant: str, index: int) -> str:
+    return _COLORS.get(variant, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
+
+
+def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> Path:
+    """Per variant: the mean over finished runs of ``key`` per epoch with a min-max band; unfinished
+    runs as thin dashed lines. Written with the Agg canvas (no pyplot state, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7.5, 4.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    extra = 0
+    for variant in variant_order(r.variant for r in runs):
+        color = _color(variant, extra)
+        extra += variant not in _COLORS
+        mine = [r for r in runs if r.variant == variant]
+        finished = [r for r in mine if r.finished]
+        per_epoch: dict[int, list[float]] = {}
+        for r in finished:
+            for e, v in zip(*r.series(key)):
+                per_epoch.setdefault(e, []).append(v * scale)
+        if per_epoch:
+            epochs = sorted(per_epoch)
+            mean = [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
+            ax.plot(epochs, mean, color=color, linewidth=2, marker="o" if len(epochs) <= 30 else None,
+                    markersize=3.5, label=f"{variant} (mean of {len(finished)})")
+            if len(finished) > 1:
+                ax.fill_between(epochs, [min(per_epoch[e]) for e in epochs],
+                                [max(per_epoch[e]) for e in epochs], color=color, alpha=0.18, linewidth=0)
+        labelled = False
+        for r in mine:
+            if r.finished:
+                continue
+            e, v = r.series(key)
+            if e:
+                ax.plot(e, [x * scale for x in v], color=color, linewidth=1, linestyle="--", alpha=0.8,
+                        marker="." if len(e) <= 30 else None,
+                        label=None if labelled else f"{variant} (unfinished)")
+                labelled = True
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + "\n(line: mean over seeds, band: min to max)", fontsize=11)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no finished epochs yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+# ------------------------------------------------------------------------------------ the documents
+
+def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) -> list[tuple]:
+    """The report as blocks rendered to Markdown and HTML alike."""
+    dataset = _common(runs, "dataset") or "?"
+    model = _common(runs, "model") or "?"
+    blocks: list[tuple] = [("h1", f"Gradient Mask comparison: {model} on {dataset}")]
+    devices = sorted({str(r.final["device"]) for r in runs if r.final and r.final.get("device")})
+    intro = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {out.name}/ "
+             f"({sum(r.finished for r in runs)} finished): variants "
+             f"{', '.join(s.variant for s in summaries)}; {_epoch_text(runs)}; {_seed_text(summaries)}"
+             + (f"; device {', '.join(devices)}" if devices else "") + ".")
+    blocks.append(("p", intro))
+
+    blocks.append(("h2", "Results"))
+    headers = ["variant", "seeds", "final top-1 (%) mean ± std", "top-5 (%)", f"Δ vs {BASELINE} (pp)",
+               f"{CI_LEVEL:.0%} CI of Δ (pp)", "train time per run"]
+    rows = []
+    for s in summaries:
+        seeds = str(len(s.finished)) + (f" (+{len(s.unfinished)} unfinished)" if s.unfinished else "")
+        delta = "–" if s.delta is None else f"{s.delta.diff:+.2f}"
+        rows.append([s.variant, seeds, fmt_mean_std(s.top1), fmt_mean_std(s.top5), delta, fmt_ci(s.delta),
+                     fmt_duration(s.train_seconds.mean)])
+    blocks.append(("table", headers, rows, "lrrrrrr"))
+    for line in conclusions(runs, summaries):
+        blocks.append(("p", line))
+
+    unfinished = [r for r in runs if not r.finished]
+    if unfinished:
+        blocks.append(("h2", "Unfinished runs"))
+        blocks.append(("p", "Not included in the averages above; `gradmask compare` with the same options "
+                            "resumes them."))
+        urows = []
+        for r in unfinished:
+            acc = r.value("test_acc")
+            planned = r.epochs_planned if r.epochs_planned is not None else "?"
+            urows.append([r.variant, str(r.seed), f"{r.epochs_done} / {planned}",
+                          "–" if acc is None else f"{100 * acc:.2f}", r.name])
+        blocks.append(("table", ["variant", "seed", "epochs done", "last test top-1 (%)", "folder"], urows,
+                       "lrrrl"))
+
+    blocks.append(("h2", "Figures"))
+    blocks.append(("img", "Test top-1 accuracy per epoch", "accuracy.png"))
+    blocks.append(("img", "Train loss per epoch", "loss.png"))
+    blocks.append(("p", "Lines: mean over the finished seeds of a variant; band: min to max over those seeds; "
+                        "dashed: unfinished runs."))
+
+    blocks.append(("h2", "Setting"))
+    blocks.append(("table", ["setting", "value"], [[k, v] for k, v in setting(runs)], "ll"))
+    kept = [(r.variant, r.mask_kept) for r in runs if r.finished and r.mask_kept is not None]
+    if kept:
+        by_variant: dict[str, list[float]] = {}
+        for v, k in kept:
+            by_variant.setdefault(v, []).append(k)
+        blocks.append(("p", "Fraction of gradient positions the mask kept in the last epoch (mean over targets "
+                            "and seeds): " + ", ".join(f"{v} {sum(k) / len(k):.3f}"
+                                                        for v, k in by_variant.items()) + "."))
+
+    blocks.append(("h2", "Raw data"))
+    blocks.append(("p", "results.csv and results.json hold one row per run (accuracies as fractions); each run "
+                        "folder keeps config.json, metrics.jsonl (one line per epoch) and final.json. "
+                        f"`gradmask compare --report-only --out {out}` rewrites this report."))
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    parts = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h1":
+            parts.append(f"# {b[1]}")
+        elif kind == "h2":
+            parts.append(f"## {b[1]}")
+        elif kind == "p":
+            parts.append(b[1])
+        elif kind == "img":
+            parts.append(f"![{b[1]}]({b[2]})")
+        elif kind == "table":
+            headers, rows, align = b[1], b[2], b[3]
+            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
+                     "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 980px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.5; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .95em; }
+th, td { border: 1px solid #ccc; padding: .35em .7em; }
+th { background: #f4f4f4; }
+td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
+td.l, th.l { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .9em; }
+code { background: #f4f4f4; padding: 0 .25em; }
+"""
+
+
+def _html_inline(text: str) -> str:
+    # `code` spans; everything else escaped
+    pieces = str(text).split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(pieces))
+
+
+def render_html(blocks: list[tuple], out: Path) -> str:
+    title = next((b[1] for b in blocks if b[0] == "h1"), "gradmask comparison")
+    body = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_html_inline(b[1])}</p>")
+        elif kind == "img":
+            data = base64.b64encode((out / b[2]).read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(b[1])} ({html.escape(b[2])})</figcaption></figure>")
+        elif kind == "table":
+            headers, rows, align = b[1], b[2], b[3]
+            head = "".join(f'<th class="{a}">{html.escape(h)}</th>' for h, a in zip(headers, align))
+            trs = "".join("<tr>" + "".join(f'<td class="{a}">{html.escape(str(c))}</td>'
+                                           for c, a in zip(row, align)) + "</tr>" for row in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def report_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where :func:`write_report` writes: ``{"csv", "json", "accuracy", "loss", "markdown", "html"}``."""
+    out = Path(out_dir)
+    return {"csv": out / "results.csv", "json": out / "results.json", "accuracy": out / "accuracy.png",
+            "loss": out / "loss.png", "markdown": out / "report.md", "html": out / "report.html"}
+
+
+def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Read every run under ``out_dir`` and write the report files next to them.
+
+    Returns ``{"csv", "json", "accuracy", "loss", "markdown", "html"}`` -> path. Raises
+    ``FileNotFoundError`` when ``out_dir`` is missing or holds no run.
+    """
+    out = Path(out_dir)
+    runs = load_runs(out)
+    if not runs:
+        raise FileNotFoundError(f"no runs in {out}: a run is a sub-folder with config.json and metrics.jsonl "
+                                f"(train some with `gradmask compare --out {out}` first)")
+    summaries = summarize_runs(runs)
+    paths = report_paths(out)
+
+    rows = result_rows(runs)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    _write_text(paths["csv"], buf.getvalue())
+    _write_text(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries]},
+                                          indent=2) + "\n")
+
+    dataset = _common(runs, "dataset") or "?"
+    model = _common(runs, "model") or "?"
+    plot_metric(runs, "test_acc", "test top-1 accuracy (%)", f"Test accuracy: {model} on {dataset}",
+                paths["accuracy"], scale=100.0)
+    plot_metric(runs, "train_loss", "train loss (cross-entropy)", f"Train loss: {model} on {dataset}",
+                paths["loss"])
+
+    blocks = _report_blocks(out, runs, summaries)
+    _write_text(paths["markdown"], render_markdown(blocks))
+    _write_text(paths["html"], render_html(blocks, out))
+    return paths
+
+
+def summary_text(out_dir: str | os.PathLike) -> str:
+    """The results table (Markdown) and the verdict sentences, for printing after a comparison."""
+    runs = load_runs(out_dir)
+    if not runs:
+        raise FileNotFoundError(f"no runs in {out_dir}")
+    summaries = summarize_runs(runs)
+    blocks = [b for b in _report_blocks(Path(out_dir), runs, summaries) if b[0] == "table"][:1]
+    return render_markdown(blocks) + "\n" + "\n".join(conclusions(runs, summaries)) + "\n"

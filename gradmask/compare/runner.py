@@ -1,0 +1,86 @@
+"""Train every mask variant with several seeds from one base config, then write the report.
+
+Runs go to ``{out}/{variant}-seed{seed}`` and always use ``resume=True``: a finished run returns at
+once and a killed one continues from its checkpoint, so re-running the same ``compare`` finishes a
+comparison that was interrupted. Runs are ordered seed by seed (none-0, lateral-0, none-1, ...) so an
+interrupted comparison has paired runs for every seed it reached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .report import VARIANTS, write_report
+
+
+def check_variants(variants: Iterable[str] | str) -> tuple[str, ...]:
+    """Validate a sequence (or a comma-separated string) of variant names; returns them as a tuple."""
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    variants = tuple(variants)
+    accepted = ", ".join(VARIANTS)
+    if not variants:
+        raise ValueError(f"variants (--variants) is empty; accepted values: {accepted}")
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r} in variants (--variants); accepted values: {accepted}")
+    duplicates = sorted({v for v in variants if variants.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"variants (--variants) lists {', '.join(duplicates)} more than once")
+    return variants
+
+
+def check_seeds(seeds: Any, seed_offset: Any = 0) -> tuple[int, int]:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds (--seeds) must be an integer >= 1, got {seeds!r}")
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
+        raise ValueError(f"seed_offset (--seed-offset) must be an integer >= 0, got {seed_offset!r}")
+    return seeds, seed_offset
+
+
+def run_dir(out: str | os.PathLike, variant: str, seed: int) -> str:
+    """The folder of one run of a comparison: ``{out}/{variant}-seed{seed}``."""
+    return f"{os.fspath(out)}/{variant}-seed{seed}"
+
+
+def plan(variants: Iterable[str] = ("none", "lateral"), seeds: int = 3, out: str | os.PathLike = "runs/compare",
+         seed_offset: int = 0) -> list[tuple[str, int, str]]:
+    """``(variant, seed, run dir)`` for every run, in training order (seed by seed)."""
+    variants = check_variants(variants)
+    seeds, seed_offset = check_seeds(seeds, seed_offset)
+    return [(v, s, run_dir(out, v, s)) for s in range(seed_offset, seed_offset + seeds) for v in variants]
+
+
+def _status(path: str) -> str:
+    p = Path(path)
+    if (p / "final.json").is_file():
+        return "finished earlier"
+    metrics = p / "metrics.jsonl"
+    if metrics.is_file():
+        done = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+        if done:
+            return f"resuming after {done} epoch{'s' if done != 1 else ''}"
+    return "new"
+
+
+def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: int = 3,
+            out: str | os.PathLike = "runs/compare", seed_offset: int = 0,
+            train_fn: Callable | None = None, log: Callable[[str], Any] | None = print) -> list[Path]:
+    """Train ``variants`` x ``seeds`` runs from ``base_config`` and write the report in ``out``.
+
+    Each run is ``train_fn(dataclasses.replace(base_config, mask=variant, seed=s,
+    out=f"{out}/{variant}-seed{s}", resume=True))`` with ``s`` in ``seed_offset .. seed_offset+seeds-1``.
+    ``train_fn`` defaults to :func:`gradmask.train.train`. ``log`` gets one line per run (``None``:
+    silent). Returns the run directories in training order.
+    """
+    runs = plan(variants, seeds, out, seed_offset)
+    if train_fn is None:
+        from gradmask.train import train as train_fn
+    for k, (variant, seed, path) in enumerate(runs, 1):
+        if log is not None:
+            log(f"[{k}/{len(runs)}] {variant} seed {seed} -> {path} ({_status(path)})")
+        train_fn(dataclasses.replace(base_config, mask=variant, seed=seed, out=path, resume=True))
+    write_report(out)
+    return [Path(path) for _, _, path in runs]
