@@ -6,8 +6,9 @@ the gradient with respect to the module's output even when a later in-place op (
 """
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -126,6 +127,7 @@ class MaskHandle:
                                  f"4-D floating-point tensor (N, C, H, W), got {got}")
             if self.enabled and output.requires_grad:
                 output.register_hook(lambda grad: self._mask_gradient(name, grad))
+        hook.gradmask_handle = self  # lets mask_handles() find the handle from the model
         return hook
 
     def _mask_gradient(self, name: str, grad: torch.Tensor) -> Optional[torch.Tensor]:
@@ -162,6 +164,49 @@ class MaskHandle:
 
     def __repr__(self) -> str:
         return f"MaskHandle({len(self.targets)} targets, enabled={self.enabled}, {self.gradient_mask})"
+
+
+def mask_handles(model: nn.Module) -> list[MaskHandle]:
+    """Every :class:`MaskHandle` with a live hook on ``model`` or its submodules (enabled or not)."""
+    found: list[MaskHandle] = []
+    for module in model.modules():
+        for hook in module._forward_hooks.values():
+            handle = getattr(hook, "gradmask_handle", None)
+            if handle is not None and all(handle is not h for h in found):
+                found.append(handle)
+    return found
+
+
+def strip_mask_hooks(model: nn.Module) -> int:
+    """Remove every MaskHandle forward hook from ``model`` in place (meant for deep copies, which
+    share the original's hooks); returns how many were removed."""
+    removed = 0
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "gradmask_handle", None) is not None:
+                del module._forward_hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def no_gradient_mask(*models: nn.Module) -> Iterator[list[MaskHandle]]:
+    """Switch off every gradient mask attached to ``models`` inside the block (plain backprop, e.g.
+    for an attack or a saliency map); each handle's ``enabled`` is restored on exit."""
+    handles: list[MaskHandle] = []
+    for model in models:
+        for handle in mask_handles(model):
+            if all(handle is not h for h in handles):
+                handles.append(handle)
+    previous = [h.enabled for h in handles]
+    for h in handles:
+        h.enabled = False
+    try:
+        yield handles
+    finally:
+        for h, was in zip(handles, previous):
+            h.enabled = was
 
 
 def attach(model: nn.Module, gradient_mask: GradientMask, targets: Optional[Iterable[Target]] = None,

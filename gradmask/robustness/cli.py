@@ -1,0 +1,344 @@
+"""``gradmask robustness RUN_A RUN_B ...``: pruning, FGSM and GSNR of trained runs, one report.
+
+Each RUN is a run directory (or its ``checkpoint.pt``) written by ``gradmask train`` / ``compare``;
+models are loaded with :func:`gradmask.train.load_checkpoint` (no mask hooks: they are never saved).
+All runs are evaluated on one set of images, so they must share the architecture, the number of
+classes and the dataset (a clear error otherwise).
+
+Data: the test split of the runs' dataset (``--data`` / ``--dataset`` override it; ``--data
+synthetic`` is the rendered synthetic set), the first ``--test-limit`` images (synthetic: the first
+N rendered; other datasets: a random subset drawn with seed 0, since folder trees are sorted by
+class). GSNR: ``--gsnr-samples`` images of ``--gsnr-split`` (train by default; a seed-0 random
+subset), per-sample gradients with the gradient mask each run was trained with (``--gsnr-mask
+run``) or without (``none``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..cli import register
+from .fgsm import check_epsilons, fgsm_curve
+from .gsnr import gsnr, gsnr_summary
+from .pruning import SCHEMES, check_sparsities, pruning_curve
+from .report import write_report
+
+DEFAULT_EPSILONS = "0,1,2,4,8"
+DEFAULT_SPARSITIES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+SUBSET_SEED = 0
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or their checkpoint.pt)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=None,
+                      help="'synthetic', or the dataset path (default: the runs' config)")
+    data.add_argument("--dataset", default=None,
+                      help="synthetic, cifar10, cifar100, folder or imagenet (default: the runs' config)")
+    data.add_argument("--test-limit", type=int, default=None,
+                      help="evaluate on N test images (default: the whole test split)")
+    data.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    what = parser.add_argument_group("measurements")
+    what.add_argument("--epsilons", default=DEFAULT_EPSILONS,
+                      help=f"FGSM epsilons in 1/255 units (default {DEFAULT_EPSILONS})")
+    what.add_argument("--subset", default="joint", choices=["joint", "all"],
+                      help="FGSM on the images every model gets right (joint, the paper) or on all")
+    what.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
+                      help="pruned fractions in [0, 1) (default 0,0.1,...,0.9)")
+    what.add_argument("--schemes", default="global,layer", help="pruning schemes: global, layer (default both)")
+    what.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                      help="re-estimate BatchNorm statistics of each pruned model on N training images "
+                           "(default 0: statistics as trained)")
+    what.add_argument("--gsnr-samples", type=int, default=512, help="GSNR samples (default 512; 0 skips GSNR)")
+    what.add_argument("--gsnr-split", default="train", choices=["train", "test"], help="GSNR images (default train)")
+    what.add_argument("--gsnr-mask", default="run", choices=["run", "none"],
+                      help="per-sample gradients with each run's gradient mask (run, default) or plain (none)")
+    what.add_argument("--gsnr-params", default="conv", choices=["conv", "all"],
+                      help="parameters measured: convolution weights (default, as the paper) or all")
+    what.add_argument("--gsnr-chunk", type=int, default=64, help="samples per vmap chunk (memory; default 64)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="report folder (default: <parent of the first run>/robustness)")
+    out.add_argument("--names", default=None, help="comma-separated model names (default: the run folder names)")
+    out.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------------------- data
+
+def _subset(n: int, limit: Optional[int]) -> Optional[torch.Tensor]:
+    if limit is None or limit >= n:
+        return None
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(n, generator=g)[:limit].sort().values
+
+
+class _Streamed:
+    """Batches of a streamed (ImageNet) loader as float images, at most ``limit`` images."""
+
+    def __init__(self, loader, limit: Optional[int]):
+        self.loader, self.limit = loader, limit
+
+    def __iter__(self):
+        from ..data import to_float
+        seen = 0
+        for x, y in self.loader:
+            if self.limit is not None:
+                if seen >= self.limit:
+                    break
+                x, y = x[: self.limit - seen], y[: self.limit - seen]
+            seen += y.shape[0]
+            yield to_float(x), y
+
+
+def _split_images(dataset: str, root, split: str, limit: Optional[int], config, batch_size: int,
+                  device: torch.device):
+    """``(loader, n_images, source)`` for a split. In-memory datasets: a TensorLoader on the device."""
+    from ..data import TensorLoader, load_dataset
+    if dataset == "imagenet":
+        from ..data import eval_transform, make_imagenet_loader
+        split = "val" if split == "test" else split
+        loader = make_imagenet_loader(root, split, batch_size, train=True, drop_last=False, seed=SUBSET_SEED,
+                                      transform=eval_transform(uint8=True), num_workers=config.num_workers,
+                                      uint8=True)  # train=True: shuffled, with the evaluation transform
+        n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
+        return _Streamed(loader, limit), n, str(root)
+    if dataset == "synthetic":
+        from ..train.data import SYNTHETIC_DATA_SEED
+        default = config.synthetic_test if split == "test" else config.synthetic_train
+        n = default if limit is None else limit
+        ds = load_dataset("synthetic", split=split, n=n, seed=SYNTHETIC_DATA_SEED)
+        images, labels, source = ds.images, ds.labels, "rendered synthetic data"
+    else:
+        if dataset == "folder" and split == "test":
+            try:
+                ds = load_dataset("folder", root=root, split="test")
+            except ValueError as exc:
+                if "no split folder" not in str(exc):
+                    raise
+                ds = load_dataset("folder", root=root, split="val")
+        else:
+            ds = load_dataset(dataset, root=root, split=split)
+        images, labels, source = ds.images, ds.labels, str(root)
+        index = _subset(images.shape[0], limit)
+        if index is not None:
+            images, labels = images[index], labels[index]
+    loader = TensorLoader(images, labels, batch_size, shuffle=False, device=device)
+    return loader, int(images.shape[0]), source
+
+
+def _first_images(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys, seen = [], [], 0
+    for x, y in loader:
+        xs.append(x[: n - seen])
+        ys.append(y[: n - seen])
+        seen += ys[-1].shape[0]
+        if seen >= n:
+            break
+    if not xs:
+        raise ValueError("the GSNR split yielded no images")
+    return torch.cat(xs), torch.cat(ys)
+
+
+# --------------------------------------------------------------------------------------- models
+
+def _device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} was requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def _checkpoint_file(run: str) -> Path:
+    p = Path(run)
+    return p / "checkpoint.pt" if p.is_dir() else p
+
+
+def _names(runs: list[str], names: Optional[str]) -> list[str]:
+    if names:
+        given = [n.strip() for n in names.split(",")]
+        if len(given) != len(runs) or not all(given) or len(set(given)) != len(given):
+            raise ValueError(f"--names must give {len(runs)} distinct non-empty names, got {names!r}")
+        return given
+    files = [_checkpoint_file(r) for r in runs]
+    out = [f.parent.name or str(f) for f in files]
+    if len(set(out)) != len(out):
+        out = [f"{f.parent.parent.name}/{f.parent.name}" for f in files]
+    if len(set(out)) != len(out):
+        out = [f"{n}#{i}" for i, n in enumerate(out)]
+    return out
+
+
+def _architecture(model: torch.nn.Module) -> list[tuple[str, tuple]]:
+    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+
+
+def _check_compatible(loaded: list[dict], dataset: str, explicit_data: bool) -> None:
+    first = loaded[0]
+    for other in loaded[1:]:
+        a, b = first["config"], other["config"]
+        if a.model != b.model or first["arch"] != other["arch"]:
+            what = (f"{a.model!r} vs {b.model!r}" if a.model != b.model else
+                    f"{a.model!r} with different layer shapes (stem / width)")
+            raise ValueError(f"runs {first['path']} and {other['path']} have different architectures ({what}); "
+                             f"robustness compares models of one architecture on one shared evaluation set: "
+                             f"run the command separately for each architecture")
+        if first["num_classes"] != other["num_classes"]:
+            raise ValueError(f"runs {first['path']} and {other['path']} predict different numbers of classes "
+                             f"({first['num_classes']} vs {other['num_classes']}): they cannot share an "
+                             f"evaluation set")
+        if not explicit_data and (a.dataset, a.data) != (b.dataset, b.data):
+            raise ValueError(f"runs {first['path']} and {other['path']} were trained on different data "
+                             f"({a.dataset} {a.data or ''} vs {b.dataset} {b.data or ''}); pass --data / --dataset "
+                             f"to evaluate all of them on one set")
+
+
+def _gradient_mask(config):
+    from ..mask import GradientMask
+    if config.mask == "none":
+        return None, None, 2
+    gm = GradientMask(groups=config.groups, sigma=config.sigma, kernel_size=config.kernel_size,
+                      kernel=config.kernel, padding=config.padding, inhibition_rate=config.inhibition_rate,
+                      mode=config.mask)
+    return gm, (list(config.targets) if config.targets else None), config.skip_last
+
+
+# --------------------------------------------------------------------------------------- command
+
+def measure(args: argparse.Namespace) -> dict:
+    """Load the runs, measure, return the results dict :func:`write_report` takes."""
+    from ..train import load_checkpoint  # inside: the command module imports without the engine
+
+    epsilons = check_epsilons(_numbers(args.epsilons, "--epsilons"))
+    sparsities = check_sparsities(_numbers(args.sparsities, "--sparsities"))
+    schemes = [s.strip() for s in str(args.schemes).split(",") if s.strip()]
+    if not schemes or any(s not in SCHEMES for s in schemes):
+        raise ValueError(f"--schemes must be a comma-separated subset of {', '.join(SCHEMES)}, got {args.schemes!r}")
+    for option, value, lo in (("--test-limit", args.test_limit, 1), ("--batch-size", args.batch_size, 1),
+                              ("--gsnr-samples", args.gsnr_samples, 0), ("--gsnr-chunk", args.gsnr_chunk, 1),
+                              ("--recalibrate-bn", args.recalibrate_bn, 0)):
+        if value is not None and value < lo:
+            raise ValueError(f"{option} must be an integer >= {lo}, got {value}")
+    if args.gsnr_samples == 1:
+        raise ValueError("--gsnr-samples must be 0 (skip) or >= 2 (a variance needs two samples)")
+    progress = not args.no_progress
+    device = _device(args.device)
+    names = _names(args.runs, args.names)
+
+    loaded = []
+    for name, run in zip(names, args.runs):
+        path = _checkpoint_file(run)
+        model, config = load_checkpoint(path, map_location=device)
+        loaded.append({"name": name, "path": str(path), "model": model, "config": config,
+                       "arch": _architecture(model)})
+    config = loaded[0]["config"]
+    if args.data == "synthetic" and args.dataset not in (None, "synthetic"):
+        raise ValueError(f"--data synthetic contradicts --dataset {args.dataset}")
+    dataset = args.dataset or ("synthetic" if args.data == "synthetic" else config.dataset)
+    root = None if dataset == "synthetic" else (args.data or config.data)
+    if dataset != "synthetic" and not root:
+        raise ValueError(f"dataset {dataset!r} needs --data PATH (the runs' config names none)")
+    if dataset != "synthetic" and not Path(root).exists():
+        raise FileNotFoundError(f"--data {root} does not exist")
+
+    print(f"loading the {dataset} test images ...", file=sys.stderr)
+    loader, n_eval, source = _split_images(dataset, root, "test", args.test_limit, config, args.batch_size, device)
+    first_x, first_y = _first_images(loader, 1)
+    for entry in loaded:
+        with torch.no_grad():
+            entry["num_classes"] = int(entry["model"].eval()(first_x.to(device)).shape[1])
+    _check_compatible(loaded, dataset, explicit_data=bool(args.data or args.dataset))
+    labels = getattr(loader, "labels", None)
+    if labels is not None and labels.numel() and int(labels.max()) >= loaded[0]["num_classes"]:
+        raise ValueError(f"the {dataset} images have labels up to {int(labels.max())} but the models predict "
+                         f"{loaded[0]['num_classes']} classes: --data / --dataset does not match the runs")
+    models = {e["name"]: e["model"] for e in loaded}
+
+    recal = None
+    if args.recalibrate_bn:
+        recal_loader, _, _ = _split_images(dataset, root, "train", args.recalibrate_bn, config, args.batch_size, device)
+        recal = recal_loader
+
+    results: dict = {
+        "models": [{"name": e["name"], "checkpoint": e["path"], "model": e["config"].model, "mask": e["config"].mask,
+                    "seed": e["config"].seed, "num_classes": e["num_classes"], "n_eval": n_eval} for e in loaded],
+        "data": {"dataset": dataset, "source": source, "split": "test", "n_images": n_eval},
+        "settings": {"epsilons_255": epsilons, "sparsities": sparsities, "schemes": schemes, "subset": args.subset,
+                     "recalibrate_bn": args.recalibrate_bn, "gsnr_samples": args.gsnr_samples,
+                     "gsnr_split": args.gsnr_split, "gsnr_mask": args.gsnr_mask, "gsnr_params": args.gsnr_params,
+                     "device": str(device), "mask_hooks": "none attached (fresh checkpoints); any found are "
+                                                          "switched off during attacks and evaluation"},
+        "pruning": {}, "fgsm": None, "gsnr": {},
+    }
+    for e in loaded:
+        results["pruning"][e["name"]] = {}
+        for scheme in schemes:
+            print(f"pruning {e['name']} ({scheme}) ...", file=sys.stderr)
+            curve = pruning_curve(e["model"], loader, sparsities, scheme=scheme, recalibrate_bn=recal,
+                                  progress=progress)
+            results["pruning"][e["name"]][scheme] = curve.to_dict()
+    print("FGSM ...", file=sys.stderr)
+    curve = fgsm_curve(models, loader, epsilons, subset=args.subset, progress=progress)
+    results["fgsm"] = curve.to_dict()
+
+    if args.gsnr_samples:
+        g_loader, _, _ = _split_images(dataset, root, args.gsnr_split, args.gsnr_samples, config,
+                                       args.batch_size, device)
+        images, labels = _first_images(g_loader, args.gsnr_samples)
+        for e in loaded:
+            gm, targets, skip_last = _gradient_mask(e["config"]) if args.gsnr_mask == "run" else (None, None, 2)
+            print(f"GSNR {e['name']} ({images.shape[0]} samples{', masked' if gm else ''}) ...", file=sys.stderr)
+            r = gsnr(e["model"], None, images, labels, chunk_size=args.gsnr_chunk,
+                     params=None if args.gsnr_params == "all" else "conv", gradient_mask=gm,
+                     mask_targets=targets, skip_last=skip_last, progress=progress)
+            results["gsnr"][e["name"]] = {"summary": gsnr_summary(r), "n_samples": r.n_samples, "masked": r.masked,
+                                          "split": args.gsnr_split, "eps": r.eps, "ddof": r.ddof}
+    return results
+
+
+def _default_out(runs: list[str]) -> Path:
+    first = _checkpoint_file(runs[0]).parent
+    return first.parent / "robustness"
+
+
+@register("robustness", "pruning, FGSM and GSNR of trained runs on one evaluation set: Markdown/HTML report",
+          _configure)
+def robustness_command(args: argparse.Namespace) -> int:
+    results = measure(args)
+    out = Path(args.out) if args.out else _default_out(args.runs)
+    paths = write_report(results, out)
+    fgsm = results["fgsm"]
+    if fgsm.get("warning"):
+        print(f"warning: {fgsm['warning']}", file=sys.stderr)
+    lines = []
+    for name in results["pruning"]:
+        parts = []
+        for scheme, c in results["pruning"][name].items():
+            worst = c["points"][-1]
+            parts.append(f"{scheme} {worst[0]:g}: {worst[1]:.3f}")
+        curve = fgsm["curves"].get(name, [])
+        if curve and not math.isnan(curve[-1][1]):
+            parts.append(f"FGSM {curve[-1][0]:g}/255: {curve[-1][1]:.3f}")
+        if name in results["gsnr"]:
+            parts.append(f"GSNR {results['gsnr'][name]['summary']['network']:.3g}")
+        lines.append(f"  {name}: " + ", ".join(parts))
+    print("\n".join(lines))
+    print(f"report: {paths['markdown']} and {paths['html']} ({os.fspath(out)})")
+    return 0
+
+
+__all__ = ["measure", "robustness_command"]
