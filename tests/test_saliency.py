@@ -13,14 +13,6 @@ from gradmask.models.resnet import Normalize
 from gradmask.saliency import GradCAM, GradCAMPlusPlus, LIMap, SaliencyMethod
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread (OpenMP spinning collapses when the 2 cores are shared)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class TinyNet(nn.Module):
     """conv-relu, conv-bn-relu, conv-relu (the second ReLU module used twice), pool, fc."""

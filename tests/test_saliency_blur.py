@@ -8,14 +8,6 @@ import gradmask
 from gradmask.saliency import LIBackgroundBlur, LIMap, gaussian_blur
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread (OpenMP spinning collapses when the 2 cores are shared)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def model_and_batch(n=8, size=32, seed=0):
     torch.manual_seed(seed)

@@ -1,0 +1,243 @@
+"""The saliency commands: ``gradmask saliency`` (Table 3), ``gradmask sanity`` (Appendix A,
+cascading randomization) and ``gradmask blur-eval`` (Figure 10).
+
+Each loads trained models with :func:`gradmask.train.load_checkpoint` (a run directory or a
+``checkpoint.pt``) and images with boxes with :func:`~gradmask.saliency.boxes.load_box_dataset`:
+``--data synthetic`` (default: the synthetic test split the training engine uses, nothing from
+outside), a VOC 2007 tree or an ImageFolder tree with box XMLs (``--dataset`` is inferred from
+the path when not given).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..cli import register
+from . import boxes as _boxes
+from .evaluate import METHODS, default_cam_layer, evaluate_localization, make_method, save_figure_grid
+from .evaluate import write_localization_report
+from .robustness_blur import blurred_background_accuracy, write_blur_report
+from .sanity import cascading_randomization, save_sanity_maps, write_sanity_report
+
+
+# ------------------------------------------------------------------------------ shared
+def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, images_help: str = "") -> None:
+    group = parser.add_argument_group("data (images with boxes)")
+    group.add_argument("--data", default="synthetic",
+                       help="'synthetic' (default: the synthetic test split, 32 px) or the path of a "
+                            "VOC 2007 tree (VOCdevkit) or of an ImageFolder tree with box XMLs")
+    group.add_argument("--dataset", default=None, choices=sorted(_boxes.BOX_DATASETS),
+                       help="what --data is (default: inferred)")
+    group.add_argument("--split", default=None,
+                       help="split to read (default: test for synthetic / voc2007, val for xml)")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="resize images to this side (default: 32 synthetic, 224 otherwise)")
+    group.add_argument("--images", type=int, default=images_default,
+                       help=images_help or "use the first N images (default: all; synthetic: 1000)")
+    group.add_argument("--batch-size", type=int, default=64, help="images per forward/backward (default 64)")
+    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
+
+
+def _dataset_name(args: argparse.Namespace) -> str:
+    if args.dataset is not None:
+        return args.dataset
+    if args.data == "synthetic":
+        return "synthetic"
+    path = Path(args.data).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--data {path} does not exist (or pass --data synthetic)")
+    try:
+        _boxes._voc_root(path)
+        return "voc2007"
+    except FileNotFoundError:
+        return "xml"
+
+
+def _load_data(args: argparse.Namespace) -> tuple[str, "_boxes.BoxDataset"]:
+    name = _dataset_name(args)
+    root = None if name == "synthetic" else args.data
+    data = _boxes.load_box_dataset(name, root=root, split=args.split, image_size=args.image_size,
+                                   limit=args.images)
+    return name, data
+
+
+def _load_model(path: str, device: torch.device):
+    from ..train import load_checkpoint  # imported here: the saliency package works without it
+    return load_checkpoint(path, map_location=device)
+
+
+def _check_classes(model, data, where: str) -> None:
+    """The model's logits must cover the data's labels."""
+    from .evaluate import model_device, to_float_images
+    with torch.no_grad():
+        training = model.training
+        model.eval()
+        classes = model(to_float_images(data.images[:1].to(model_device(model)))).shape[1]
+        model.train(training)
+    if classes < data.num_classes:
+        raise ValueError(f"{where} has {classes} classes but the data has {data.num_classes} "
+                         f"({data.name}); evaluate it on the data it was trained for")
+
+
+def _run_dir(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_dir() else p.parent
+
+
+def _methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {text!r}")
+    return names
+
+
+def _describe(args, name, data) -> str:
+    where = "synthetic test split" if name == "synthetic" else args.data
+    return f"{name} ({where}, split {data.split!r}, {len(data)} images, {data.image_size[0]} px)"
+
+
+# ------------------------------------------------------------------------------ gradmask saliency
+def _saliency_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory or its checkpoint.pt")
+    _add_data_arguments(parser)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
+    parser.add_argument("--top-fraction", type=float, default=0.15, help="share of pixels forming the box (0.15)")
+    parser.add_argument("--max-box-fraction", type=float, default=0.5,
+                        help="exclude images whose box covers more of the image (default 0.5)")
+    parser.add_argument("--multi-object", action="store_true", help="keep images with several boxes (best IoU)")
+    parser.add_argument("--no-correct-only", action="store_true", help="keep misclassified images too")
+    parser.add_argument("--target-layer", default=None, help="Grad-CAM(++) layer (default: last residual stage)")
+    parser.add_argument("--figure-images", type=int, default=8, help="rows of the figure grid (default 8)")
+    parser.add_argument("--out", default=None, help="output folder (default: <run>/saliency)")
+
+
+@register("saliency", "localisation of LI-Map, Grad-CAM, Grad-CAM++ against object boxes (Table 3)",
+          _saliency_arguments)
+def saliency_command(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    methods = _methods(args.methods)
+    model, config = _load_model(args.checkpoint, device)
+    name, data = _load_data(args)
+    _check_classes(model, data, args.checkpoint)
+    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "saliency"
+    results = evaluate_localization(model, data.images, data.labels, data.boxes, methods=methods,
+                                    top_fraction=args.top_fraction, single_object=not args.multi_object,
+                                    max_box_fraction=args.max_box_fraction,
+                                    correct_only=not args.no_correct_only, batch_size=args.batch_size,
+                                    target_layer=args.target_layer, return_maps=True, progress=True)
+    figure = None
+    shown = results["index"][: max(args.figure_images, 0)]
+    if shown:
+        figure = save_figure_grid(out / "localization.png", data.images[shown],
+                                  [data.boxes[i] for i in shown],
+                                  {m: results["maps"][m][: len(shown)] for m in methods},
+                                  n=len(shown), top_fraction=args.top_fraction,
+                                  titles=[data.classes[int(data.labels[i])] for i in shown])
+    setting = {"checkpoint": args.checkpoint, "model": config.model, "mask": config.mask,
+               "data": _describe(args, name, data)}
+    paths = write_localization_report(out, results, setting, figure)
+    print(f"{'method':<10} {'mean IoU':>9} {'IoU>=0.5':>9} {'images':>7}")
+    for m, r in results["methods"].items():
+        print(f"{m:<10} {r['mean_iou']:>9.3f} {r['frac_iou_ge_05']:>9.3f} {r['n']:>7}")
+    print(f"wrote {paths['markdown']}, {paths['json']}" + (f", {figure}" if figure else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------ gradmask sanity
+def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory or its checkpoint.pt")
+    _add_data_arguments(parser, images_default=16, images_help="number of images (default 16)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
+    parser.add_argument("--granularity", default="block", choices=["block", "layer"],
+                        help="randomize one block (default) or one parametrised layer per step")
+    parser.add_argument("--seed", type=int, default=0, help="re-initialisation seed (default 0)")
+    parser.add_argument("--target-layer", default=None, help="Grad-CAM(++) layer (default: last residual stage)")
+    parser.add_argument("--out", default=None, help="output folder (default: <run>/sanity)")
+
+
+@register("sanity", "cascading randomization test of the saliency maps (Adebayo et al. 2018; Appendix A)",
+          _sanity_arguments)
+def sanity_command(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    methods = _methods(args.methods)
+    if args.images is None or args.images < 1:
+        raise ValueError(f"--images must be >= 1, got {args.images}")
+    model, config = _load_model(args.checkpoint, device)
+    name, data = _load_data(args)
+    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "sanity"
+    layer = args.target_layer
+    if layer is None and any(m != "limap" for m in methods):
+        layer = default_cam_layer(model, data.images)
+    results = {}
+    for m in methods:
+        steps = cascading_randomization(model, data.images, lambda mod, m=m: make_method(m, mod, layer),
+                                        seed=args.seed, granularity=args.granularity,
+                                        batch_size=args.batch_size, return_maps=True, progress=True)
+        save_sanity_maps(out / f"sanity_maps_{m.replace('+', 'p')}.png", data.images, steps)
+        results[m] = steps
+    setting = {"checkpoint": args.checkpoint, "model": config.model, "mask": config.mask,
+               "data": _describe(args, name, data), "granularity": args.granularity, "seed": args.seed,
+               "grad-cam layer": layer}
+    paths = write_sanity_report(out, results, setting)
+    print(f"{'step':<5} {'randomized':<16} " + " ".join(f"{m + ' rho/ssim':>22}" for m in methods))
+    for i, s in enumerate(results[methods[0]]):
+        cells = " ".join(f"{results[m][i]['spearman']:>10.3f} / {results[m][i]['ssim']:>9.3f}" for m in methods)
+        print(f"{s['step']:<5} {s['randomized']:<16} {cells}")
+    print(f"wrote {paths['markdown']}, {paths['json']}, {paths['figure']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ gradmask blur-eval
+def _blur_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", metavar="RUN", nargs="+", help="run directories or checkpoint.pt files")
+    _add_data_arguments(parser)
+    parser.add_argument("--sigmas", default="0,1,2,4,8", help="background blur sigmas (default 0,1,2,4,8)")
+    parser.add_argument("--out", default=None, help="output folder (default: blur-eval beside the first run)")
+
+
+def _sigmas(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sigmas must be comma-separated numbers >= 0, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"--sigmas must be comma-separated numbers >= 0, got {text!r}")
+    return values
+
+
+@register("blur-eval", "accuracy with the background outside the object boxes blurred, per model (Figure 10)",
+          _blur_arguments)
+def blur_eval_command(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    sigmas = _sigmas(args.sigmas)
+    name, data = _load_data(args)
+    labels = [_run_dir(r).name for r in args.runs]
+    if len(set(labels)) != len(labels):
+        labels = [str(r) for r in args.runs]
+    curves, models = {}, {}
+    for label, run in zip(labels, args.runs):
+        model, config = _load_model(run, device)
+        _check_classes(model, data, run)
+        curves[label] = blurred_background_accuracy(model, data.images, data.labels, data.boxes, sigmas,
+                                                    batch_size=max(args.batch_size, 1), progress=True)
+        models[label] = f"{config.model}, mask {config.mask}"
+    out = Path(args.out) if args.out else _run_dir(args.runs[0]).parent / "blur-eval"
+    setting = {"data": _describe(args, name, data), "models": models}
+    paths = write_blur_report(out, curves, setting)
+    print(f"{'sigma':>6} " + " ".join(f"{label[:20]:>20}" for label in labels))
+    for j, s in enumerate(sigmas):
+        print(f"{s:>6g} " + " ".join(f"{curves[label][j][1]:>20.4f}" for label in labels))
+    print(f"wrote {paths['markdown']}, {paths['json']}, {paths['figure']}")
+    return 0

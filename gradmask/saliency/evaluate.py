@@ -1,0 +1,391 @@
+"""The localisation benchmark of Table 3: LI-Map, Grad-CAM and Grad-CAM++ on images with boxes,
+the figure grid (image, box, one panel per method) and the report (``localization.md`` / ``.json``).
+
+The measure (Section 3.2): the box spanned by the top ``top_fraction`` (15 %) of a map's pixels,
+IoU with the object's box (:func:`~gradmask.saliency.localization_scores`). Images are filtered as
+the authors did (:func:`~gradmask.saliency.select_images`): one object per image, its box at most
+half the image, and the model classifying the image correctly. The map is taken for the image's
+label (equal to the prediction under ``correct_only``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..hooks import residual_blocks
+from .base import SaliencyMethod, unwrap_model
+from .gradcam import GradCAM, GradCAMPlusPlus
+from .limap import LIMap
+from .localization import _per_image, localization_scores, saliency_boxes, select_images
+
+__all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
+           "model_device", "predict", "save_figure_grid", "to_float_images", "write_localization_report"]
+
+#: The methods of Table 3, by the names used in results, reports and the command line.
+METHODS = ("limap", "gradcam", "gradcam++")
+#: Table 3 of the paper (mean IoU), for the report.
+PAPER_TABLE3 = {"PASCAL VOC 2007": {"gradcam": 0.44, "gradcam++": 0.45, "limap": 0.50},
+                "ImageNet": {"gradcam": 0.46, "gradcam++": 0.46, "limap": 0.49}}
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without either)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``0..255`` -> float32 ``[0, 1]``; floating-point images are returned as they are."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor (N, C, H, W) (uint8 or float in [0, 1]), got {got}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+    return images
+
+
+class _EvalMode:
+    """Eval mode for a block; every module's training flag restored afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, training in self.modes:
+            m.training = training
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False,
+            desc: str = "predict") -> torch.Tensor:
+    """Predicted classes ``(N,)`` (int64, CPU) in eval mode, batched; images uint8 or [0, 1]."""
+    device = model_device(model)
+    out = []
+    with _EvalMode(model), torch.no_grad():
+        for start in _batches(len(images), batch_size, progress, desc):
+            x = to_float_images(images[start:start + batch_size].to(device))
+            out.append(model(x).argmax(dim=1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        return tqdm(starts, desc=desc, unit="batch", leave=False)
+    return starts
+
+
+def default_cam_layer(model: nn.Module, images: Optional[torch.Tensor] = None) -> str:
+    """The Grad-CAM target: the output of the last residual stage.
+
+    Found by structure first: the last residual block (the project's ``BasicBlock`` /
+    ``Bottleneck``, torchvision / timm-shaped blocks, registered classes); when it is the last
+    child of an ``nn.Sequential`` / ``nn.ModuleList`` stage, the stage's name (``"layer4"``, or
+    ``"model.layer4"`` for a wrapped torchvision ResNet: the same tensor), else the block's name.
+    A model without residual blocks is probed with one forward of ``images[:1]`` in eval mode:
+    the last module (not the model itself, not a pooling layer) to finish with a 4-D output.
+    """
+    model = unwrap_model(model)
+    blocks = residual_blocks(model)
+    if blocks:
+        last = list(blocks)[-1]
+        parent_name, _, child = last.rpartition(".")
+        if parent_name:
+            parent = model.get_submodule(parent_name)
+            if isinstance(parent, (nn.Sequential, nn.ModuleList)) and list(parent._modules)[-1] == child:
+                return parent_name
+        return last
+    if images is None:
+        raise ValueError(f"target_layer: {type(model).__name__} has no residual blocks; pass "
+                         f"target_layer=<module name> (or images to probe the model with)")
+    finished: list[str] = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if (isinstance(output, torch.Tensor) and output.dim() == 4 and output.is_floating_point()
+                    and not isinstance(module, _POOLING)):
+                finished.append(name)
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
+    try:
+        with _EvalMode(model), torch.no_grad():
+            model(to_float_images(images[:1].to(model_device(model))))
+    finally:
+        for h in handles:
+            h.remove()
+    if not finished:
+        raise ValueError(f"target_layer: no module of {type(model).__name__} outputs a 4-D map; "
+                         f"pass target_layer=<module name>")
+    return finished[-1]
+
+
+def make_method(name: str, model: nn.Module, target_layer: Optional[Union[str, nn.Module]] = None,
+                images: Optional[torch.Tensor] = None) -> SaliencyMethod:
+    """``"limap"`` -> :class:`LIMap` (every ReLU), ``"gradcam"`` / ``"gradcam++"`` -> Grad-CAM /
+    Grad-CAM++ on ``target_layer`` (default :func:`default_cam_layer`)."""
+    if name == "limap":
+        return LIMap(model)
+    if name in ("gradcam", "gradcam++"):
+        layer = target_layer if target_layer is not None else default_cam_layer(model, images)
+        return (GradCAM if name == "gradcam" else GradCAMPlusPlus)(model, layer)
+    raise ValueError(f"method must be one of {list(METHODS)}, got {name!r}")
+
+
+def _check_fraction(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1]{' or None' if allow_none else ''}, got {value!r}")
+
+
+def evaluate_localization(model: nn.Module, images: torch.Tensor, labels, boxes,
+                          methods: Union[Sequence[str], Mapping[str, Callable]] = METHODS,
+                          top_fraction: float = 0.15, single_object: bool = True,
+                          max_box_fraction: Optional[float] = 0.5, correct_only: bool = True,
+                          batch_size: int = 64, target_layer: Optional[Union[str, nn.Module]] = None,
+                          targets: str = "label", return_maps: bool = False,
+                          progress: bool = False) -> dict:
+    """Table 3 on ``images`` with ``boxes``: per method, the IoU of the top-``top_fraction`` box.
+
+    Args:
+        model: images in [0, 1] -> logits; evaluated in eval mode on its own device (training
+            flags restored, weights and ``.grad`` untouched).
+        images: ``(N, 3, H, W)`` uint8 or float in [0, 1] (kept where they are; batches move).
+        labels: ``(N,)`` class indices.
+        boxes: ``(N, 4)`` or a list of per-image ``(4,)`` / ``(k, 4)`` boxes, ``(x0, y0, x1, y1)``
+            with exclusive ends.
+        methods: names from :data:`METHODS`, or a mapping name -> ``fn(images, targets) -> (n, H,
+            W)`` (e.g. a :class:`~gradmask.saliency.SaliencyMethod`).
+        top_fraction: share of pixels forming the saliency box (paper: 0.15).
+        single_object / max_box_fraction / correct_only: the image filters of
+            :func:`~gradmask.saliency.select_images` (one box; largest box <= that share of the
+            image; predicted == label).
+        batch_size: images per saliency forward/backward.
+        target_layer: Grad-CAM(++) layer (default :func:`default_cam_layer`).
+        targets: ``"label"`` (default) or ``"predicted"``: the class whose logit is explained.
+        return_maps: also return the maps of the evaluated images (``"maps"``, CPU float32).
+
+    Returns a dict: ``methods`` {name: {``mean_iou``, ``frac_iou_ge_05``, ``n``}} (NaN means when
+    no image passes), ``n_images``, ``n_correct``, ``accuracy``, ``n_evaluated``, ``excluded``
+    (images failing each filter; one image can fail several), ``index`` (the evaluated images'
+    positions), ``ious`` {name: list}, ``settings``; and ``maps`` with ``return_maps``.
+    """
+    # validates shape and dtype; each batch is converted on its own below
+    to_float_images(images[:1] if isinstance(images, torch.Tensor) else images)
+    n, _, h, w = images.shape
+    labels = torch.as_tensor(labels).to(torch.int64).cpu()
+    if labels.shape != (n,):
+        raise ValueError(f"labels must hold one class index per image ({n}), got shape {tuple(labels.shape)}")
+    per_image = _per_image(boxes, n, "boxes")
+    _check_fraction("top_fraction", top_fraction)
+    _check_fraction("max_box_fraction", max_box_fraction, allow_none=True)
+    if targets not in ("label", "predicted"):
+        raise ValueError(f"targets must be 'label' or 'predicted', got {targets!r}")
+    if isinstance(methods, Mapping):
+        method_fns = dict(methods)
+    else:
+        if isinstance(methods, str):
+            methods = [methods]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")
+        method_fns = {m: make_method(m, model, target_layer, images) for m in methods}
+
+    predictions = predict(model, images, max(batch_size, 1), progress, "predict")
+    correct = predictions == labels
+    keep = select_images(per_image, (h, w), single_object=single_object, max_box_fraction=max_box_fraction,
+                         correct_mask=correct if correct_only else None)
+    index = keep.nonzero().flatten()
+    excluded = {
+        "multiple_objects": int(sum(len(b) > 1 for b in per_image)) if single_object else 0,
+        "large_box": int((~select_images(per_image, (h, w), single_object=False,
+                                         max_box_fraction=max_box_fraction)).sum()) if max_box_fraction else 0,
+        "misclassified": int((~correct).sum()) if correct_only else 0,
+    }
+    chosen = (labels if targets == "label" else predictions)[index]
+    gt = [per_image[i] for i in index.tolist()]
+    device = model_device(model)
+    results: dict[str, dict] = {}
+    ious: dict[str, list] = {}
+    maps_out: dict[str, torch.Tensor] = {}
+    for name, fn in method_fns.items():
+        parts = []
+        for start in _batches(len(index), batch_size, progress, name):
+            pick = index[start:start + batch_size]
+            x = to_float_images(images[pick].to(device))
+            parts.append(fn(x, chosen[start:start + batch_size].to(device)).detach().float().cpu())
+        if parts:
+            maps = torch.cat(parts)
+            scores = localization_scores(maps, gt, top_fraction)
+            results[name] = {"mean_iou": scores["mean_iou"], "frac_iou_ge_05": scores["frac_iou_ge_05"],
+                             "n": len(index)}
+            ious[name] = scores["ious"].tolist()
+        else:
+            maps = torch.empty(0, h, w)
+            results[name] = {"mean_iou": math.nan, "frac_iou_ge_05": math.nan, "n": 0}
+            ious[name] = []
+        if return_maps:
+            maps_out[name] = maps
+    out = {
+        "methods": results,
+        "n_images": n,
+        "n_correct": int(correct.sum()),
+        "accuracy": float(correct.double().mean()) if n else math.nan,
+        "n_evaluated": len(index),
+        "excluded": excluded,
+        "index": index.tolist(),
+        "ious": ious,
+        "settings": {"top_fraction": top_fraction, "single_object": single_object,
+                     "max_box_fraction": max_box_fraction, "correct_only": correct_only, "targets": targets,
+                     "target_layer": (target_layer if isinstance(target_layer, str) or target_layer is None
+                                      else type(target_layer).__name__),
+                     "image_size": [h, w]},
+    }
+    cams = [fn for fn in method_fns.values() if isinstance(fn, (GradCAM, GradCAMPlusPlus))]
+    if cams and out["settings"]["target_layer"] is None:
+        out["settings"]["target_layer"] = ",".join(cams[0].layers)
+    if return_maps:
+        out["maps"] = maps_out
+    return out
+
+
+# ------------------------------------------------------------------------------ figure
+def _rect(ax, box, color, style="-", width=1.5):
+    from matplotlib.patches import Rectangle
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color,
+                           linestyle=style, linewidth=width))
+
+
+def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
+                     maps_by_method: Mapping[str, torch.Tensor], n: int = 8, top_fraction: float = 0.15,
+                     titles: Optional[Sequence[str]] = None) -> Path:
+    """A PNG with one row per image (the first ``n``): the image, then each method's map over it.
+
+    The ground-truth box is drawn on every panel (green); on the map panels also the box of the
+    map's top ``top_fraction`` pixels (red, dashed) with its IoU in the title. ``images``
+    ``(M, 3, H, W)`` uint8 or [0, 1]; ``boxes`` ``(M, 4)`` or per-image lists; ``maps_by_method``
+    name -> ``(M, H, W)``. Returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .localization import box_iou
+
+    path = Path(path)
+    images = to_float_images(images).detach().cpu()
+    m = len(images)
+    per_image = _per_image(boxes, m, "boxes")
+    rows = min(n, m)
+    if rows < 1:
+        raise ValueError("save_figure_grid needs at least one image")
+    names = list(maps_by_method)
+    for name in names:
+        if tuple(maps_by_method[name].shape) != (m, *images.shape[-2:]):
+            raise ValueError(f"maps_by_method[{name!r}] must have shape {(m, *images.shape[-2:])}, got "
+                             f"{tuple(maps_by_method[name].shape)}")
+    cols = 1 + len(names)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False)
+    for r in range(rows):
+        img = images[r].permute(1, 2, 0).clamp(0, 1).numpy()
+        ax = axes[r][0]
+        ax.imshow(img, interpolation="nearest")
+        for b in per_image[r]:
+            _rect(ax, b.tolist(), "lime")
+        ax.set_title(titles[r] if titles else "image", fontsize=8)
+        for c, name in enumerate(names, start=1):
+            ax = axes[r][c]
+            smap = maps_by_method[name][r].detach().float().cpu()
+            ax.imshow(img.mean(axis=2), cmap="gray", interpolation="nearest")
+            ax.imshow(smap.numpy(), cmap="jet", alpha=0.5, interpolation="nearest")
+            pred = saliency_boxes(smap.unsqueeze(0), top_fraction)[0]
+            for b in per_image[r]:
+                _rect(ax, b.tolist(), "lime")
+            _rect(ax, pred.tolist(), "red", "--")
+            iou = float(box_iou(pred.view(1, 4), per_image[r]).max())
+            ax.set_title(f"{name} IoU {iou:.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------ report
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+
+
+def write_localization_report(out_dir: Union[str, os.PathLike], results: dict, setting: Union[str, Mapping],
+                              figure: Optional[Union[str, os.PathLike]] = None) -> dict:
+    """``<out_dir>/localization.md`` and ``localization.json`` from :func:`evaluate_localization`'s
+    result (maps left out). ``setting``: a title string or a mapping (checkpoint, data, ...)
+    printed as a list; ``figure``: the grid PNG, linked. Returns ``{"markdown", "json"[, "figure"]}``
+    paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    setting_map = {"setting": setting} if isinstance(setting, str) else dict(setting)
+    data = {k: v for k, v in results.items() if k != "maps"}
+    payload = {"setting": setting_map, **data}
+    if figure is not None:
+        payload["figure"] = os.path.relpath(figure, out)
+    json_path = out / "localization.json"
+    json_path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+
+    lines = ["# Localization (Table 3)", ""]
+    lines += [f"- {k}: {v}" for k, v in setting_map.items()]
+    s = results.get("settings", {})
+    lines += [f"- images: {results['n_images']}, classified correctly: {results['n_correct']} "
+              f"(accuracy {_fmt(results['accuracy'])}), evaluated: {results['n_evaluated']}",
+              f"- filters: single object {s.get('single_object')}, box <= {s.get('max_box_fraction')} of the "
+              f"image, correct only {s.get('correct_only')}; excluded: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in results.get("excluded", {}).items()),
+              f"- saliency box: top {s.get('top_fraction')} of the pixels; Grad-CAM layer "
+              f"`{s.get('target_layer')}`; maps for the {s.get('targets')} class", "",
+              "| method | mean IoU | IoU >= 0.5 | images |", "|---|---|---|---|"]
+    for name, r in results["methods"].items():
+        lines.append(f"| {name} | {_fmt(r['mean_iou'])} | {_fmt(r['frac_iou_ge_05'])} | {r['n']} |")
+    lines += ["", "Paper (Table 3, mean IoU): "
+              + "; ".join(f"{ds}: " + ", ".join(f"{m} {v:.2f}" for m, v in vals.items())
+                          for ds, vals in PAPER_TABLE3.items()), ""]
+    paths = {"markdown": out / "localization.md", "json": json_path}
+    if figure is not None:
+        lines += [f"![saliency maps]({os.path.relpath(figure, out)})", ""]
+        paths["figure"] = Path(figure)
+    paths["markdown"].write_text("\n".join(lines))
+    return paths
