@@ -89,6 +89,10 @@ def mask_stats(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train import cli as _train_cli  # noqa: F401  (registers ``gradmask train``)
+    from .compare import cli as _compare_cli  # noqa: F401
+    from .saliency import cli as _saliency_cli  # noqa: F401  (saliency, sanity, blur-eval)
+    from .robustness import cli as _robustness_cli  # noqa: F401
     parser = argparse.ArgumentParser(prog="gradmask", description="Gradient Mask: lateral inhibition in backpropagation")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():
