@@ -287,3 +287,17 @@ def test_cli_with_real_train_config(tmp_path, monkeypatch):
         assert dataclasses.replace(c, mask=quick.mask, seed=quick.seed, out=quick.out, resume=quick.resume) == quick
     md = (out / "report.md").read_text()
     assert "0 (+2 unfinished)" in md and "No run has finished yet" in md
+
+
+def test_gsnr_probe_recorded_and_plotted_by_compare(tmp_path):
+    """--gsnr-every: the engine writes gsnr.jsonl, the compare report plots it."""
+    from gradmask.compare import compare
+    from gradmask.train import TrainConfig
+    base = TrainConfig.from_preset("quick", epochs=2, warmup_epochs=0.5, train_limit=128, test_limit=64,
+                                   gsnr_every=1, gsnr_samples=8, progress=False)
+    compare(base, variants=("none", "lateral"), seeds=1, out=tmp_path, log=lambda *a: None)
+    for variant in ("none", "lateral"):
+        lines = (tmp_path / f"{variant}-seed0" / "gsnr.jsonl").read_text().splitlines()
+        assert len(lines) == 2
+    assert (tmp_path / "gsnr.png").stat().st_size > 1000
+    assert "gsnr.png" in (tmp_path / "report.md").read_text()

@@ -487,6 +487,9 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
     blocks.append(("h2", "Figures"))
     blocks.append(("img", "Test top-1 accuracy per epoch", "accuracy.png"))
     blocks.append(("img", "Train loss per epoch", "loss.png"))
+    if any((r.path / "gsnr.jsonl").is_file() for r in runs):
+        blocks.append(("img", "GSNR of the convolution weights per epoch (masked gradients for masked runs)",
+                       "gsnr.png"))
     blocks.append(("p", "Lines: mean over the finished seeds of a variant; band: min to max over those seeds; "
                         "dashed: unfinished runs."))
 
@@ -624,6 +627,10 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
                 paths["accuracy"], scale=100.0)
     plot_metric(runs, "train_loss", "train loss (cross-entropy)", f"Train loss: {model} on {dataset}",
                 paths["loss"])
+    probed = [r.path for r in runs if (r.path / "gsnr.jsonl").is_file()]
+    if probed:
+        from ..robustness import plot_gsnr
+        plot_gsnr(probed, out / "gsnr.png")
 
     blocks = _report_blocks(out, runs, summaries)
     _write_text(paths["markdown"], render_markdown(blocks))

@@ -78,6 +78,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="continue the run in --out from its checkpoint (a finished run is reported)")
     out.add_argument("--overwrite", action="store_true", default=None, help="start again in a used --out")
     out.add_argument("--tensorboard", action="store_true", default=None, help="also log to <out>/tensorboard")
+    out.add_argument("--gsnr-every", type=int, default=None,
+                     help="record the GSNR of the conv weights every K epochs in <out>/gsnr.jsonl (Figure 7)")
+    out.add_argument("--gsnr-samples", type=int, default=None, help="probe images for the GSNR (default 256)")
     out.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
     add_mask_arguments(parser)
     parser.add_argument("--skip-last", type=int, help="default targets: residual blocks but the last N (2)")

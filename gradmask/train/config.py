@@ -28,7 +28,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   gamma=0.2, warmup_epochs=0.0, label_smoothing=0.0, augment="crop-flip"),
     # About a minute on 2 CPU cores on the synthetic data, clearly above chance (see README).
     # No augmentation: in 4 epochs it only slows learning down.
-    "quick": dict(model="resnet18_narrow", epochs=4, batch_size=64, lr=0.1, momentum=0.9,
+    # groups=4: on the quarter-width ResNet (16/32/64 channels at the masked blocks) this keeps the
+    # paper's minicolumn sizes (K=16 on ResNet-18's 64/128/256 channels: 4/8/16 per set).
+    "quick": dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=64, lr=0.1, momentum=0.9,
                   weight_decay=5e-4, nesterov=False, schedule="onecycle", warmup_epochs=1.0,
                   label_smoothing=0.0, augment="none", train_limit=5000, test_limit=1000),
 }
@@ -120,6 +122,10 @@ class TrainConfig:
     inhibition_rate: float = 0.5
     targets: Optional[tuple[str, ...]] = None
     skip_last: int = 2
+    # GSNR probe (Figure 7): every ``gsnr_every`` epochs (0: off), the GSNR of the conv weights on
+    # the first ``gsnr_samples`` training images (un-augmented), written to <out>/gsnr.jsonl
+    gsnr_every: int = 0
+    gsnr_samples: int = 256
     # run directory and reporting
     out: Optional[str] = None
     resume: bool = False
@@ -271,6 +277,10 @@ class TrainConfig:
             raise bad("targets", "None or a non-empty list of module names / patterns")
         if not _is_int(self.skip_last) or self.skip_last < 0:
             raise bad("skip_last", "an integer >= 0")
+        if not _is_int(self.gsnr_every) or self.gsnr_every < 0:
+            raise bad("gsnr_every", "an integer >= 0 (epochs between GSNR probes; 0 = off)")
+        if not _is_int(self.gsnr_samples) or self.gsnr_samples < 2:
+            raise bad("gsnr_samples", "an integer >= 2")
         # run directory
         if self.out is not None and not self.out:
             raise bad("out", "a directory path or None")

@@ -143,6 +143,16 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
         dist_ctx.close()
 
 
+def _gsnr_probe(config: TrainConfig, data: RunData):
+    """A GSNRProbe on a fixed probe set: the first ``gsnr_samples`` training images, un-augmented."""
+    from ..data import to_float
+    from ..robustness import GSNRProbe
+    if data.streamed:
+        raise ValueError("gsnr_every needs an in-memory dataset (not the streamed ImageNet loader)")
+    n = config.gsnr_samples
+    return GSNRProbe(to_float(data.train.images[:n]), data.train.labels[:n], every=config.gsnr_every)
+
+
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
     kind = _device_type(config.device)
     device = _device(config.device, kind, dist_ctx)
@@ -217,6 +227,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history)
+    if config.gsnr_every:
+        callbacks = [*callbacks, _gsnr_probe(config, data)]
     for cb in _callbacks(callbacks, "on_train_start"):
         cb(ctx)
     if resume is not None:  # last: everything above may draw random numbers
