@@ -18,7 +18,7 @@ def test_defaults_are_the_paper_hyperparameters_on_the_synthetic_data():
     assert (c.mask, c.groups, c.sigma, c.kernel_size, c.kernel, c.padding, c.inhibition_rate, c.skip_last) == (
         "lateral", 16, 11.0, 5, "log", "reflect", 0.5, 2)
     assert c.augment == "crop-flip" and c.seed == 0 and c.device == "auto" and c.amp == "none"
-    assert not hasattr(c, "gsnr_every")
+    assert c.gsnr_every == 0  # GSNR probing off unless asked for
 
 
 def test_paper_preset():
@@ -38,8 +38,10 @@ def test_quick_preset_is_small_and_overridable():
 def test_unknown_preset_and_field():
     with pytest.raises(ValueError, match="preset"):
         TrainConfig.from_preset("fast")
-    with pytest.raises(ValueError, match="gsnr_every"):
-        TrainConfig.from_preset("quick", gsnr_every=1)
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_preset("quick", gsnr_period=1)
+    with pytest.raises(ValueError, match="gsnr_every must be an integer >= 0"):
+        TrainConfig.from_preset("quick", gsnr_every=-1)
 
 
 @pytest.mark.parametrize("field,value", [
