@@ -23,6 +23,7 @@ from .base import SaliencyMethod, unwrap_model
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .limap import LIMap
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
+from ..plotting import save_figure
 
 __all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
            "model_device", "predict", "save_figure_grid", "to_float_images", "write_localization_report"]
@@ -322,14 +323,7 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
             _rect(ax, pred.tolist(), "red", "--")
             iou = float(box_iou(pred.view(1, 4), per_image[r]).max())
             ax.set_title(f"{name} IoU {iou:.2f}", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, hide_ticks=True)
 
 
 # ------------------------------------------------------------------------------ report

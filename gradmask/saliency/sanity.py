@@ -44,6 +44,7 @@ from torch import nn
 
 from .base import unwrap_model
 from .evaluate import _jsonable, model_device, predict, to_float_images
+from ..plotting import save_figure
 
 __all__ = ["cascading_randomization", "gaussian_window", "plot_sanity", "randomization_groups",
            "save_sanity_maps", "spearman", "ssim", "write_sanity_report"]
@@ -341,14 +342,7 @@ def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps:
             axes[r][c].imshow(s["maps"][r].numpy(), cmap="jet", vmin=0, vmax=1)
             if r == 0:
                 axes[r][c].set_title(s["randomized"], fontsize=6, rotation=45)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, hide_ticks=True)
 
 
 def write_sanity_report(out_dir: Union[str, os.PathLike], results_by_method: Mapping[str, list],
