@@ -26,6 +26,25 @@ def to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
     return x.to(dtype)
 
 
+def as_images(images: torch.Tensor, name: str = "images", check_range: bool = True) -> torch.Tensor:
+    """Validated float images ``(N, C, H, W)``: uint8 is divided by 255, float is returned as it is.
+    ``check_range``: also reject float values outside [0, 1] (normalisation is the model's first
+    layer, not the data's); this reads the min/max back to the host, so hot loops over batches of
+    known-good data pass ``False``."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a tensor (N, C, H, W) of images in [0, 1], got {shape}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be float images in [0, 1] or uint8, got {images.dtype}")
+    if check_range and images.numel() and (float(images.min()) < -1e-6 or float(images.max()) > 1 + 1e-6):
+        raise ValueError(f"{name} must lie in [0, 1] (got values in [{float(images.min()):.3g}, "
+                         f"{float(images.max()):.3g}]): pass unnormalised images, the model's first "
+                         f"layer normalises")
+    return images
+
+
 def sample_crop_flip(
     n: int,
     padding: int,

@@ -65,6 +65,14 @@ def _external(name: str, num_classes: int, mean: Sequence[float], std: Sequence[
     return Normalized(model, mean, std)
 
 
+def model_device(model: nn.Module):
+    """The device of the model's first parameter or buffer (CPU for a model without either)."""
+    import torch
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def create_model(name: str, num_classes: int, stem: str = "cifar",
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> nn.Module:
     """Build a model taking images in [0, 1] ``(N, 3, H, W)`` and returning logits ``(N, classes)``."""
@@ -77,4 +85,4 @@ def create_model(name: str, num_classes: int, stem: str = "cifar",
 
 
 __all__ = ["BasicBlock", "Bottleneck", "Normalize", "Normalized", "ResNet", "create_model",
-           "list_models", "register_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "list_models", "model_device", "register_model", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.augment import as_images
 from ..hooks import mask_handles, no_gradient_mask, strip_mask_hooks  # noqa: F401  (re-exported)
+from ..models import model_device  # noqa: F401  (re-exported)
 
 SUBSETS = ("joint", "all")
 
@@ -46,31 +48,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # ------------------------------------------------------------------------------------ batches
-
-def model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def as_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    """Float images in [0, 1] ``(N, C, H, W)``; uint8 is divided by 255. Anything else outside
-    [0, 1] is an error (normalisation is the model's first layer, not the data's)."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a tensor (N, C, H, W) of images in [0, 1], got {shape}")
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    if not images.is_floating_point():
-        raise ValueError(f"{name} must be float images in [0, 1] or uint8, got {images.dtype}")
-    if images.numel() and (float(images.min()) < -1e-6 or float(images.max()) > 1 + 1e-6):
-        raise ValueError(f"{name} must lie in [0, 1] (got values in [{float(images.min()):.3g}, "
-                         f"{float(images.max()):.3g}]): pass unnormalised images, the model's first "
-                         f"layer normalises")
-    return images
-
 
 def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images in [0, 1], labels)`` of a ``(images, labels, ...)`` batch (uint8 -> float)."""

@@ -79,11 +79,12 @@ def _load_model(path: str, device: torch.device):
 
 def _check_classes(model, data, where: str) -> None:
     """The model's logits must cover the data's labels."""
-    from .evaluate import model_device, to_float_images
+    from ..data.augment import as_images
+    from .evaluate import model_device
     with torch.no_grad():
         training = model.training
         model.eval()
-        classes = model(to_float_images(data.images[:1].to(model_device(model)))).shape[1]
+        classes = model(as_images(data.images[:1].to(model_device(model)), check_range=False)).shape[1]
         model.train(training)
     if classes < data.num_classes:
         raise ValueError(f"{where} has {classes} classes but the data has {data.num_classes} "

@@ -24,9 +24,11 @@ from .gradcam import GradCAM, GradCAMPlusPlus
 from .limap import LIMap
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
 from ..plotting import save_figure
+from ..data.augment import as_images
+from ..models import model_device  # noqa: F401  (re-exported)
 
 __all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
-           "model_device", "predict", "save_figure_grid", "to_float_images", "write_localization_report"]
+           "model_device", "predict", "save_figure_grid", "write_localization_report"]
 
 #: The methods of Table 3, by the names used in results, reports and the command line.
 METHODS = ("limap", "gradcam", "gradcam++")
@@ -34,25 +36,6 @@ METHODS = ("limap", "gradcam", "gradcam++")
 PAPER_TABLE3 = {"PASCAL VOC 2007": {"gradcam": 0.44, "gradcam++": 0.45, "limap": 0.50},
                 "ImageNet": {"gradcam": 0.46, "gradcam++": 0.46, "limap": 0.49}}
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without either)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def to_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``0..255`` -> float32 ``[0, 1]``; floating-point images are returned as they are."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor (N, C, H, W) (uint8 or float in [0, 1]), got {got}")
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    if not images.is_floating_point():
-        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
-    return images
 
 
 class _EvalMode:
@@ -78,7 +61,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, progr
     out = []
     with _EvalMode(model), torch.no_grad():
         for start in _batches(len(images), batch_size, progress, desc):
-            x = to_float_images(images[start:start + batch_size].to(device))
+            x = as_images(images[start:start + batch_size].to(device), check_range=False)
             out.append(model(x).argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
@@ -128,7 +111,7 @@ def default_cam_layer(model: nn.Module, images: Optional[torch.Tensor] = None) -
     handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
     try:
         with _EvalMode(model), torch.no_grad():
-            model(to_float_images(images[:1].to(model_device(model))))
+            model(as_images(images[:1].to(model_device(model)), check_range=False))
     finally:
         for h in handles:
             h.remove()
@@ -190,7 +173,7 @@ def evaluate_localization(model: nn.Module, images: torch.Tensor, labels, boxes,
     positions), ``ious`` {name: list}, ``settings``; and ``maps`` with ``return_maps``.
     """
     # validates shape and dtype; each batch is converted on its own below
-    to_float_images(images[:1] if isinstance(images, torch.Tensor) else images)
+    as_images(images[:1] if isinstance(images, torch.Tensor) else images, check_range=False)
     n, _, h, w = images.shape
     labels = torch.as_tensor(labels).to(torch.int64).cpu()
     if labels.shape != (n,):
@@ -231,7 +214,7 @@ def evaluate_localization(model: nn.Module, images: torch.Tensor, labels, boxes,
         parts = []
         for start in _batches(len(index), batch_size, progress, name):
             pick = index[start:start + batch_size]
-            x = to_float_images(images[pick].to(device))
+            x = as_images(images[pick].to(device), check_range=False)
             parts.append(fn(x, chosen[start:start + batch_size].to(device)).detach().float().cpu())
         if parts:
             maps = torch.cat(parts)
@@ -292,7 +275,7 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
     from .localization import box_iou
 
     path = Path(path)
-    images = to_float_images(images).detach().cpu()
+    images = as_images(images, check_range=False).detach().cpu()
     m = len(images)
     per_image = _per_image(boxes, m, "boxes")
     rows = min(n, m)

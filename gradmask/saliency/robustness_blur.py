@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from .blur import gaussian_blur
-from .evaluate import _EvalMode, _batches, _jsonable, model_device, to_float_images
+from .evaluate import _EvalMode, _batches, _jsonable, model_device
 from .localization import _per_image
+from ..data.augment import as_images
 
 __all__ = ["blur_background", "blurred_background_accuracy", "box_masks", "plot_blur_curves",
            "write_blur_report"]
@@ -47,7 +48,7 @@ def blur_background(images: torch.Tensor, boxes, sigma: float) -> torch.Tensor:
     """``images`` (uint8 or [0, 1] float, ``(N, C, H, W)``) as float with every pixel outside the
     boxes taken from ``gaussian_blur(images, sigma)``; ``sigma = 0``: unchanged (as float)."""
     sigma = _check_sigma(sigma)
-    x = to_float_images(images)
+    x = as_images(images, check_range=False)
     n, _, h, w = x.shape
     if sigma == 0:
         return x.clone() if x is images else x
@@ -66,7 +67,7 @@ def blurred_background_accuracy(model: nn.Module, images: torch.Tensor, labels, 
     sigmas = [_check_sigma(s) for s in blur_sigmas]
     if not sigmas:
         raise ValueError("blur_sigmas must not be empty")
-    to_float_images(images[:1] if isinstance(images, torch.Tensor) else images)
+    as_images(images[:1] if isinstance(images, torch.Tensor) else images, check_range=False)
     n, _, h, w = images.shape
     if n == 0:
         raise ValueError("images must hold at least one image")
@@ -78,7 +79,7 @@ def blurred_background_accuracy(model: nn.Module, images: torch.Tensor, labels, 
     correct = torch.zeros(len(sigmas), dtype=torch.int64)
     with _EvalMode(model), torch.no_grad():
         for start in _batches(n, batch_size, progress, "blur-eval"):
-            x = to_float_images(images[start:start + batch_size].to(device))
+            x = as_images(images[start:start + batch_size].to(device), check_range=False)
             keep = masks[start:start + batch_size].to(device).unsqueeze(1)
             y = labels[start:start + batch_size].to(device)
             for j, sigma in enumerate(sigmas):

@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import unwrap_model
-from .evaluate import _jsonable, model_device, predict, to_float_images
+from .evaluate import _jsonable, model_device, predict
 from ..plotting import save_figure
+from ..data.augment import as_images
 
 __all__ = ["cascading_randomization", "gaussian_window", "plot_sanity", "randomization_groups",
            "save_sanity_maps", "spearman", "ssim", "write_sanity_report"]
@@ -196,7 +197,7 @@ def _maps(method_factory: Callable, model: nn.Module, images: torch.Tensor, targ
     device = model_device(model)
     parts = []
     for start in range(0, len(images), batch_size):
-        x = to_float_images(images[start:start + batch_size].to(device))
+        x = as_images(images[start:start + batch_size].to(device), check_range=False)
         parts.append(method(x, targets[start:start + batch_size].to(device)).detach().float().cpu())
     release = getattr(method, "release", None)
     if callable(release):
@@ -237,7 +238,7 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, method_facto
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    to_float_images(images[:1] if isinstance(images, torch.Tensor) else images)
+    as_images(images[:1] if isinstance(images, torch.Tensor) else images, check_range=False)
     if len(images) == 0:
         raise ValueError("images must hold at least one image")
     groups = randomization_groups(model, granularity)
@@ -333,7 +334,7 @@ def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps:
     if not steps or "maps" not in steps[0]:
         raise ValueError("steps must come from cascading_randomization(..., return_maps=True)")
     path = Path(path)
-    images = to_float_images(images).detach().cpu()
+    images = as_images(images, check_range=False).detach().cpu()
     rows, cols = min(n, len(images)), 1 + len(steps)
     fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows), squeeze=False)
     for r in range(rows):
