@@ -27,11 +27,11 @@ from ..cli import register
 from .fgsm import check_epsilons, fgsm_curve
 from .gsnr import gsnr, gsnr_summary
 from .pruning import SCHEMES, check_sparsities, pruning_curve
+from .evalset import evaluation_loader
 from .report import write_report
 
 DEFAULT_EPSILONS = "0,1,2,4,8"
 DEFAULT_SPARSITIES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
-SUBSET_SEED = 0
 
 
 def _numbers(text: str, option: str) -> list[float]:
@@ -77,67 +77,6 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------- data
-
-def _subset(n: int, limit: Optional[int]) -> Optional[torch.Tensor]:
-    if limit is None or limit >= n:
-        return None
-    g = torch.Generator().manual_seed(SUBSET_SEED)
-    return torch.randperm(n, generator=g)[:limit].sort().values
-
-
-class _Streamed:
-    """Batches of a streamed (ImageNet) loader as float images, at most ``limit`` images."""
-
-    def __init__(self, loader, limit: Optional[int]):
-        self.loader, self.limit = loader, limit
-
-    def __iter__(self):
-        from ..data import to_float
-        seen = 0
-        for x, y in self.loader:
-            if self.limit is not None:
-                if seen >= self.limit:
-                    break
-                x, y = x[: self.limit - seen], y[: self.limit - seen]
-            seen += y.shape[0]
-            yield to_float(x), y
-
-
-def _split_images(dataset: str, root, split: str, limit: Optional[int], config, batch_size: int,
-                  device: torch.device):
-    """``(loader, n_images, source)`` for a split. In-memory datasets: a TensorLoader on the device."""
-    from ..data import TensorLoader, load_dataset
-    if dataset == "imagenet":
-        from ..data import eval_transform, make_imagenet_loader
-        split = "val" if split == "test" else split
-        loader = make_imagenet_loader(root, split, batch_size, train=True, drop_last=False, seed=SUBSET_SEED,
-                                      transform=eval_transform(uint8=True), num_workers=config.num_workers,
-                                      uint8=True)  # train=True: shuffled, with the evaluation transform
-        n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
-        return _Streamed(loader, limit), n, str(root)
-    if dataset == "synthetic":
-        from ..train.data import SYNTHETIC_DATA_SEED
-        default = config.synthetic_test if split == "test" else config.synthetic_train
-        n = default if limit is None else limit
-        ds = load_dataset("synthetic", split=split, n=n, seed=SYNTHETIC_DATA_SEED)
-        images, labels, source = ds.images, ds.labels, "rendered synthetic data"
-    else:
-        if dataset == "folder" and split == "test":
-            try:
-                ds = load_dataset("folder", root=root, split="test")
-            except ValueError as exc:
-                if "no split folder" not in str(exc):
-                    raise
-                ds = load_dataset("folder", root=root, split="val")
-        else:
-            ds = load_dataset(dataset, root=root, split=split)
-        images, labels, source = ds.images, ds.labels, str(root)
-        index = _subset(images.shape[0], limit)
-        if index is not None:
-            images, labels = images[index], labels[index]
-    loader = TensorLoader(images, labels, batch_size, shuffle=False, device=device)
-    return loader, int(images.shape[0]), source
-
 
 def _first_images(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys, seen = [], [], 0
@@ -256,7 +195,7 @@ def measure(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"--data {root} does not exist")
 
     print(f"loading the {dataset} test images ...", file=sys.stderr)
-    loader, n_eval, source = _split_images(dataset, root, "test", args.test_limit, config, args.batch_size, device)
+    loader, n_eval, source = evaluation_loader(dataset, root, "test", args.test_limit, config, args.batch_size, device)
     first_x, first_y = _first_images(loader, 1)
     for entry in loaded:
         with torch.no_grad():
@@ -270,7 +209,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     recal = None
     if args.recalibrate_bn:
-        recal_loader, _, _ = _split_images(dataset, root, "train", args.recalibrate_bn, config, args.batch_size, device)
+        recal_loader, _, _ = evaluation_loader(dataset, root, "train", args.recalibrate_bn, config, args.batch_size, device)
         recal = recal_loader
 
     results: dict = {
@@ -296,7 +235,7 @@ def measure(args: argparse.Namespace) -> dict:
     results["fgsm"] = curve.to_dict()
 
     if args.gsnr_samples:
-        g_loader, _, _ = _split_images(dataset, root, args.gsnr_split, args.gsnr_samples, config,
+        g_loader, _, _ = evaluation_loader(dataset, root, args.gsnr_split, args.gsnr_samples, config,
                                        args.batch_size, device)
         images, labels = _first_images(g_loader, args.gsnr_samples)
         for e in loaded:

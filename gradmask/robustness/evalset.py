@@ -1,0 +1,76 @@
+"""The evaluation images of a split, shared by every robustness measurement and ``reproduce``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+SUBSET_SEED = 0
+
+
+def _subset(n: int, limit: Optional[int]) -> Optional[torch.Tensor]:
+    if limit is None or limit >= n:
+        return None
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(n, generator=g)[:limit].sort().values
+
+
+class _Streamed:
+    """Batches of a streamed (ImageNet) loader as float images, at most ``limit`` images."""
+
+    def __init__(self, loader, limit: Optional[int]):
+        self.loader, self.limit = loader, limit
+
+    def __iter__(self):
+        from ..data import to_float
+        seen = 0
+        for x, y in self.loader:
+            if self.limit is not None:
+                if seen >= self.limit:
+                    break
+                x, y = x[: self.limit - seen], y[: self.limit - seen]
+            seen += y.shape[0]
+            yield to_float(x), y
+
+
+def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], config, batch_size: int,
+                  device: torch.device):
+    """``(loader, n_images, source)``: batches of ``(images in [0, 1], labels)`` of ``split``.
+
+    ``limit``: a fixed random subset of that many images (seed :data:`SUBSET_SEED`, the same for
+    every caller); in-memory datasets come as a :class:`~gradmask.data.TensorLoader` on ``device``,
+    ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes and worker count."""
+    from ..data import TensorLoader, load_dataset
+    if dataset == "imagenet":
+        from ..data import eval_transform, make_imagenet_loader
+        split = "val" if split == "test" else split
+        loader = make_imagenet_loader(root, split, batch_size, train=True, drop_last=False, seed=SUBSET_SEED,
+                                      transform=eval_transform(uint8=True), num_workers=config.num_workers,
+                                      uint8=True)  # train=True: shuffled, with the evaluation transform
+        n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
+        return _Streamed(loader, limit), n, str(root)
+    if dataset == "synthetic":
+        from ..train.data import SYNTHETIC_DATA_SEED
+        default = config.synthetic_test if split == "test" else config.synthetic_train
+        n = default if limit is None else limit
+        ds = load_dataset("synthetic", split=split, n=n, seed=SYNTHETIC_DATA_SEED)
+        images, labels, source = ds.images, ds.labels, "rendered synthetic data"
+    else:
+        if dataset == "folder" and split == "test":
+            try:
+                ds = load_dataset("folder", root=root, split="test")
+            except ValueError as exc:
+                if "no split folder" not in str(exc):
+                    raise
+                ds = load_dataset("folder", root=root, split="val")
+        else:
+            ds = load_dataset(dataset, root=root, split=split)
+        images, labels, source = ds.images, ds.labels, str(root)
+        index = _subset(images.shape[0], limit)
+        if index is not None:
+            images, labels = images[index], labels[index]
+    loader = TensorLoader(images, labels, batch_size, shuffle=False, device=device)
+    return loader, int(images.shape[0]), source
+
+
+__all__ = ["SUBSET_SEED", "evaluation_loader"]
