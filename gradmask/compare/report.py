@@ -555,9 +555,16 @@ code { background: #f4f4f4; padding: 0 .25em; }
 
 
 def _html_inline(text: str) -> str:
-    # `code` spans; everything else escaped
+    # `code` and **bold** spans; everything else escaped
     pieces = str(text).split("`")
-    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(pieces))
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else _bold(html.escape(p)) for i, p in enumerate(pieces))
+
+
+def _bold(text: str) -> str:
+    pieces = text.split("**")
+    if len(pieces) % 2 == 0:          # unbalanced: leave as is
+        return text
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(pieces))
 
 
 def render_html(blocks: list[tuple], out: Path) -> str:
