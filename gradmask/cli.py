@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import cli as _compare_cli  # noqa: F401
     from .saliency import cli as _saliency_cli  # noqa: F401  (saliency, sanity, blur-eval)
     from .robustness import cli as _robustness_cli  # noqa: F401
+    from .reproduce import cli as _reproduce_cli  # noqa: F401
     parser = argparse.ArgumentParser(prog="gradmask", description="Gradient Mask: lateral inhibition in backpropagation")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():

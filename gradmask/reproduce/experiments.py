@@ -1,0 +1,175 @@
+"""The measurements of ``gradmask reproduce``: each reads trained run directories and returns a
+JSON-able result (the runner stores it; the report reads only stored results).
+
+Run directories are ``{out}/{dataset}/runs/{variant}-seed{s}`` (Tables 1-2, Figures 5-7) and
+``{out}/synthetic/li-blur/none-seed{s}`` (Figure 10, trained with Algorithm 2's augmentation).
+Every function takes the :class:`~gradmask.reproduce.presets.Plan` and the output folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..compare.runner import plan as run_plan
+from ..train import TrainConfig, load_checkpoint
+from .presets import Plan
+
+FIGURES = "figures"
+
+
+def runs_dir(out, dataset: str, augment: str | None = None) -> Path:
+    """Folder of a dataset's compared runs; ``augment="li-blur"``: the Figure 10 runs."""
+    return Path(out) / dataset / ("li-blur" if augment == "li-blur" else "runs")
+
+
+def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = None) -> Path:
+    return runs_dir(out, dataset, augment) / f"{variant}-seed{seed}"
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: str | None = None,
+               train_fn: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` (resuming finished / interrupted ones)
+    and write the comparison report of that folder. Returns ``{"runs": [paths], "config": fields}``."""
+    if train_fn is None:
+        from ..train import train as train_fn
+    fields = plan.training(dataset)
+    if augment is not None:
+        fields["augment"] = augment
+    base = TrainConfig(**fields)
+    folder = runs_dir(out, dataset, augment)
+    runs = run_plan(tuple(variants), plan.seeds, folder)
+    for k, (variant, seed, path) in enumerate(runs, 1):
+        log(f"  [{k}/{len(runs)}] {dataset} {variant} seed {seed}" + (f" ({augment})" if augment else ""))
+        train_fn(dataclasses.replace(base, mask=variant, seed=seed, out=path, resume=True, progress=False))
+    if _is_main_process():
+        from ..compare.report import write_report
+        write_report(folder)
+    return {"runs": [p for _, _, p in runs], "config": {k: _plain(v) for k, v in fields.items()}}
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _load(path: Path, device: torch.device):
+    model, config = load_checkpoint(path / "checkpoint.pt", map_location=device)
+    return model.eval(), config
+
+
+def _device(plan: Plan) -> torch.device:
+    return torch.device("cuda" if plan.device == "cuda" else "cpu")
+
+
+# ----------------------------------------------------------------------------- Figures 5 and 6
+def robustness(plan: Plan, out, progress: bool = False) -> dict:
+    """Pruning (global and per-layer L1) and FGSM of each seed's ``none`` and ``lateral`` models
+    on the first ``robustness_images`` test images of the robustness dataset."""
+    from ..robustness import fgsm_curve, pruning_curve
+    from ..robustness.evalset import evaluation_loader
+
+    ev, dataset, device = plan.preset.evaluation, plan.robustness, _device(plan)
+    config = TrainConfig(**plan.training(dataset))
+    loader, n, source = evaluation_loader(dataset, plan.data.get(dataset), "test", ev.robustness_images, config,
+                                          256, device)
+    seeds = {}
+    for seed in range(plan.seeds):
+        models = {v: _load(run_path(out, dataset, v, seed), device)[0] for v in ("none", "lateral")}
+        pruning = {v: {scheme: [list(p) for p in pruning_curve(m, loader, ev.sparsities, scheme=scheme,
+                                                                 progress=progress)]
+                       for scheme in ("global", "layer")} for v, m in models.items()}
+        fgsm = fgsm_curve(models, loader, ev.epsilons, subset="joint", progress=progress).to_dict()
+        seeds[str(seed)] = {"pruning": pruning, "fgsm": fgsm}
+    return {"dataset": dataset, "source": source, "n_images": n, "sparsities": list(ev.sparsities),
+            "epsilons_255": list(ev.epsilons), "seeds": seeds}
+
+
+# ----------------------------------------------------------------------------- Table 3
+def _box_data(name: str, plan: Plan, limit: int):
+    from ..saliency.boxes import load_box_dataset
+    if name == "synthetic":
+        return load_box_dataset("synthetic", limit=limit)
+    return load_box_dataset("voc2007" if name == "voc2007" else "xml", root=plan.data[name], limit=limit)
+
+
+def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> dict:
+    """Table 3: LI-Map, Grad-CAM, Grad-CAM++ box IoU on ``box_set`` for each seed's ``lateral``
+    (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic boxes use the
+    synthetic runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
+    explained and misclassified images are kept, as VOC labels are not ImageNet classes)."""
+    from ..saliency.evaluate import evaluate_localization, save_figure_grid
+
+    ev, device = plan.preset.evaluation, _device(plan)
+    data = _box_data(box_set, plan, ev.saliency_images)
+    dataset = "synthetic" if box_set == "synthetic" else "imagenet"
+    voc = box_set == "voc2007"
+    seeds, figure = {}, None
+    for seed in range(plan.seeds):
+        seeds[str(seed)] = {}
+        for variant in ("lateral", "none"):
+            model, _ = _load(run_path(out, dataset, variant, seed), device)
+            r = evaluate_localization(model, data.images, data.labels, data.boxes, correct_only=not voc,
+                                      targets="predicted" if voc else "label", return_maps=True,
+                                      progress=progress)
+            if seed == 0 and variant == "lateral" and r["index"]:
+                shown = r["index"][:6]
+                figure = save_figure_grid(Path(out) / FIGURES / f"table3-{box_set}.png", data.images[shown],
+                                          [data.boxes[i] for i in shown],
+                                          {m: maps[: len(shown)] for m, maps in r["maps"].items()}, n=len(shown),
+                                          titles=[data.classes[int(data.labels[i])] for i in shown])
+            seeds[str(seed)][variant] = {"methods": r["methods"], "ious": r["ious"], "index": r["index"],
+                                         "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"]}
+    return {"box_set": box_set, "n_images": int(data.images.shape[0]), "seeds": seeds,
+            "figure": str(figure.relative_to(out)) if figure else None}
+
+
+# ----------------------------------------------------------------------------- Appendix A
+def sanity(plan: Plan, out, progress: bool = False) -> dict:
+    """Cascading randomization of LI-Map and Grad-CAM on seed 0's ``lateral`` synthetic model."""
+    from ..saliency import GradCAM, LIMap
+    from ..saliency.boxes import load_box_dataset
+    from ..saliency.evaluate import default_cam_layer
+    from ..saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
+
+    ev, device = plan.preset.evaluation, _device(plan)
+    data = load_box_dataset("synthetic", limit=ev.sanity_images)
+    model, _ = _load(run_path(out, "synthetic", "lateral", 0), device)
+    layer = default_cam_layer(model, data.images)
+    factories = {"limap": lambda m: LIMap(m), "gradcam": lambda m: GradCAM(m, layer)}
+    steps = {}
+    for name, factory in factories.items():
+        result = cascading_randomization(model, data.images, factory, seed=0, return_maps=name == "limap",
+                                         progress=progress)
+        if name == "limap":
+            save_sanity_maps(Path(out) / FIGURES / "sanity-maps.png", data.images, result)
+        steps[name] = [{k: v for k, v in s.items() if k != "maps"} for s in result]
+    plot_sanity(Path(out) / FIGURES / "sanity.png", steps)
+    return {"n_images": int(data.images.shape[0]), "gradcam_layer": layer, "steps": steps,
+            "figures": [f"{FIGURES}/sanity.png", f"{FIGURES}/sanity-maps.png"]}
+
+
+# ----------------------------------------------------------------------------- Figure 10
+def blur(plan: Plan, out, progress: bool = False) -> dict:
+    """Accuracy with the background outside the boxes blurred, for each seed's synthetic model
+    trained without (``none``) and with the LI background-blur augmentation (``li-blur``)."""
+    from ..saliency.boxes import load_box_dataset
+    from ..saliency.robustness_blur import blurred_background_accuracy
+
+    ev, device = plan.preset.evaluation, _device(plan)
+    data = load_box_dataset("synthetic", limit=ev.blur_images)
+    seeds = {}
+    for seed in range(plan.seeds):
+        seeds[str(seed)] = {}
+        for label, augment in (("baseline", None), ("li-blur", "li-blur")):
+            model, _ = _load(run_path(out, "synthetic", "none", seed, augment), device)
+            curve = blurred_background_accuracy(model, data.images, data.labels, data.boxes, ev.blur_sigmas,
+                                                progress=progress)
+            seeds[str(seed)][label] = [list(p) for p in curve]
+    return {"n_images": int(data.images.shape[0]), "sigmas": list(ev.blur_sigmas), "seeds": seeds}

@@ -1,0 +1,173 @@
+"""The three scales of ``gradmask reproduce`` and how each maps the paper onto the data given.
+
+A :class:`Preset` names, per dataset, the training recipe (``TrainConfig`` overrides, CPU and CUDA
+variants) and the evaluation sizes. :func:`make_plan` turns a preset, the ``--data`` paths and the
+device into a :class:`Plan`: which dataset serves which experiment.
+
+- Table 1 runs on every accuracy dataset given (``quick``: synthetic only).
+- Table 2 (ablations) and Figures 5-6 (pruning, FGSM) run on the first available dataset of
+  ``cifar100 > cifar10 > synthetic`` (``imagenet`` first for Figures 5-6, as in the paper).
+- Figure 7 (GSNR) on ``cifar10 > cifar100 > synthetic`` (the paper used CIFAR-10).
+- Table 3, Appendix A and Figure 10 need object boxes: always the synthetic data (its own models),
+  plus VOC 2007 / ImageNet boxes for Table 3 when given together with ImageNet models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+#: ``--data NAME=PATH`` names reproduce accepts.
+DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")
+ACCURACY_DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet")
+
+# the synthetic recipe behind Table 3 / Appendix A / Figure 10 (and Table 1 for "quick")
+_SYNTHETIC_QUICK = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=64, lr=0.1, schedule="onecycle",
+                        warmup_epochs=1.0, augment="none", train_limit=3000, test_limit=1000)
+_SYNTHETIC_LONG = dict(_SYNTHETIC_QUICK, epochs=15, train_limit=None, synthetic_train=10000, augment="crop-flip")
+_CIFAR_CPU = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=128, lr=0.1, schedule="onecycle",
+                  warmup_epochs=1.0, augment="crop-flip", train_limit=15000, test_limit=2000)
+_CIFAR_GPU = dict(model="resnet18", groups=16, epochs=30, batch_size=256, lr=0.1, schedule="onecycle",
+                  warmup_epochs=3.0, augment="crop-flip", amp="bf16", channels_last=True)
+_CIFAR_PAPER = dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch_size=128, lr=0.1, momentum=0.9,
+                    weight_decay=5e-4, schedule="multistep", milestones=(60, 120, 160), gamma=0.2,
+                    warmup_epochs=0.0, augment="crop-flip")
+# the standard ResNet-50 ImageNet recipe (He et al.): the paper says it kept the original hyperparameters
+_IMAGENET_PAPER = dict(model="resnet50", stem="imagenet", groups=16, epochs=90, batch_size=256, lr=0.1,
+                       momentum=0.9, weight_decay=1e-4, schedule="multistep", milestones=(30, 60, 80),
+                       gamma=0.1, warmup_epochs=0.0, augment="crop-flip", amp="bf16", channels_last=True,
+                       num_workers=8)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Sizes of the evaluation experiments (images are the first N of a fixed random subset)."""
+    robustness_images: int = 500
+    sparsities: tuple = (0.0, 0.3, 0.5, 0.7, 0.9)
+    epsilons: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)
+    saliency_images: int = 500
+    sanity_images: int = 8
+    blur_images: int = 500
+    blur_sigmas: tuple = (0.0, 1.0, 2.0, 4.0)
+    gsnr_samples: int = 64
+    gsnr_every: int = 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    datasets: tuple                      # Table 1 datasets, used when their data is given
+    training: Mapping[str, Mapping[str, dict]]  # dataset -> {"cpu": overrides, "cuda": overrides}
+    boxes_training: Mapping[str, dict]   # the synthetic runs of Table 3 / Appendix A / Figure 10
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    seeds: int = 3
+    requires_data: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        "quick", "every experiment on the built-in synthetic data, narrow ResNet-18, 4 epochs on 3000 images; "
+                 "about 10 minutes on 2 CPU cores", ("synthetic",),
+        {"synthetic": {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_QUICK}},
+        {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_QUICK}),
+    "cifar": Preset(
+        "cifar", "Tables 1-2 and Figures 5-7 on CIFAR-10/100 (narrow ResNet-18, 4 epochs on 15,000 images on "
+                 "CPU; ResNet-18, 30 epochs on a GPU); boxes experiments on synthetic data", ("cifar10", "cifar100"),
+        {"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}, "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}},
+        {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True),
+    "paper": Preset(
+        "paper", "the paper's settings: ResNet-18 on CIFAR-100/10 (200 epochs), ResNet-50 on ImageNet (90 epochs, "
+                 "run it under torchrun)", ("cifar10", "cifar100", "imagenet"),
+        {"cifar10": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER}, "cifar100": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER},
+         "imagenet": {"cpu": _IMAGENET_PAPER, "cuda": _IMAGENET_PAPER}},
+        {"cpu": _SYNTHETIC_LONG, "cuda": _SYNTHETIC_LONG},
+        Evaluation(robustness_images=10000, sparsities=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9), epsilons=(0, 1, 2, 4, 8, 16),
+                   saliency_images=2000, sanity_images=16, blur_images=2000, blur_sigmas=(0, 1, 2, 4, 8),
+                   gsnr_samples=256, gsnr_every=10),
+        requires_data=True),
+}
+
+
+def parse_data(items) -> dict[str, str]:
+    """``["cifar10=PATH", ...]`` -> ``{"cifar10": PATH}``; names from :data:`DATA_NAMES`, paths must exist."""
+    data: dict[str, str] = {}
+    for item in items or ():
+        name, sep, path = str(item).partition("=")
+        name = name.strip()
+        if not sep or not path:
+            raise ValueError(f"--data must be NAME=PATH with NAME one of {', '.join(DATA_NAMES)}, got {item!r}")
+        if name not in DATA_NAMES:
+            raise ValueError(f"--data {name}=...: unknown name; accepted: {', '.join(DATA_NAMES)}")
+        if name in data:
+            raise ValueError(f"--data names {name} more than once")
+        if not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"--data {name}={path}: {path} does not exist")
+        data[name] = str(Path(path).expanduser())
+    return data
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which dataset serves which experiment, for one preset, data and device."""
+    preset: Preset
+    data: Mapping[str, str]
+    device: str                          # "cpu" or "cuda"
+    seeds: int
+    accuracy: tuple                      # Table 1 datasets
+    ablation: str                        # Table 2
+    robustness: str                      # Figures 5-6
+    gsnr: str                            # Figure 7
+    box_sets: tuple                      # Table 3 beyond synthetic: ("voc2007", "imagenet-boxes") when usable
+    skipped: tuple                       # (experiment, reason) pairs
+
+    def training(self, dataset: str) -> dict:
+        """TrainConfig fields of ``dataset``'s runs (dataset and data path included)."""
+        if dataset == "synthetic" and dataset not in self.preset.training:
+            fields = dict(self.preset.boxes_training[self.device])
+        else:
+            fields = dict(self.preset.training[dataset][self.device])
+        # the GSNR probe needs an in-memory training set (streamed ImageNet has none; Figure 7 is CIFAR's)
+        fields.update(dataset=dataset, data=self.data.get(dataset), device=self.device,
+                      gsnr_every=0 if dataset == "imagenet" else self.preset.evaluation.gsnr_every,
+                      gsnr_samples=self.preset.evaluation.gsnr_samples)
+        return fields
+
+
+def _first(order, available) -> Optional[str]:
+    return next((d for d in order if d in available), None)
+
+
+def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = "cpu",
+              seeds: Optional[int] = None) -> Plan:
+    """The :class:`Plan` of ``preset`` with ``data`` (``{name: path}``) on ``device`` ("cpu"/"cuda")."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset (--preset) must be one of {', '.join(PRESETS)}, got {preset!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    p = PRESETS[preset]
+    data = dict(data or {})
+    seeds = p.seeds if seeds is None else seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds (--seeds) must be an integer >= 1, got {seeds!r}")
+    accuracy = tuple(d for d in p.datasets if d == "synthetic" or d in data)
+    if p.requires_data and not accuracy:
+        wanted = " or ".join(f"--data {d}=PATH" for d in p.datasets)
+        raise ValueError(f"preset {preset!r} needs {wanted} (use --preset quick for the synthetic data)")
+    skipped = []
+    for d in p.datasets:
+        if d not in accuracy:
+            skipped.append((f"Table 1 on {d}", f"no --data {d}=PATH given"))
+    ablation = _first(("cifar100", "cifar10", "synthetic"), accuracy) or accuracy[0]
+    robustness = _first(("imagenet", "cifar100", "cifar10", "synthetic"), accuracy) or accuracy[0]
+    gsnr = _first(("cifar10", "cifar100", "synthetic"), accuracy) or accuracy[0]
+    box_sets = []
+    for name in ("voc2007", "imagenet-boxes"):
+        if name not in data:
+            skipped.append((f"Table 3 on {name}", f"no --data {name}=PATH given (synthetic boxes only)"))
+        elif "imagenet" not in accuracy:
+            skipped.append((f"Table 3 on {name}", "needs ImageNet-trained models (--data imagenet=PATH, "
+                                                  "--preset paper) to explain these images"))
+        else:
+            box_sets.append(name)
+    return Plan(p, data, device, seeds, accuracy, ablation, robustness, gsnr, tuple(box_sets), tuple(skipped))

@@ -1,0 +1,481 @@
+"""The reproduction report: for each table and figure of the paper, the paper's number beside ours,
+the exact setting, a verdict computed from the numbers (:mod:`.verdict`) and the figures.
+
+Drawn only from stored files (``reproduce.json``, ``steps/*.json``, the run directories), so it can
+be rewritten at any time. Writes ``report.md``, a self-contained ``report.html`` (figures as data
+URIs, no script, no network), ``results.json`` (every number shown) and ``verdicts.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..compare.report import fmt_duration, load_runs, render_html, render_markdown
+from ..plotting import save_figure
+from . import paper
+from .experiments import FIGURES, runs_dir
+from .runner import read_step
+from .verdict import HOLDS, combine, difference_interval, mean_interval, verdict
+
+SANITY_RHO = 0.5
+"""Appendix A passes when the mean Spearman correlation between the trained model's LI-Map and the
+fully randomized model's is below this (95% interval over images entirely below it)."""
+SLOWDOWN = 2.0
+"""Table 2's "3 times slower" is read as "at least 2x slower" (the interval of the throughput
+ratio masked / without minicolumn entirely above 2)."""
+METHOD_NAMES = {"limap": "LI-Map", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+VARIANT_NAMES = {"none": "normal (no mask)", "lateral": "Gradient Mask", "norm": "without LI",
+                 "pixel": "without minicolumn"}
+
+
+# ------------------------------------------------------------------------------ formatting
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
+    vals = [v * scale for v in values if _finite(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f} (1 run)"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def _interval(ci, scale: float = 1.0, digits: int = 2) -> str:
+    if not _finite(ci.diff):
+        return "n/a"
+    if not (_finite(ci.low) and _finite(ci.high)):
+        return f"{ci.diff * scale:+.{digits}f} (no interval: < 2 values)"
+    return f"{ci.diff * scale:+.{digits}f} [{ci.low * scale:+.{digits}f}, {ci.high * scale:+.{digits}f}]"
+
+
+def _ci_json(ci) -> dict:
+    return {"diff": ci.diff, "low": ci.low, "high": ci.high}
+
+
+def _paper(v, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------ figures
+def plot_seed_curves(path: Path, curves: dict, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> Path:
+    """``curves``: ``{label: [[(x, y), ...] per seed]}`` -> mean line with a min-max band per label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (label, per_seed) in enumerate(curves.items()):
+        per_seed = [c for c in per_seed if c]
+        if not per_seed:
+            continue
+        xs = [x for x, _ in per_seed[0]]
+        ys = np.array([[y * scale if _finite(y) else np.nan for _, y in c] for c in per_seed], dtype=float)
+        color = f"C{i}"
+        ax.plot(xs, np.nanmean(ys, 0), "o-", color=color, label=f"{label} (mean of {len(per_seed)})")
+        if len(per_seed) > 1:
+            ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ sections
+class Section:
+    """One table or figure of the paper: blocks for the report and its numbers for results.json."""
+
+    def __init__(self, claim: paper.Claim):
+        self.claim = claim
+        self.blocks: list[tuple] = [("h2", claim.title)]
+        self.numbers: dict = {}
+        self.verdicts: list[tuple[str, str]] = []   # (what was tested, verdict)
+        self.headline = ""
+
+    @property
+    def verdict(self) -> str:
+        return combine(v for _, v in self.verdicts)
+
+    def finish(self, setting: str) -> None:
+        self.blocks.insert(1, ("p", f"**Paper:** {self.claim.claim} ({self.claim.setting})."))
+        self.blocks.insert(2, ("p", f"**Our setting:** {setting}"))
+        lines = "; ".join(f"{what}: **{v}**" for what, v in self.verdicts) or "nothing measured"
+        self.blocks.append(("p", f"**Verdict: {self.verdict}** ({lines})."))
+
+
+def _runs(out: Path, dataset: str, augment: Optional[str] = None) -> dict:
+    """``{variant: [finished Run, ...]}`` of a dataset's folder."""
+    folder = runs_dir(out, dataset, augment)
+    by_variant: dict = {}
+    if folder.is_dir():
+        for r in load_runs(folder):
+            if r.finished:
+                by_variant.setdefault(r.variant, []).append(r)
+    return by_variant
+
+
+def _run_setting(runs: list, state: dict) -> str:
+    if not runs:
+        return "no finished run"
+    c = runs[0].config
+    images = c.get("train_limit") or (c.get("synthetic_train") if c.get("dataset") == "synthetic" else "all")
+    seconds = sum(r.train_seconds or 0.0 for r in runs)
+    seeds = sorted({r.seed for r in runs})
+    augments = " / ".join(dict.fromkeys(str(r.config.get("augment")) for r in runs))
+    return (f"{c.get('dataset')} ({images} training images, {c.get('test_limit') or 'all'} test images), "
+            f"{c.get('model')} (groups {c.get('groups')}, sigma {c.get('sigma')}, kernel {c.get('kernel_size')}, "
+            f"rate {c.get('inhibition_rate')}), {c.get('epochs')} epochs, batch {c.get('batch_size')}, lr "
+            f"{c.get('lr')} {c.get('schedule')}, augment {augments}, seeds {seeds}, device "
+            f"{runs[0].final.get('device', state.get('device'))}, training wall time {fmt_duration(seconds)} "
+            f"({len(runs)} runs).")
+
+
+def _accuracies(runs: list) -> list[float]:
+    return [r.value("test_acc") for r in runs if r.value("test_acc") is not None]
+
+
+def table1(out: Path, state: dict, datasets: list[str]) -> Section:
+    s = Section(paper.TABLE1)
+    rows, settings = [], []
+    for dataset in datasets:
+        runs = _runs(out, dataset)
+        none, lateral = _accuracies(runs.get("none", [])), _accuracies(runs.get("lateral", []))
+        ci = difference_interval(lateral, none)
+        p_none = paper.TABLE1.numbers["normal"].get(dataset)
+        p_mask = paper.TABLE1.numbers["masked"].get(dataset)
+        v = verdict(ci)
+        s.verdicts.append((f"{dataset}: masked > normal", v))
+        rows.append([dataset, _paper(p_none), _paper(p_mask), _mean_std(none, 100), _mean_std(lateral, 100),
+                     _interval(ci, 100), v])
+        s.numbers[dataset] = {"none": none, "lateral": lateral, "difference": _ci_json(ci),
+                              "paper": {"none": p_none, "lateral": p_mask}, "verdict": v}
+        settings.append(_run_setting(runs.get("none", []) + runs.get("lateral", []), state))
+        if (runs_dir(out, dataset) / "accuracy.png").is_file():
+            s.blocks.append(("img", f"test accuracy per epoch on {dataset}",
+                             f"{dataset}/runs/accuracy.png"))
+    s.blocks.insert(1, ("table", ["data", "paper normal", "paper masked", "ours normal", "ours masked",
+                                  "masked − normal [95% CI]", "verdict"], rows, ["l", "r", "r", "r", "r", "r", "l"]))
+    s.blocks.insert(2, ("p", "Top-1 accuracy (%), mean ± std over seeds; the interval is Welch's t over seeds."))
+    s.finish(" ".join(settings) or "no dataset")
+    return s
+
+
+def _throughput(runs: list) -> list[float]:
+    values = []
+    for r in runs:
+        ips = [m.get("images_per_second") for m in r.metrics if _finite(m.get("images_per_second"))]
+        if ips:
+            values.append(float(np.median(ips)))
+    return values
+
+
+def table2(out: Path, state: dict, dataset: str) -> Section:
+    s = Section(paper.TABLE2)
+    runs = _runs(out, dataset)
+    acc = {v: _accuracies(runs.get(v, [])) for v in ("lateral", "norm", "pixel")}
+    speed = {v: _throughput(runs.get(v, [])) for v in ("lateral", "norm", "pixel")}
+    rows = []
+    base_speed = np.mean(speed["lateral"]) if speed["lateral"] else math.nan
+    for v in ("lateral", "norm", "pixel"):
+        ci = difference_interval(acc[v], acc["lateral"]) if v != "lateral" else None
+        slowdown = [base_speed / x for x in speed[v]] if speed[v] else []
+        rows.append([VARIANT_NAMES[v], _paper(paper.TABLE2.numbers["accuracy"][v]), _mean_std(acc[v], 100),
+                     _interval(ci, 100) if ci else "—", _mean_std(speed[v], 1, 0),
+                     _mean_std(slowdown, 1, 2) if v != "lateral" else "1", "3" if v == "pixel" else "—"])
+        s.numbers[v] = {"accuracy": acc[v], "images_per_second": speed[v],
+                        "difference_to_masked": _ci_json(ci) if ci else None}
+    for v, label in (("norm", "without LI is less accurate"), ("pixel", "without minicolumn is less accurate")):
+        ci = difference_interval(acc["lateral"], acc[v])
+        s.verdicts.append((label, verdict(ci)))
+    ratio = mean_interval([base_speed / x for x in speed["pixel"]]) if speed["pixel"] else mean_interval([])
+    if _finite(ratio.diff) and speed["lateral"] and len(speed["lateral"]) < 2:
+        ratio = ratio._replace(low=math.nan, high=math.nan)
+    s.verdicts.append((f"without minicolumn trains >= {SLOWDOWN:g}x slower", verdict(ratio, SLOWDOWN)))
+    s.numbers["slowdown_pixel"] = _ci_json(ratio)
+    s.blocks.insert(1, ("table", ["variant", "paper acc.", "ours acc.", "− masked [95% CI]", "train img/s",
+                                  "slowdown vs masked", "paper slowdown"], rows, ["l", "r", "r", "r", "r", "r", "r"]))
+    s.blocks.insert(2, ("p", "Without LI: the mask from the channel-group norm alone (no LoG; `mask=\"norm\"`). "
+                             "Without minicolumn: one mask per channel from |gradient| and the LoG "
+                             "(`mask=\"pixel\"`). Throughput is the median over epochs of training images per "
+                             "second (evaluation excluded); slowdown = masked throughput / variant throughput, "
+                             f"its verdict an interval over seeds against {SLOWDOWN:g}x."))
+    s.finish(_run_setting(sum((runs.get(v, []) for v in ("lateral", "norm", "pixel")), []), state))
+    return s
+
+
+def table3(out: Path, state: dict) -> Optional[Section]:
+    s = Section(paper.TABLE3)
+    box_sets = sorted(p.stem.split("-", 1)[1] for p in (out / "steps").glob("saliency-*.json"))
+    box_sets.sort(key=lambda b: b != "synthetic")
+    settings = []
+    for box_set in box_sets:
+        rec = read_step(out, f"saliency-{box_set}")
+        if rec is None:
+            continue
+        r = rec["result"]
+        paper_row = paper.TABLE3.numbers.get("imagenet" if box_set == "imagenet-boxes" else box_set, {})
+        rows = []
+        for m in ("gradcam", "gradcam++", "limap"):
+            per_seed = {v: [r["seeds"][k][v]["methods"][m]["mean_iou"] for k in r["seeds"]] for v in ("lateral", "none")}
+            rows.append([METHOD_NAMES[m], _paper(paper_row.get(m)), _mean_std(per_seed["lateral"], 1, 3),
+                         _mean_std(per_seed["none"], 1, 3)])
+        tests = {}
+        for other in ("gradcam", "gradcam++"):
+            diffs = []
+            for k in r["seeds"]:
+                ious = r["seeds"][k]["lateral"]["ious"]
+                diffs += [a - b for a, b in zip(ious["limap"], ious[other])]
+            ci = mean_interval(diffs)
+            v = verdict(ci)
+            s.verdicts.append((f"{box_set}: LI-Map > {METHOD_NAMES[other]}", v))
+            tests[other] = {"difference": _ci_json(ci), "n_pairs": len(diffs), "verdict": v}
+            rows.append([f"LI-Map − {METHOD_NAMES[other]} (paired, masked models) [95% CI]",
+                         _paper(paper_row["limap"] - paper_row[other]) if paper_row else "—",
+                         _interval(ci, 1, 3), ""])
+        s.blocks.append(("p", f"**{box_set}** ({r['n_images']} images; evaluated: "
+                              f"{', '.join(str(r['seeds'][k]['lateral']['n_evaluated']) for k in r['seeds'])} per "
+                              f"seed after the filters)."))
+        s.blocks.append(("table", ["method", "paper IoU", "ours: masked models", "ours: normal models"], rows,
+                         ["l", "r", "r", "r"]))
+        if r.get("figure"):
+            s.blocks.append(("img", f"saliency maps on {box_set} (seed 0, masked model; green: object box, "
+                                    f"red: top-15% box)", r["figure"]))
+        s.numbers[box_set] = {"seeds": {k: {v: r["seeds"][k][v]["methods"] for v in r["seeds"][k]} for k in r["seeds"]},
+                              "tests": tests, "paper": paper_row}
+        settings.append(f"{box_set}: IoU of the box around the top 15% of pixels, images with one object whose "
+                        f"box covers at most half the image" + (", correctly classified" if box_set != "voc2007"
+                                                                 else ", the predicted class explained") +
+                        f"; mean ± std over seeds; paired interval over all (image, seed) pairs; wall time "
+                        f"{fmt_duration(rec.get('wall_seconds'))}.")
+    if not box_sets:
+        return None
+    syn = _runs(out, "synthetic")
+    settings.append("Models: " + _run_setting(syn.get("lateral", []) + syn.get("none", []), state))
+    s.finish(" ".join(settings))
+    return s
+
+
+def sanity(out: Path, state: dict) -> Optional[Section]:
+    rec = read_step(out, "sanity")
+    if rec is None:
+        return None
+    r = rec["result"]
+    s = Section(paper.SANITY)
+    steps = r["steps"]
+    rows = []
+    for i, st in enumerate(steps["limap"]):
+        g = steps["gradcam"][i]
+        rows.append([st["step"], st["randomized"], f"{st['spearman']:.3f}", f"{st['ssim']:.3f}",
+                     f"{g['spearman']:.3f}", f"{g['ssim']:.3f}"])
+    last = steps["limap"][-1]
+    rho = [v for v in last["spearman_images"] if _finite(v)]
+    ci = mean_interval([SANITY_RHO - v for v in rho])
+    s.verdicts.append((f"LI-Map correlation after full randomization < {SANITY_RHO}", verdict(ci)))
+    s.numbers = {"steps": steps, "final_spearman": mean_interval(rho)._asdict(), "threshold": SANITY_RHO}
+    s.blocks.append(("table", ["step", "randomized (cumulative, top-down)", "LI-Map Spearman", "LI-Map SSIM",
+                               "Grad-CAM Spearman", "Grad-CAM SSIM"], rows, ["r", "l", "r", "r", "r", "r"]))
+    mi = mean_interval(rho)
+    s.blocks.append(("p", f"After randomizing every block the LI-Map keeps a mean Spearman correlation of "
+                          f"{_interval(mi, 1, 3).lstrip('+')} with the trained model's map (a map that ignored "
+                          f"the weights would keep 1)."))
+    for f in r["figures"]:
+        if (out / f).is_file():
+            s.blocks.append(("img", "cascading randomization", f))
+    s.finish(f"seed 0's masked synthetic model, {r['n_images']} synthetic test images, groups re-initialised "
+             f"top-down per block, Grad-CAM on {r['gradcam_layer']}; wall time {fmt_duration(rec.get('wall_seconds'))}.")
+    return s
+
+
+def _per_seed_mean(curve, skip_zero: bool = True) -> float:
+    vals = [y for x, y in curve if (x > 0 or not skip_zero) and _finite(y)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def figure5_6(out: Path, state: dict) -> list[Section]:
+    rec = read_step(out, "robustness")
+    if rec is None:
+        return []
+    r = rec["result"]
+    setting = (f"{r['dataset']} test images ({r['n_images']}, fixed random subset), each seed's normal and "
+               f"masked models from Table 1/2's runs; wall time {fmt_duration(rec.get('wall_seconds'))}.")
+    seeds = list(r["seeds"])
+    s5 = Section(paper.FIGURE5)
+    rows = []
+    for i, sp in enumerate(r["sparsities"]):
+        row = [f"{sp:g}"]
+        for scheme in ("global", "layer"):
+            for v in ("none", "lateral"):
+                row.append(_mean_std([r["seeds"][k]["pruning"][v][scheme][i][1] for k in seeds], 100))
+        rows.append(row)
+    s5.blocks.append(("table", ["sparsity", "global: normal", "global: masked", "per layer: normal",
+                                "per layer: masked"], rows, ["r", "r", "r", "r", "r"]))
+    for scheme in ("global", "layer"):
+        means = {v: [_per_seed_mean(r["seeds"][k]["pruning"][v][scheme]) for k in seeds] for v in ("none", "lateral")}
+        ci = difference_interval(means["lateral"], means["none"])
+        s5.verdicts.append((f"{scheme} pruning: masked > normal (mean accuracy over sparsities > 0)", verdict(ci)))
+        s5.numbers[scheme] = {"mean_pruned_accuracy": means, "difference": _ci_json(ci)}
+        path = plot_seed_curves(out / FIGURES / f"figure5-{scheme}.png",
+                                {VARIANT_NAMES[v]: [r["seeds"][k]["pruning"][v][scheme] for k in seeds]
+                                 for v in ("none", "lateral")}, "sparsity (fraction of conv/linear weights removed)",
+                                "top-1 accuracy (%)", f"L1 pruning ({scheme}) on {r['dataset']}", 100)
+        s5.blocks.append(("img", f"accuracy after {scheme} L1 pruning", str(path.relative_to(out))))
+    s5.blocks.insert(1, ("p", "Top-1 accuracy (%) after L1 pruning (`torch.nn.utils.prune`), mean ± std over seeds."))
+    s5.finish(setting)
+
+    s6 = Section(paper.FIGURE6)
+    rows = []
+    for i, e in enumerate(r["epsilons_255"]):
+        rows.append([f"{e:g}/255"] + [_mean_std([r["seeds"][k]["fgsm"]["curves"][v][i][1] for k in seeds], 100)
+                                      for v in ("none", "lateral")])
+    s6.blocks.append(("table", ["epsilon", "normal", "masked"], rows, ["r", "r", "r"]))
+    means = {v: [_per_seed_mean(r["seeds"][k]["fgsm"]["curves"][v]) for k in seeds] for v in ("none", "lateral")}
+    ci = difference_interval(means["lateral"], means["none"])
+    s6.verdicts.append(("masked > normal (mean accuracy over epsilons > 0)", verdict(ci)))
+    s6.numbers = {"mean_attacked_accuracy": means, "difference": _ci_json(ci),
+                  "n_joint": {k: r["seeds"][k]["fgsm"]["n_joint"] for k in seeds}}
+    path = plot_seed_curves(out / FIGURES / "figure6.png",
+                            {VARIANT_NAMES[v]: [r["seeds"][k]["fgsm"]["curves"][v] for k in seeds]
+                             for v in ("none", "lateral")}, "epsilon (1/255)", "top-1 accuracy (%)",
+                            f"FGSM on {r['dataset']}", 100)
+    s6.blocks.append(("img", "accuracy under FGSM", str(path.relative_to(out))))
+    joint = ", ".join(str(r["seeds"][k]["fgsm"]["n_joint"]) for k in seeds)
+    s6.blocks.insert(1, ("p", f"Top-1 accuracy (%) under FGSM on the images both models of a seed classify "
+                              f"correctly ({joint} per seed), mean ± std over seeds."))
+    s6.finish(setting)
+    return [s5, s6]
+
+
+def figure7(out: Path, state: dict, dataset: str) -> Optional[Section]:
+    from ..robustness import plot_gsnr, read_gsnr
+    runs = _runs(out, dataset)
+    probed = {v: [r for r in runs.get(v, []) if read_gsnr(r.path)] for v in ("none", "lateral")}
+    if not probed["none"] or not probed["lateral"]:
+        return None
+    s = Section(paper.FIGURE7)
+    per_seed = {v: [float(np.mean([math.log10(g["network"]) for g in read_gsnr(r.path) if _finite(g.get("network"))
+                                   and g["network"] > 0])) for r in probed[v]] for v in ("none", "lateral")}
+    ci = difference_interval(per_seed["lateral"], per_seed["none"])
+    s.verdicts.append(("masked > normal (mean log10 GSNR over epochs)", verdict(ci)))
+    s.numbers = {"mean_log10_gsnr": per_seed, "difference": _ci_json(ci)}
+    s.blocks.append(("table", ["", "normal", "masked", "masked − normal [95% CI]"],
+                     [["mean log10 GSNR over epochs", _mean_std(per_seed["none"], 1, 3),
+                       _mean_std(per_seed["lateral"], 1, 3), _interval(ci, 1, 3)]], ["l", "r", "r", "r"]))
+    path = plot_gsnr([r.path for r in probed["none"] + probed["lateral"]], out / FIGURES / "figure7.png")
+    s.blocks.append(("img", "GSNR during training", str(path.relative_to(out))))
+    samples = read_gsnr(probed["lateral"][0].path)[0].get("n_samples")
+    s.finish(f"GSNR (mean^2 / variance of per-sample gradients, mean over the conv weights) on {samples} fixed "
+             f"training images after every epoch; masked runs measure the masked gradients. Runs: "
+             + _run_setting(probed["none"] + probed["lateral"], state))
+    return s
+
+
+def figure10(out: Path, state: dict) -> Optional[Section]:
+    rec = read_step(out, "blur")
+    if rec is None:
+        return None
+    r = rec["result"]
+    s = Section(paper.FIGURE10)
+    seeds = list(r["seeds"])
+    rows = []
+    for i, sigma in enumerate(r["sigmas"]):
+        rows.append([f"{sigma:g}"] + [_mean_std([r["seeds"][k][v][i][1] for k in seeds], 100)
+                                      for v in ("baseline", "li-blur")])
+    s.blocks.append(("table", ["background blur sigma", "normal training", "with LI background blur"], rows,
+                     ["r", "r", "r"]))
+    means = {v: [_per_seed_mean(r["seeds"][k][v]) for k in seeds] for v in ("baseline", "li-blur")}
+    ci = difference_interval(means["li-blur"], means["baseline"])
+    s.verdicts.append(("augmented > normal (mean accuracy over sigma > 0)", verdict(ci)))
+    s.numbers = {"mean_blurred_accuracy": means, "difference": _ci_json(ci)}
+    path = plot_seed_curves(out / FIGURES / "figure10.png",
+                            {"normal training": [r["seeds"][k]["baseline"] for k in seeds],
+                             "with LI background blur": [r["seeds"][k]["li-blur"] for k in seeds]},
+                            "background blur sigma (pixels)", "top-1 accuracy (%)",
+                            "Accuracy with the background blurred (synthetic)", 100)
+    s.blocks.append(("img", "accuracy with a blurred background", str(path.relative_to(out))))
+    runs = _runs(out, "synthetic").get("none", []) + _runs(out, "synthetic", "li-blur").get("none", [])
+    s.finish(f"{r['n_images']} synthetic test images with boxes, background = outside the box. The augmented "
+             f"models are trained from scratch with Algorithm 2 at the same budget as the normal ones (the paper "
+             f"fine-tunes a trained ResNet-50 for 30 epochs). Runs: " + _run_setting(runs, state))
+    return s
+
+
+# ------------------------------------------------------------------------------ the report
+def sections(out) -> list[Section]:
+    out = Path(out)
+    state = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").is_file() else {}
+    datasets = [d for d in ("synthetic", "cifar10", "cifar100", "imagenet") if read_step(out, f"train-{d}")]
+    if state.get("preset") != "quick" and len(datasets) > 1:
+        datasets = [d for d in datasets if d != "synthetic"]   # synthetic runs only serve the box experiments
+    trained = {d: read_step(out, f"train-{d}") for d in datasets}
+    ablation = next((d for d in datasets if "norm" in trained[d]["settings"]["variants"]), None)
+    result = [table1(out, state, datasets)] if datasets else []
+    if ablation:
+        result.append(table2(out, state, ablation))
+    for part in (table3(out, state), sanity(out, state)):
+        if part is not None:
+            result.append(part)
+    result += figure5_6(out, state)
+    gsnr_dataset = next((d for d in ("cifar10", "cifar100", "synthetic") if d in datasets), None)
+    if gsnr_dataset and (s := figure7(out, state, gsnr_dataset)) is not None:
+        result.append(s)
+    if (s := figure10(out, state)) is not None:
+        result.append(s)
+    return result
+
+
+def write_report(out) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``results.json`` and ``verdicts.csv`` in ``out``."""
+    out = Path(out)
+    state = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").is_file() else {}
+    parts = sections(out)
+    m = state.get("machine", {})
+    machine = f"{m.get('cpu_count', '?')} CPU cores ({m.get('cpu', '?')})" + (f", GPU {m['gpu']}" if m.get("gpu") else "") \
+        + f", Python {m.get('python', '?')}, torch {m.get('torch', '?')}"
+    total = sum(v.get("wall_seconds", 0.0) for v in state.get("steps", {}).values())
+    blocks: list[tuple] = [("h1", f"Reproducing Gradient Mask: preset {state.get('preset', '?')}"),
+                           ("p", f"Command: `{state.get('command', '?')}`"),
+                           ("p", f"Preset: {state.get('summary', '?')}. Device: {state.get('device', '?')}; "
+                                 f"machine: {machine}; seeds: {state.get('seeds', '?')}; measured wall time "
+                                 f"{fmt_duration(total)} (of the steps run by the last invocations)."),
+                           ("p", "Each verdict is computed from the numbers: **holds** when the 95% confidence "
+                                 "interval of the tested difference lies entirely on the paper's side, **does not "
+                                 "hold** when it lies entirely on the other side, **not established at this scale** "
+                                 "otherwise. Accuracy comparisons use Welch's t over seeds.")]
+    rows = [[p.claim.title, p.claim.claim, p.verdict, "; ".join(f"{what}: {v}" for what, v in p.verdicts)]
+            for p in parts]
+    blocks.append(("h2", "Summary"))
+    blocks.append(("table", ["paper", "claim", "verdict", "tests"], rows, ["l", "l", "l", "l"]))
+    if state.get("skipped"):
+        blocks.append(("p", "Not run: " + "; ".join(f"{what} ({why})" for what, why in state["skipped"]) + "."))
+    for p in parts:
+        blocks += p.blocks
+    md, page = render_markdown(blocks), render_html(blocks, out)
+    paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / "results.json",
+             "csv": out / "verdicts.csv"}
+    results = {"preset": state.get("preset"), "machine": m, "sections": {
+        p.claim.key: {"title": p.claim.title, "verdict": p.verdict, "tests": p.verdicts, "numbers": p.numbers}
+        for p in parts}}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["section", "test", "verdict"])
+    for p in parts:
+        for what, v in p.verdicts:
+            writer.writerow([p.claim.key, what, v])
+    for key, text in (("markdown", md), ("html", page), ("json", json.dumps(results, indent=1, default=str) + "\n"),
+                      ("csv", buf.getvalue())):
+        tmp = paths[key].with_name(paths[key].name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(paths[key])
+    return paths
+
+
+__all__ = ["HOLDS", "SANITY_RHO", "SLOWDOWN", "plot_seed_curves", "sections", "write_report"]

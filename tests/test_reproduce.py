@@ -1,0 +1,305 @@
+"""gradmask reproduce: plans, verdicts, an end-to-end tiny run, resume, and the report's contents."""
+import dataclasses
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gradmask.compare.stats import DiffInterval
+from gradmask.reproduce import make_plan, parse_data, reproduce, write_report
+from gradmask.reproduce import experiments
+from gradmask.reproduce.presets import PRESETS, Evaluation
+from gradmask.reproduce.verdict import (DOES_NOT_HOLD, HOLDS, NOT_ESTABLISHED, combine, difference_interval,
+                                        mean_interval, verdict)
+
+TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=32, lr=0.05, schedule="onecycle",
+                     warmup_epochs=0.5, augment="none", train_limit=96, test_limit=64, synthetic_train=96,
+                     synthetic_test=64)
+TINY_EVALUATION = Evaluation(robustness_images=48, sparsities=(0, 0.5), epsilons=(0, 2), saliency_images=48,
+                             sanity_images=2, blur_images=48, blur_sigmas=(0, 2), gsnr_samples=8, gsnr_every=1)
+SECTIONS = ["table1", "table2", "table3", "sanity", "figure5", "figure6", "figure7", "figure10"]
+
+
+def tiny_plan(seeds=2):
+    preset = dataclasses.replace(PRESETS["quick"], training={"synthetic": {"cpu": TINY_TRAINING}},
+                                 boxes_training={"cpu": TINY_TRAINING}, evaluation=TINY_EVALUATION)
+    return dataclasses.replace(make_plan("quick", seeds=seeds), preset=preset)
+
+
+# ------------------------------------------------------------------------------ plans
+def test_quick_plan_uses_synthetic_data_for_everything():
+    plan = make_plan("quick")
+    assert plan.accuracy == ("synthetic",) and plan.seeds == 3
+    assert plan.ablation == plan.robustness == plan.gsnr == "synthetic"
+    assert plan.training("synthetic")["gsnr_every"] == 1
+
+
+def test_cifar_plan_needs_data(tmp_path):
+    with pytest.raises(ValueError, match="--data cifar10=PATH"):
+        make_plan("cifar")
+    plan = make_plan("cifar", {"cifar10": str(tmp_path)})
+    assert plan.accuracy == ("cifar10",) and plan.ablation == "cifar10"
+    assert plan.training("cifar10")["model"] == "resnet18_narrow"
+    assert make_plan("cifar", {"cifar10": str(tmp_path)}, "cuda").training("cifar10")["model"] == "resnet18"
+    # the box experiments train their own synthetic models
+    assert plan.training("synthetic")["dataset"] == "synthetic"
+
+
+def test_paper_plan_assigns_experiments_like_the_paper(tmp_path):
+    data = {name: str(tmp_path) for name in ("cifar10", "cifar100", "imagenet", "voc2007")}
+    plan = make_plan("paper", data, "cuda")
+    assert plan.ablation == "cifar100" and plan.gsnr == "cifar10" and plan.robustness == "imagenet"
+    assert plan.box_sets == ("voc2007",)
+    assert plan.training("cifar100")["epochs"] == 200 and plan.training("imagenet")["model"] == "resnet50"
+    assert plan.training("imagenet")["gsnr_every"] == 0 and plan.training("cifar10")["gsnr_every"] == 10
+    from gradmask.train import TrainConfig
+    for dataset in ("cifar10", "cifar100", "imagenet", "synthetic"):
+        TrainConfig(**plan.training(dataset))      # every recipe is a valid config
+    no_imagenet = make_plan("paper", {"cifar100": str(tmp_path), "voc2007": str(tmp_path)})
+    assert no_imagenet.box_sets == ()
+    assert any("voc2007" in what and "ImageNet" in why for what, why in no_imagenet.skipped)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (["cifar10"], ValueError, "NAME=PATH"),
+    (["mnist=/tmp"], ValueError, "unknown name"),
+    (["cifar10=/no/such/path"], FileNotFoundError, "does not exist"),
+])
+def test_parse_data_errors_name_the_option(bad, error, match):
+    with pytest.raises(error, match=match):
+        parse_data(bad)
+
+
+def test_parse_data_rejects_duplicates(tmp_path):
+    with pytest.raises(ValueError, match="more than once"):
+        parse_data([f"cifar10={tmp_path}", f"cifar10={tmp_path}"])
+
+
+@pytest.mark.parametrize("kwargs, match", [({"preset": "huge"}, "--preset"), ({"preset": "quick", "seeds": 0}, "--seeds"),
+                                           ({"preset": "quick", "device": "tpu"}, "device")])
+def test_make_plan_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_plan(**kwargs)
+
+
+# ------------------------------------------------------------------------------ verdicts
+def test_mean_interval_matches_scipy():
+    values = [0.3, 0.1, 0.45, 0.2, 0.33]
+    ci = mean_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert ci.diff == pytest.approx(np.mean(values))
+    assert (ci.low, ci.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_mean_interval_needs_two_values():
+    assert math.isnan(mean_interval([1.0]).low) and mean_interval([1.0]).diff == 1.0
+    assert math.isnan(mean_interval([]).diff)
+
+
+def test_difference_interval_drops_missing_values():
+    ci = difference_interval([1.0, 2.0, None, math.nan], [0.0, 0.5])
+    assert ci.diff == pytest.approx(1.5 - 0.25)
+
+
+@pytest.mark.parametrize("interval, margin, expected", [
+    ((1.0, 0.5, 1.5), 0.0, HOLDS), ((-1.0, -1.5, -0.5), 0.0, DOES_NOT_HOLD), ((0.2, -0.1, 0.5), 0.0, NOT_ESTABLISHED),
+    ((0.2, math.nan, math.nan), 0.0, NOT_ESTABLISHED), ((2.5, 2.1, 2.9), 2.0, HOLDS), ((1.5, 1.2, 1.8), 2.0, DOES_NOT_HOLD),
+])
+def test_verdict_rule(interval, margin, expected):
+    assert verdict(DiffInterval(*interval), margin) == expected
+
+
+def test_combine_verdicts():
+    assert combine([HOLDS, HOLDS]) == HOLDS
+    assert combine([HOLDS, NOT_ESTABLISHED]) == NOT_ESTABLISHED
+    assert combine([HOLDS, DOES_NOT_HOLD, NOT_ESTABLISHED]) == DOES_NOT_HOLD
+    assert combine([]) == NOT_ESTABLISHED
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lambda line: None)
+    return out, result
+
+
+def test_every_experiment_is_measured_and_reported(tiny_run):
+    out, result = tiny_run
+    assert result["ran"] == ["train-synthetic", "train-synthetic-li-blur", "robustness", "saliency-synthetic",
+                             "sanity", "blur"]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["sections"]) == SECTIONS
+    for key, section in results["sections"].items():
+        assert section["verdict"] in (HOLDS, DOES_NOT_HOLD, NOT_ESTABLISHED), key
+        assert section["tests"], key
+    for variant in ("none", "lateral", "norm", "pixel"):
+        for seed in (0, 1):
+            assert (out / "synthetic" / "runs" / f"{variant}-seed{seed}" / "final.json").is_file()
+    assert (out / "synthetic" / "li-blur" / "none-seed1" / "final.json").is_file()
+
+
+def test_report_numbers_come_from_the_runs(tiny_run):
+    out, _ = tiny_run
+    results = json.loads((out / "results.json").read_text())["sections"]
+    accs = {v: [json.loads((out / "synthetic" / "runs" / f"{v}-seed{s}" / "final.json").read_text())["test_acc"]
+                for s in (0, 1)] for v in ("none", "lateral")}
+    table1 = results["table1"]["numbers"]["synthetic"]
+    assert sorted(table1["none"]) == sorted(accs["none"]) and sorted(table1["lateral"]) == sorted(accs["lateral"])
+    expected = difference_interval(accs["lateral"], accs["none"])
+    assert table1["difference"]["diff"] == pytest.approx(expected.diff)
+    assert table1["verdict"] == verdict(expected)
+    # the paper's numbers stand beside ours
+    md = (out / "report.md").read_text()
+    assert "80.26" in md and "75.86" in md and "78.97" in md
+    assert "| synthetic |" in md
+
+
+def test_report_verdicts_agree_everywhere(tiny_run):
+    out, _ = tiny_run
+    results = json.loads((out / "results.json").read_text())["sections"]
+    csv_rows = (out / "verdicts.csv").read_text().strip().splitlines()[1:]
+    assert len(csv_rows) == sum(len(s["tests"]) for s in results.values())
+    md = (out / "report.md").read_text()
+    for section in results.values():
+        assert f"**Verdict: {section['verdict']}**" in md
+
+
+def test_markdown_figures_exist_and_html_is_self_contained(tiny_run):
+    out, _ = tiny_run
+    md = (out / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(figures) >= 8
+    for f in figures:
+        assert (out / f).is_file(), f
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', page)
+    assert len(sources) == len(figures)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert page.count("<table>") == md.count("\n|:") + md.count("\n|---:")
+
+
+def test_second_invocation_resumes_without_measuring(tiny_run):
+    out, _ = tiny_run
+    before = {p.name: p.read_text() for p in (out / "steps").glob("*.json")}
+    result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lambda line: None)
+    assert result["ran"] == [] and len(result["skipped"]) == 6
+    assert {p.name: p.read_text() for p in (out / "steps").glob("*.json")} == before
+
+
+def test_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(plan, out, progress=False):
+        calls.append("robustness")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "robustness", failing)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(tiny_plan(seeds=1), tmp_path, log=lambda line: None)
+    assert (tmp_path / "steps" / "train-synthetic.json").is_file()
+    assert not (tmp_path / "steps" / "robustness.json").exists()
+    monkeypatch.undo()
+    trained = []
+    from gradmask.train import train
+
+    def counting_train(config):
+        trained.append(config.out)
+        return train(config)
+
+    result = reproduce(tiny_plan(seeds=1), tmp_path, train_fn=counting_train, log=lambda line: None)
+    assert "train-synthetic" in result["skipped"] and "train-synthetic-li-blur" in result["skipped"]
+    assert result["ran"] == ["robustness", "saliency-synthetic", "sanity", "blur"] and trained == []
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_more_seeds_trains_only_the_new_runs(tmp_path):
+    reproduce(tiny_plan(seeds=1), tmp_path, log=lambda line: None)
+    trained = []
+    from gradmask.train import train
+
+    def counting_train(config):
+        if not (tmp_path.joinpath(config.out) / "final.json").is_file():
+            trained.append(config.out)
+        return train(config)
+
+    reproduce(tiny_plan(seeds=2), tmp_path, train_fn=counting_train, log=lambda line: None)
+    assert sorted(p.rsplit("/", 1)[1] for p in trained) == sorted(
+        ["none-seed1", "lateral-seed1", "norm-seed1", "pixel-seed1", "none-seed1"])
+    results = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert len(results["table1"]["numbers"]["synthetic"]["none"]) == 2
+
+
+def test_report_can_be_rewritten_from_stored_files(tiny_run, tmp_path):
+    out, _ = tiny_run
+    first = json.loads((out / "results.json").read_text())
+    write_report(out)
+    assert json.loads((out / "results.json").read_text()) == first
+
+
+# ------------------------------------------------------------------------------ a real browser
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  document.body.setAttribute("data-check", JSON.stringify({
+    images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+    tables: document.querySelectorAll("table").length,
+    cells: document.querySelectorAll("td").length,
+    height: document.documentElement.scrollHeight}));
+});
+</script>"""
+
+
+def _chromium():
+    import os
+    import shutil
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI must check the report in a real browser: .ci/run installs Debian's chromium")
+    pytest.skip("no chromium here (CI installs it: apt-get install chromium)")
+
+
+def _run_browser(*args):
+    import subprocess
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--no-first-run", "--disable-extensions", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tmp_path):
+    """Open report.html from disk with no network in Debian's chromium: every figure decodes, every
+    table is laid out, and the screenshot shows the page (not a blank or an error page)."""
+    import html as html_lib
+
+    from PIL import Image
+
+    out, _ = tiny_run
+    page = (out / "report.html").read_text()
+    # a copy with a load-time probe (the report itself has no script)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", CHECK_SCRIPT + "\n</body>"))
+    dom = _run_browser("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'data-check="([^"]+)"', dom)
+    assert found, "the load handler did not run"
+    check = json.loads(html_lib.unescape(found.group(1)))
+    n_images, n_tables = page.count("<img "), page.count("<table>")
+    assert check["images"] == n_images >= 8
+    assert check["decoded"] == n_images, "some embedded figures did not decode"
+    assert check["tables"] == n_tables >= 9 and check["cells"] > 100
+    assert check["height"] > 3000   # the whole report laid out, not an error page
+
+    shot = tmp_path / "report.png"
+    height = min(check["height"], 16000)               # the whole page, figures included
+    _run_browser(f"--window-size=1000,{height}", f"--screenshot={shot}", (out / "report.html").as_uri())
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    assert image.shape[:2] == (height, 1000)
+    ink = (image.sum(-1) < 600).mean()                  # text, table borders, plot lines
+    colour = (image.max(-1) - image.min(-1) > 60).mean()  # the figures' coloured lines and maps
+    assert 0.02 < ink < 0.9, ink
+    assert colour > 0.002, colour
