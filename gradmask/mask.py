@@ -98,12 +98,12 @@ class GradientMask:
         compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
         with torch.no_grad():
             if self.mode == "pixel":
-                return self.log_filter(grad.abs().to(compute)).abs_()
+                return self.log_filter(grad, dtype=compute, abs_input=True, abs_output=True)
             sets = grad.reshape(n, self.groups, c // self.groups, h, w)
             squared = sets.square().sum(dim=2, dtype=compute)  # (N, K, H, W)
             if self.mode == "norm":
                 return squared  # sqrt is monotone: thresholding squared norms selects the same set
-            return self.log_filter(squared.sqrt_()).abs_()
+            return self.log_filter(squared.sqrt_(), abs_output=True)
 
     def keep_map(self, grad: torch.Tensor) -> torch.Tensor:
         """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
@@ -113,7 +113,7 @@ class GradientMask:
             return torch.ones(n, g, 1, h, w, dtype=torch.bool, device=grad.device)
         flat = score.view(n * g, h * w)
         rank = math.floor(self.inhibition_rate * (h * w - 1)) + 1  # 1-based order statistic
-        threshold = kth_smallest(flat, rank)
+        threshold = kth_smallest(flat, rank, nonnegative=True)  # |delta| and norms are >= 0
         return (flat > threshold).view(n, g, 1, h, w)
 
     def _expand(self, grad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -139,3 +139,19 @@ def test_matrices_are_cached_per_size_device_dtype():
 def test_bad_parameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LoGFilter(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 32, 32), (2, 700, 8, 8), (1, 2, 9, 13)])
+def test_fused_magnitudes_and_dtype_equal_the_composition(shape):
+    """``f(x, dtype, abs_input, abs_output)`` == ``|f(|x|.to(dtype))|`` exactly, block by block,
+    from bf16 and channels_last inputs too (the mask's ``pixel`` mode)."""
+    from gradmask.laplacian import LoGFilter
+    torch.manual_seed(0)
+    f = LoGFilter()
+    x = torch.randn(shape)
+    for source in (x, x.bfloat16(), x.contiguous(memory_format=torch.channels_last)):
+        fused = f(source, dtype=torch.float32, abs_input=True, abs_output=True)
+        assert fused.dtype == torch.float32 and fused.shape == x.shape
+        assert torch.equal(fused, f(source.abs().float()).abs())
+    assert torch.equal(f(x, abs_output=True), f(x).abs())
+    assert torch.equal(f(x.double(), abs_input=True), f(x.double().abs()))
