@@ -100,7 +100,7 @@ class GradientMask:
             if self.mode == "pixel":
                 return self.log_filter(grad, dtype=compute, abs_input=True, abs_output=True)
             sets = grad.reshape(n, self.groups, c // self.groups, h, w)
-            squared = sets.square().sum(dim=2, dtype=compute)  # (N, K, H, W)
+            squared = sets.to(compute).square().sum(dim=2)  # (N, K, H, W); squares of fp16 overflow
             if self.mode == "norm":
                 return squared  # sqrt is monotone: thresholding squared norms selects the same set
             return self.log_filter(squared.sqrt_(), abs_output=True)

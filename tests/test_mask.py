@@ -191,3 +191,13 @@ def test_groups_must_divide_channels():
 def test_bad_gradient_raises(bad):
     with pytest.raises(ValueError, match=r"grad must be a floating-point tensor \(N, C, H, W\)"):
         GradientMask().mask(bad)
+
+
+@pytest.mark.parametrize("mode", ["lateral", "norm"])
+def test_half_precision_norms_are_squared_in_float32(mode):
+    """fp16 gradients under a GradScaler reach 1e3-1e4: squaring them in fp16 gives inf."""
+    torch.manual_seed(0)
+    grad = (torch.randn(2, 32, 8, 8) * 300).half()
+    gm = GradientMask(groups=4, mode=mode)
+    assert torch.isfinite(gm.scores(grad)).all()
+    assert torch.equal(gm.keep_map(grad), gm.keep_map(grad.float()))

@@ -79,7 +79,7 @@ class LIMap(SaliencyMethod):
         total = None
         for grad in gradients:
             dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
-            norm = grad.square().sum(dim=1, dtype=dtype).sqrt_()  # D^l: (N, h, w), K = 1
+            norm = grad.to(dtype).square().sum(dim=1).sqrt_()  # D^l: (N, h, w), K = 1
             delta = self.filter_for(*norm.shape[-2:])(norm)       # eq. (18)
             if self.absolute == "layer":
                 delta = delta.abs_()
