@@ -137,7 +137,7 @@ def hook_ratios(args) -> dict[str, list[tuple[float, float]]]:
             if variant not in masked:
                 result[variant].append((0.0, vanilla))
                 continue
-            target = next(iter(masked[variant].stats()))
+            target = next(iter(masked[variant].targets))
             elapsed = timer(args)
             for grad in recorder.grads:
                 masked[variant]._mask_gradient(target, grad)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import gradmask
 from gradmask.data import RandomCropFlip, TensorLoader, dataset_stats, load_dataset
+from gradmask.train.config import MASK_MODES
 
 
 def sync(device: torch.device) -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--mask", default="none", choices=["none", "lateral", "norm", "pixel"])
+    parser.add_argument("--mask", default="none", choices=MASK_MODES)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .mask import MODES
+
 @dataclass
 class Command:
     name: str
@@ -32,7 +34,7 @@ def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
     """The GradientMask options shared by every command that trains or masks."""
     group = parser.add_argument_group("gradient mask")
-    group.add_argument("--mask", default="lateral", choices=["none", "lateral", "norm", "pixel"],
+    group.add_argument("--mask", default="lateral", choices=["none", *MODES],
                        help="mask mode (none = vanilla backprop)")
     group.add_argument("--groups", type=int, default=16, help="channel sets K (default 16)")
     group.add_argument("--sigma", type=float, default=11.0, help="LoG sigma (default 11)")
@@ -43,15 +45,6 @@ def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--inhibition-rate", type=float, default=0.5, help="quantile q in [0, 1) (default 0.5)")
     group.add_argument("--targets", default=None,
                        help="comma-separated module names/patterns (default: every residual block but the last two)")
-
-
-def gradient_mask_from_args(args: argparse.Namespace):
-    import gradmask
-    if args.mask == "none":
-        return None
-    return gradmask.GradientMask(groups=args.groups, sigma=args.sigma, kernel_size=args.kernel_size,
-                                 kernel=args.kernel, padding=args.padding,
-                                 inhibition_rate=args.inhibition_rate, mode=args.mask)
 
 
 def _mask_stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +63,7 @@ def mask_stats(args: argparse.Namespace) -> int:
     import gradmask
     torch.manual_seed(args.seed)
     model = gradmask.create_model(args.model, args.num_classes, stem=args.stem)
-    gm = gradient_mask_from_args(args) or gradmask.GradientMask(inhibition_rate=0.0)
+    gm = gradmask.GradientMask.from_settings(args) or gradmask.GradientMask(inhibition_rate=0.0)
     targets = args.targets.split(",") if args.targets else None
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     labels = torch.randint(0, args.num_classes, (args.batch_size,))

@@ -110,7 +110,7 @@ class MaskHandle:
     calls), the number of backward calls and the last gradient shape.
     """
 
-    def __init__(self, model: nn.Module, gradient_mask: GradientMask, targets: dict[str, nn.Module]):
+    def __init__(self, gradient_mask: GradientMask, targets: dict[str, nn.Module]):
         self.gradient_mask = gradient_mask
         self.targets = dict(targets)
         self.enabled = True
@@ -219,4 +219,4 @@ def attach(model: nn.Module, gradient_mask: GradientMask, targets: Optional[Iter
     """
     if not isinstance(gradient_mask, GradientMask):
         raise ValueError(f"gradient_mask must be a gradmask.GradientMask, got {type(gradient_mask).__name__}")
-    return MaskHandle(model, gradient_mask, resolve_targets(model, targets, skip_last))
+    return MaskHandle(gradient_mask, resolve_targets(model, targets, skip_last))

@@ -61,6 +61,17 @@ class GradientMask:
         self.log_filter = LoGFilter(sigma=sigma, kernel_size=kernel_size, kernel=kernel,
                                     padding=padding)
 
+    @classmethod
+    def from_settings(cls, settings) -> Optional["GradientMask"]:
+        """The mask an object with ``mask`` (a mode or ``"none"``), ``groups``, ``sigma``,
+        ``kernel_size``, ``kernel``, ``padding`` and ``inhibition_rate`` attributes describes (a
+        :class:`gradmask.train.TrainConfig`, parsed command-line options); None for ``"none"``."""
+        if settings.mask == "none":
+            return None
+        return cls(groups=settings.groups, sigma=settings.sigma, kernel_size=settings.kernel_size,
+                   kernel=settings.kernel, padding=settings.padding, inhibition_rate=settings.inhibition_rate,
+                   mode=settings.mask)
+
     @property
     def sigma(self) -> float:
         return self.log_filter.sigma
@@ -107,10 +118,13 @@ class GradientMask:
 
     def keep_map(self, grad: torch.Tensor) -> torch.Tensor:
         """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
+        if self.inhibition_rate == 0.0:  # keeps everything: no scores needed
+            self._check(grad)
+            n, c, h, w = grad.shape
+            g = c if self.mode == "pixel" else self.groups
+            return torch.ones(n, g, 1, h, w, dtype=torch.bool, device=grad.device)
         score = self.scores(grad)
         n, g, h, w = score.shape
-        if self.inhibition_rate == 0.0:
-            return torch.ones(n, g, 1, h, w, dtype=torch.bool, device=grad.device)
         flat = score.view(n * g, h * w)
         rank = math.floor(self.inhibition_rate * (h * w - 1)) + 1  # 1-based order statistic
         threshold = kth_smallest(flat, rank, nonnegative=True)  # |delta| and norms are >= 0

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..mask import MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 
-VARIANTS = ("none", "lateral", "norm", "pixel")
+VARIANTS = ("none", *MODES)
 """The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
 
 CI_LEVEL = 0.95

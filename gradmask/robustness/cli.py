@@ -148,11 +148,9 @@ def _check_compatible(loaded: list[dict], dataset: str, explicit_data: bool) -> 
 
 def _gradient_mask(config):
     from ..mask import GradientMask
-    if config.mask == "none":
+    gm = GradientMask.from_settings(config)
+    if gm is None:
         return None, None, 2
-    gm = GradientMask(groups=config.groups, sigma=config.sigma, kernel_size=config.kernel_size,
-                      kernel=config.kernel, padding=config.padding, inhibition_rate=config.inhibition_rate,
-                      mode=config.mask)
     return gm, (list(config.targets) if config.targets else None), config.skip_last
 
 

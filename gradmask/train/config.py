@@ -12,11 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..mask import MODES
+
 DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
 STEMS = ("cifar", "imagenet")
 SCHEDULES = ("multistep", "cosine", "onecycle")
 AMP_MODES = ("none", "bf16", "fp16")
-MASK_MODES = ("none", "lateral", "norm", "pixel")
+MASK_MODES = ("none", *MODES)
 
 #: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {

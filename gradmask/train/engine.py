@@ -185,10 +185,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
     if dist_ctx.enabled:  # then independent random streams per process (batch augmentation, dropout)
         seed_everything(config.seed + 1_000_003 * dist_ctx.rank)
     handle = None
-    if config.mask != "none":
-        gm = GradientMask(groups=config.groups, sigma=config.sigma, kernel_size=config.kernel_size,
-                          kernel=config.kernel, padding=config.padding,
-                          inhibition_rate=config.inhibition_rate, mode=config.mask)
+    gm = GradientMask.from_settings(config)
+    if gm is not None:
         handle = attach(model, gm, targets=list(config.targets) if config.targets else None,
                         skip_last=config.skip_last)
     if config.channels_last:
