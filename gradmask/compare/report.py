@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..files import write_atomic
 from ..mask import MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 
@@ -592,12 +593,6 @@ def render_html(blocks: list[tuple], out: Path) -> str:
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def report_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
     """Where :func:`write_report` writes: ``{"csv", "json", "accuracy", "loss", "markdown", "html"}``."""
     out = Path(out_dir)
@@ -625,8 +620,8 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    _write_text(paths["csv"], buf.getvalue())
-    _write_text(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries]},
+    write_atomic(paths["csv"], buf.getvalue())
+    write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries]},
                                           indent=2) + "\n")
 
     dataset = _common(runs, "dataset") or "?"
@@ -641,8 +636,8 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
         plot_gsnr(probed, out / "gsnr.png")
 
     blocks = _report_blocks(out, runs, summaries)
-    _write_text(paths["markdown"], render_markdown(blocks))
-    _write_text(paths["html"], render_html(blocks, out))
+    write_atomic(paths["markdown"], render_markdown(blocks))
+    write_atomic(paths["html"], render_html(blocks, out))
     return paths
 
 

@@ -18,12 +18,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+
+from ..files import write_atomic
 
 __all__ = [
     "CACHE_ENV",
@@ -120,27 +121,13 @@ def save_cached(path: str | os.PathLike, entry: dict) -> bool:
     """Atomically write ``entry`` to ``path``. Returns False (with a warning) if the
     directory cannot be written; never leaves a partial file at ``path``."""
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is ordinary data
-        os.replace(tmp, path)
-        tmp = None
+        write_atomic(path, lambda f: torch.save(entry, f))
         return True
     except OSError as e:
         warnings.warn(f"could not write gradmask cache file {path} ({e}); continuing without cache", stacklevel=3)
         return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def cached(

@@ -6,9 +6,9 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
 
 from ..cli import register
+from ..device import resolve_device
 from .presets import DATA_NAMES, PRESETS, make_plan, parse_data
 from .runner import reproduce
 
@@ -31,11 +31,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 @register("reproduce", "run (or resume) every experiment of the paper on the given data and write "
                        "report.md / report.html with verdicts", _configure)
 def reproduce_command(args: argparse.Namespace) -> int:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    device = resolve_device(args.device).type
     plan = make_plan(args.preset, parse_data(args.data), device, args.seeds)
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     command = "gradmask " + " ".join(shlex.quote(a) for a in sys.argv[1:])

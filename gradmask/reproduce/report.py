@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..compare.report import fmt_duration, load_runs, render_html, render_markdown
+from ..files import write_atomic
 from ..plotting import save_figure
 from . import paper
 from .experiments import FIGURES, runs_dir
@@ -472,9 +473,7 @@ def write_report(out) -> dict[str, Path]:
             writer.writerow([p.claim.key, what, v])
     for key, text in (("markdown", md), ("html", page), ("json", json.dumps(results, indent=1, default=str) + "\n"),
                       ("csv", buf.getvalue())):
-        tmp = paths[key].with_name(paths[key].name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(paths[key])
+        write_atomic(paths[key], text)
     return paths
 
 

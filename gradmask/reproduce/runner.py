@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ..files import write_atomic
 from . import experiments
 from .presets import Plan
 
@@ -38,9 +39,7 @@ class Step:
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def read_step(out, name: str) -> dict | None:

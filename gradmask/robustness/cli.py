@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from ..cli import register
+from ..device import resolve_device
 from .fgsm import check_epsilons, fgsm_curve
 from .gsnr import gsnr, gsnr_summary
 from .pruning import SCHEMES, check_sparsities, pruning_curve
@@ -92,15 +93,6 @@ def _first_images(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------- models
-
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} was requested but CUDA is not available here; use --device cpu")
-    return device
-
 
 def _checkpoint_file(run: str) -> Path:
     p = Path(run)
@@ -173,7 +165,7 @@ def measure(args: argparse.Namespace) -> dict:
     if args.gsnr_samples == 1:
         raise ValueError("--gsnr-samples must be 0 (skip) or >= 2 (a variance needs two samples)")
     progress = not args.no_progress
-    device = _device(args.device)
+    device = resolve_device(args.device)
     names = _names(args.runs, args.names)
 
     loaded = []

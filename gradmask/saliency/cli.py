@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..cli import register
+from ..device import resolve_device
 from . import boxes as _boxes
 from .evaluate import METHODS, default_cam_layer, evaluate_localization, make_method, save_figure_grid
 from .evaluate import write_localization_report
@@ -38,15 +39,6 @@ def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, im
                        help=images_help or "use the first N images (default: all; synthetic: 1000)")
     group.add_argument("--batch-size", type=int, default=64, help="images per forward/backward (default 64)")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
 
 
 def _dataset_name(args: argparse.Namespace) -> str:
@@ -127,7 +119,7 @@ def _saliency_arguments(parser: argparse.ArgumentParser) -> None:
 @register("saliency", "localisation of LI-Map, Grad-CAM, Grad-CAM++ against object boxes (Table 3)",
           _saliency_arguments)
 def saliency_command(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     methods = _methods(args.methods)
     model, config = _load_model(args.checkpoint, device)
     name, data = _load_data(args)
@@ -171,7 +163,7 @@ def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
 @register("sanity", "cascading randomization test of the saliency maps (Adebayo et al. 2018; Appendix A)",
           _sanity_arguments)
 def sanity_command(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     methods = _methods(args.methods)
     if args.images is None or args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
@@ -221,7 +213,7 @@ def _sigmas(text: str) -> list[float]:
 @register("blur-eval", "accuracy with the background outside the object boxes blurred, per model (Figure 10)",
           _blur_arguments)
 def blur_eval_command(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     sigmas = _sigmas(args.sigmas)
     name, data = _load_data(args)
     labels = [_run_dir(r).name for r in args.runs]

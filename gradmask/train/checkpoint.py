@@ -12,13 +12,13 @@ generator state; ``rank_states``: every process's ``{"rng", "loader"}`` under DD
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import torch
 from torch import nn
 
+from ..files import write_atomic
 from ..models import create_model
 from .config import TrainConfig
 
@@ -31,18 +31,7 @@ REQUIRED_KEYS = ("format", "epoch", "model", "optimizer", "scheduler", "rng", "c
 def save_checkpoint(path: Union[str, os.PathLike], state: dict) -> None:
     """``torch.save(state)`` to a temporary file beside ``path``, then ``os.replace``: a reader
     (or a kill mid-write) never sees a partial checkpoint."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
 from .augment import build_augment
@@ -71,13 +72,7 @@ class TrainContext:
 
 
 def _device_type(spec: str) -> str:
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(spec).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} was requested but CUDA is not available here; "
-                         f"use device='cpu' or 'auto'")
-    return kind
+    return resolve_device(spec).type
 
 
 def _device(spec: str, kind: str, dist_ctx: DistContext) -> torch.device:

@@ -19,12 +19,11 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
+from ..files import write_atomic
 from .checkpoint import CHECKPOINT
 
 CONFIG = "config.json"
@@ -38,18 +37,6 @@ METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "tes
                "epoch_seconds", "images_per_second", "mask_kept")
 FINAL_KEYS = ("test_acc", "test_top5", "test_loss", "epochs", "train_seconds", "device", "model", "mask",
               "seed", "num_params")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_value(v):
@@ -97,7 +84,7 @@ class RunDir:
 
     def write_config(self, config_dict: dict, version: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path / CONFIG, json.dumps({**config_dict, "gradmask_version": version}, indent=2) + "\n")
+        write_atomic(self.path / CONFIG, json.dumps({**config_dict, "gradmask_version": version}, indent=2) + "\n")
 
     def append_metrics(self, record: dict) -> None:
         with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
@@ -106,7 +93,7 @@ class RunDir:
     def write_metrics(self, history: list[dict], jsonl: bool = False) -> None:
         """Rewrite ``metrics.csv`` (and ``metrics.jsonl`` when ``jsonl``) from ``history``."""
         if jsonl:
-            _write_atomic(self.path / METRICS_JSONL,
+            write_atomic(self.path / METRICS_JSONL,
                           "".join(json.dumps({k: _json_value(v) for k, v in r.items()}) + "\n" for r in history))
         columns = [k for k in METRIC_KEYS if k != "mask_kept"] + ["mask_kept_mean"]
         extra = sorted({k for r in history for k, v in r.items()
@@ -121,10 +108,10 @@ class RunDir:
             values = [v for v in (kept or {}).values() if v is not None]
             row["mask_kept_mean"] = sum(values) / len(values) if values else None
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        _write_atomic(self.path / METRICS_CSV, buf.getvalue())
+        write_atomic(self.path / METRICS_CSV, buf.getvalue())
 
     def write_final(self, final: dict) -> None:
-        _write_atomic(self.path / FINAL, json.dumps({k: _json_value(v) for k, v in final.items()}, indent=2) + "\n")
+        write_atomic(self.path / FINAL, json.dumps({k: _json_value(v) for k, v in final.items()}, indent=2) + "\n")
 
     def read_final(self) -> Optional[dict]:
         if not self.finished:
