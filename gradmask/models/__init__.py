@@ -6,9 +6,12 @@ initialised, never downloaded) wrapped in :class:`Normalized` when they are inst
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Callable, Sequence
+import itertools
+from typing import Callable, Iterator, Sequence
 
+import torch
 from torch import nn
 
 from .resnet import (IMAGENET_MEAN, IMAGENET_STD, BasicBlock, Bottleneck, Normalize, Normalized,
@@ -65,12 +68,22 @@ def _external(name: str, num_classes: int, mean: Sequence[float], std: Sequence[
     return Normalized(model, mean, std)
 
 
-def model_device(model: nn.Module):
+def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model without either)."""
-    import torch
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block; each submodule's ``training`` flag restored on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def create_model(name: str, num_classes: int, stem: str = "cifar",
@@ -84,5 +97,5 @@ def create_model(name: str, num_classes: int, stem: str = "cifar",
     return _REGISTRY[name](num_classes=num_classes, stem=stem, mean=mean, std=std)
 
 
-__all__ = ["BasicBlock", "Bottleneck", "Normalize", "Normalized", "ResNet", "create_model",
+__all__ = ["BasicBlock", "Bottleneck", "Normalize", "Normalized", "ResNet", "create_model", "eval_mode",
            "list_models", "model_device", "register_model", "IMAGENET_MEAN", "IMAGENET_STD"]

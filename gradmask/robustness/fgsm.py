@@ -30,21 +30,9 @@ from tqdm import tqdm
 
 from ..data.augment import as_images
 from ..hooks import mask_handles, no_gradient_mask, strip_mask_hooks  # noqa: F401  (re-exported)
-from ..models import model_device  # noqa: F401  (re-exported)
+from ..models import eval_mode, model_device  # noqa: F401  (re-exported)
 
 SUBSETS = ("joint", "all")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model.eval()`` inside the block; each submodule's ``training`` flag restored on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -186,6 +174,7 @@ def fgsm_curve(models: Mapping[str, nn.Module], loader: Iterable, epsilons: Sequ
     names = list(models)
     correct = {n: torch.zeros(len(eps), dtype=torch.float64) for n in names}
     clean = {n: 0 for n in names}
+    devices = {n: model_device(models[n]) for n in names}
     n_total = n_joint = n_images = 0
     with contextlib.ExitStack() as stack:
         for m in models.values():
@@ -196,7 +185,7 @@ def fgsm_curve(models: Mapping[str, nn.Module], loader: Iterable, epsilons: Sequ
             images, labels = unpack_batch(batch)
             hits = {}
             for n in names:
-                device = model_device(models[n])
+                device = devices[n]
                 with torch.no_grad():
                     hits[n] = (models[n](images.to(device)).argmax(1) == labels.to(device)).cpu()
                 clean[n] += int(hits[n].sum())
@@ -208,11 +197,10 @@ def fgsm_curve(models: Mapping[str, nn.Module], loader: Iterable, epsilons: Sequ
                 continue
             n_images += int(keep.sum())
             index = keep.nonzero().squeeze(1)
+            kept_images, kept_labels = images[index.to(images.device)], labels[index.to(labels.device)]
             for n in names:
                 model = models[n]
-                device = model_device(model)
-                x = images[index.to(images.device)].to(device)
-                y = labels[index.to(labels.device)].to(device)
+                x, y = kept_images.to(devices[n]), kept_labels.to(devices[n])
                 grad_sign = input_gradient(model, x, y).sign_()
                 with torch.no_grad():
                     for i, e in enumerate(eps):

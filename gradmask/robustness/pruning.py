@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm import tqdm
 
-from .fgsm import eval_mode, iterate_batches, model_device, no_gradient_mask, strip_mask_hooks
+from ..models import eval_mode, model_device
+from .fgsm import iterate_batches, no_gradient_mask, strip_mask_hooks
 
 SCHEMES = ("global", "layer")
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -18,15 +18,15 @@ n_images}``), ``pruning`` (``{model: {scheme: PruningCurve.to_dict()}}``), ``fgs
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import math
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from ..compare.report import render_html, render_markdown
+from ..plotting import save_figure
 from .gsnr import read_gsnr
 
 _COLORS = ["#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -46,12 +46,6 @@ def _figure(width: float = 6.4, height: float = 4.0, panels: int = 1):
     fig = Figure(figsize=(width * panels, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
 
 
 def _color(i: int) -> str:
@@ -78,7 +72,7 @@ def plot_pruning(pruning: dict, path: Union[str, os.PathLike]) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
@@ -101,7 +95,7 @@ def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_gsnr_layers(gsnr: dict, path: Union[str, os.PathLike]) -> Path:
@@ -130,7 +124,7 @@ def plot_gsnr_layers(gsnr: dict, path: Union[str, os.PathLike]) -> Path:
     ax.set_title("GSNR per layer (mean over the layer's weights)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, path, dpi=100)
 
 
 def _run_variant(run_dir: Path) -> str:
@@ -182,7 +176,7 @@ def plot_gsnr(run_dirs: Iterable[Union[str, os.PathLike]], path: Union[str, os.P
     ax.set_title("GSNR during training", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -224,9 +218,15 @@ def _gsnr_table(gsnr: dict) -> tuple[list[str], list[list[str]]]:
             if layer != "network" and layer not in layers:
                 layers.append(layer)
     header = ["layer"] + names
-    rows = [["**network**"] + [_fmt(gsnr[n]["summary"].get("network")) for n in names]]
+    rows = [["network"] + [_fmt(gsnr[n]["summary"].get("network")) for n in names]]
     rows += [[layer] + [_fmt(gsnr[n]["summary"].get(layer)) for n in names] for layer in layers]
     return header, rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> tuple:
+    """A table block for :func:`gradmask.compare.report.render_markdown` / ``render_html``: the
+    first column left-aligned, the others right-aligned."""
+    return ("table", header, rows, "l" + "r" * (len(header) - 1))
 
 
 # --------------------------------------------------------------------------------------- writer
@@ -242,33 +242,34 @@ def _blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
     models = results.get("models") or []
     if models:
         b.append(("h2", "Models"))
-        b.append(("table", ["model", "checkpoint", "architecture", "trained with mask", "seed", "images evaluated"],
-                  [[m.get("name", ""), f"`{m.get('checkpoint', '')}`", str(m.get("model", "")), str(m.get("mask", "")),
-                    str(m.get("seed", "")), str(m.get("n_eval", ""))] for m in models]))
+        b.append(_table(["model", "checkpoint", "architecture", "trained with mask", "seed", "images evaluated"],
+                        [[m.get("name", ""), str(m.get("checkpoint", "")), str(m.get("model", "")),
+                          str(m.get("mask", "")), str(m.get("seed", "")), str(m.get("n_eval", ""))]
+                         for m in models]))
     if results.get("pruning"):
         b.append(("h2", "Pruning (Fig. 5)"))
         b.append(("p", "Top-1 accuracy after L1 magnitude pruning of the Conv/Linear weights "
-                       "(torch.nn.utils.prune): *global* = one magnitude threshold over the network, "
-                       "*layer* = the same fraction in every layer. Columns: fraction pruned. "
+                       "(torch.nn.utils.prune): `global` = one magnitude threshold over the network, "
+                       "`layer` = the same fraction in every layer. Columns: fraction pruned. "
                        + ("BatchNorm statistics re-estimated after pruning."
                           if (results.get("settings") or {}).get("recalibrate_bn") else
                           "BatchNorm statistics as trained.")))
-        b.append(("table",) + _pruning_table(results["pruning"]))
+        b.append(_table(*_pruning_table(results["pruning"])))
         if "pruning" in figures:
             b.append(("img", "accuracy vs sparsity", figures["pruning"]))
     fgsm = results.get("fgsm")
     if fgsm:
         b.append(("h2", "FGSM (Fig. 6)"))
         subset = fgsm.get("subset", "joint")
-        b.append(("p", f"x' = clamp(x + eps * sign(grad_x CE), 0, 1), eps in 1/255 units. Accuracy on "
+        b.append(("p", "x' = clamp(x + eps * sign(grad_x CE), 0, 1), eps in 1/255 units. Accuracy on "
                        + (f"the {fgsm.get('n_joint', 0)} of {fgsm.get('n_total', 0)} images that every model "
                           f"classifies correctly (the paper's protocol; accuracy 1 at eps 0)."
                           if subset == "joint" else
                           f"all {fgsm.get('n_total', 0)} images ({fgsm.get('n_joint', 0)} of them classified "
                           f"correctly by every model).")))
         if fgsm.get("warning"):
-            b.append(("warn", f"WARNING: {fgsm['warning']}. No FGSM accuracy could be measured."))
-        b.append(("table",) + _fgsm_table(fgsm))
+            b.append(("p", f"**WARNING: {fgsm['warning']}. No FGSM accuracy could be measured.**"))
+        b.append(_table(*_fgsm_table(fgsm)))
         if "fgsm" in figures:
             b.append(("img", "accuracy vs epsilon", figures["fgsm"]))
     gsnr = results.get("gsnr")
@@ -282,70 +283,11 @@ def _blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
                        f"measured weights (network). "
                        + ("Per-sample gradients with each run's gradient mask: " + ", ".join(masked) + "."
                           if masked else "Plain per-sample gradients (no gradient mask).")))
-        b.append(("table",) + _gsnr_table(gsnr))
+        b.append(_table(*_gsnr_table(gsnr)))
         if "gsnr" in figures:
             b.append(("img", "GSNR per layer", figures["gsnr"]))
     b.append(("p", "Raw numbers: robustness.json, pruning.csv, fgsm.csv, gsnr.csv."))
     return b
-
-
-def _markdown(blocks: list[tuple]) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind == "h1":
-            out.append(f"# {rest[0]}\n")
-        elif kind == "h2":
-            out.append(f"## {rest[0]}\n")
-        elif kind == "p":
-            out.append(rest[0] + "\n")
-        elif kind == "warn":
-            out.append(f"> **{rest[0]}**\n")
-        elif kind == "table":
-            header, rows = rest
-            out.append("| " + " | ".join(header) + " |")
-            out.append("|" + "|".join("---" for _ in header) + "|")
-            out += ["| " + " | ".join(r) + " |" for r in rows]
-            out.append("")
-        elif kind == "img":
-            out.append(f"![{rest[0]}]({rest[1]})\n")
-    return "\n".join(out) + "\n"
-
-
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-        "img{max-width:100%}.warn{color:#b00020;font-weight:bold}code{font-size:12px}")
-
-
-def _inline(text: str) -> str:
-    """Escape, then the two Markdown marks the blocks use: `code` and **bold** / *italic*."""
-    import re
-    text = html.escape(text)
-    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
-
-
-def _html(blocks: list[tuple], out: Path) -> str:
-    body = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{_inline(rest[0])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(rest[0])}</p>")
-        elif kind == "warn":
-            body.append(f'<p class="warn">{_inline(rest[0])}</p>')
-        elif kind == "table":
-            header, rows = rest
-            body.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-                        + "</table>")
-        elif kind == "img":
-            data = base64.b64encode((out / rest[1]).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(rest[0])}" src="data:image/png;base64,{data}"></figure>')
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Robustness report</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def _json_safe(value):
@@ -398,8 +340,8 @@ def write_report(results: dict, out: Union[str, os.PathLike]) -> dict[str, Path]
         paths["gsnr_png"] = plot_gsnr_layers(results["gsnr"], out / "gsnr.png")
         figures["gsnr"] = "gsnr.png"
     blocks = _blocks(results, figures)
-    (out / "robustness.md").write_text(_markdown(blocks), encoding="utf-8")
-    (out / "robustness.html").write_text(_html(blocks, out), encoding="utf-8")
+    (out / "robustness.md").write_text(render_markdown(blocks), encoding="utf-8")
+    (out / "robustness.html").write_text(render_html(blocks, out), encoding="utf-8")
     paths["markdown"], paths["html"] = out / "robustness.md", out / "robustness.html"
     return paths
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hooks import resolve_targets
+from ..models import eval_mode
 from ..models.resnet import Normalize
 
 Layer = Union[str, type, nn.Module]
@@ -231,10 +232,8 @@ class SaliencyMethod:
         """Raw (unnormalised) maps ``(N, H, W)`` in float32 (float64 for float64 images)."""
         self._check_images(images)
         model = self.model
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
         try:
-            with torch.enable_grad(), ActivationsAndGradients(
+            with eval_mode(model), torch.enable_grad(), ActivationsAndGradients(
                     self.layers, self.needs_activations, self._strict, self.layer_arg) as recorder:
                 self._recorder = recorder
                 x = images.detach().requires_grad_(True)
@@ -255,8 +254,6 @@ class SaliencyMethod:
                                         tuple(images.shape[-2:]))
         finally:
             self._recorder = None
-            for module, training in modes:
-                module.training = training
         return maps.detach()
 
     def __call__(self, images: torch.Tensor, targets=None) -> torch.Tensor:

@@ -72,12 +72,9 @@ def _load_model(path: str, device: torch.device):
 def _check_classes(model, data, where: str) -> None:
     """The model's logits must cover the data's labels."""
     from ..data.augment import as_images
-    from .evaluate import model_device
-    with torch.no_grad():
-        training = model.training
-        model.eval()
+    from ..models import eval_mode, model_device
+    with torch.no_grad(), eval_mode(model):
         classes = model(as_images(data.images[:1].to(model_device(model)), check_range=False)).shape[1]
-        model.train(training)
     if classes < data.num_classes:
         raise ValueError(f"{where} has {classes} classes but the data has {data.num_classes} "
                          f"({data.name}); evaluate it on the data it was trained for")

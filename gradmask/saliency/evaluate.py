@@ -25,7 +25,7 @@ from .limap import LIMap
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
 from ..plotting import save_figure
 from ..data.augment import as_images
-from ..models import model_device  # noqa: F401  (re-exported)
+from ..models import eval_mode, model_device  # noqa: F401  (model_device re-exported)
 
 __all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
            "model_device", "predict", "save_figure_grid", "write_localization_report"]
@@ -38,28 +38,12 @@ PAPER_TABLE3 = {"PASCAL VOC 2007": {"gradcam": 0.44, "gradcam++": 0.45, "limap":
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
 
 
-class _EvalMode:
-    """Eval mode for a block; every module's training flag restored afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        for m, training in self.modes:
-            m.training = training
-
-
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False,
             desc: str = "predict") -> torch.Tensor:
     """Predicted classes ``(N,)`` (int64, CPU) in eval mode, batched; images uint8 or [0, 1]."""
     device = model_device(model)
     out = []
-    with _EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for start in _batches(len(images), batch_size, progress, desc):
             x = as_images(images[start:start + batch_size].to(device), check_range=False)
             out.append(model(x).argmax(dim=1).cpu())
@@ -110,7 +94,7 @@ def default_cam_layer(model: nn.Module, images: Optional[torch.Tensor] = None) -
 
     handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
     try:
-        with _EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(as_images(images[:1].to(model_device(model)), check_range=False))
     finally:
         for h in handles:

@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from .blur import gaussian_blur
-from .evaluate import _EvalMode, _batches, _jsonable, model_device
+from .evaluate import _batches, _jsonable
 from .localization import _per_image
 from ..data.augment import as_images
+from ..models import eval_mode, model_device
+from ..plotting import save_figure
 
 __all__ = ["blur_background", "blurred_background_accuracy", "box_masks", "plot_blur_curves",
            "write_blur_report"]
@@ -77,7 +79,7 @@ def blurred_background_accuracy(model: nn.Module, images: torch.Tensor, labels, 
     masks = box_masks(boxes, h, w, n)
     device = model_device(model)
     correct = torch.zeros(len(sigmas), dtype=torch.int64)
-    with _EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for start in _batches(n, batch_size, progress, "blur-eval"):
             x = as_images(images[start:start + batch_size].to(device), check_range=False)
             keep = masks[start:start + batch_size].to(device).unsqueeze(1)
@@ -95,7 +97,6 @@ def plot_blur_curves(path: Union[str, os.PathLike], curves: Mapping[str, Sequenc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, curve in curves.items():
         xs, ys = zip(*curve) if curve else ((), ())
@@ -105,11 +106,7 @@ def plot_blur_curves(path: Union[str, os.PathLike], curves: Mapping[str, Sequenc
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_blur_report(out_dir: Union[str, os.PathLike], curves: Mapping[str, Sequence[tuple[float, float]]],

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import unwrap_model
-from .evaluate import _jsonable, model_device, predict
+from .evaluate import _fmt, _jsonable, model_device, predict
 from ..plotting import save_figure
 from ..data.augment import as_images
 
@@ -265,7 +265,7 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, method_facto
     for k in iterator:
         name, layers = plan[k]
         if k == 0:
-            maps = _maps(method_factory, work, images, targets, batch_size)
+            maps = original  # the trained model's maps, computed above
         else:
             with torch.random.fork_rng(devices=fork_devices):
                 torch.manual_seed(seed * 1_000_003 + k)
@@ -293,7 +293,6 @@ def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
     labels = None
     low = [-0.2, -0.2]
@@ -318,11 +317,7 @@ def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, l
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("similarity to the trained model's map")
     axes[1].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps: list, n: int = 4) -> Path:
@@ -370,13 +365,9 @@ def write_sanity_report(out_dir: Union[str, os.PathLike], results_by_method: Map
         cells = []
         for m in methods:
             t = clean[m][i]
-            cells.append(f"{_f(t['spearman'])} / {_f(t['ssim'])}")
+            cells.append(f"{_fmt(t['spearman'])} / {_fmt(t['ssim'])}")
         lines.append(f"| {s['step']} | {s['randomized']} | " + " | ".join(cells) + " |")
     lines += ["", "![cascading randomization](sanity.png)", ""]
     md = out / "sanity.md"
     md.write_text("\n".join(lines))
     return {"markdown": md, "json": json_path, "figure": png}
-
-
-def _f(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
