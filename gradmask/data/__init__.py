@@ -5,7 +5,8 @@ int64 labels; normalisation is the model's first layer (see ``DATASET_STATS``).
 
 ``load_dataset(name, root=None, split="train", cache_dir=None, **kw)`` returns
 an in-memory :class:`ImageDataset` (images uint8 (N,3,H,W), labels int64 (N,),
-classes, optional boxes int64 (N,4)) for the names in ``DATASETS``.  Feed it to
+classes, optional boxes int64 (N,4)) for the names in ``DATASETS``
+(``load_test_split``: "test", else "val" when the data has no test split).  Feed it to
 :class:`TensorLoader`.  Large datasets (ImageNet) stream through
 :func:`make_imagenet_loader` instead.
 
@@ -22,8 +23,8 @@ from typing import Callable, NamedTuple
 from .augment import RandomCropFlip, crop_flip, random_crop_flip, sample_crop_flip, to_float
 from .cache import default_cache_dir
 from .cifar import CIFAR_LAYOUTS, find_cifar_root, is_cifar_archive, read_cifar
-from .dataset import ImageDataset
-from .folder import decode_image_folder, is_archive, load_image_folder
+from .dataset import SUBSET_SEED, ImageDataset, subset_index
+from .folder import MissingSplitError, decode_image_folder, is_archive, load_image_folder
 from .imagenet import ImageFolderDataset, eval_transform, make_imagenet_loader, train_transform
 from .loader import TensorLoader
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic, render_synthetic
@@ -37,6 +38,10 @@ __all__ = [
     "sample_crop_flip",
     "to_float",
     "load_dataset",
+    "load_test_split",
+    "MissingSplitError",
+    "subset_index",
+    "SUBSET_SEED",
     "register_dataset",
     "DATASETS",
     "DATASET_STATS",
@@ -175,3 +180,18 @@ def load_dataset(
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}") from None
     return loader(root=root, split=split, cache_dir=cache_dir, **kw)
+
+
+def load_test_split(
+    name: str,
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **kw,
+) -> ImageDataset:
+    """``load_dataset(name, root, "test", ...)``, or the "val" split where the data has no
+    test split (:class:`MissingSplitError`, e.g. an ImageFolder directory or archive with only
+    train/ and val/). The returned dataset's ``split`` says which one was loaded."""
+    try:
+        return load_dataset(name, root=root, split="test", cache_dir=cache_dir, **kw)
+    except MissingSplitError:
+        return load_dataset(name, root=root, split="val", cache_dir=cache_dir, **kw)

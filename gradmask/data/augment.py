@@ -35,7 +35,7 @@ def as_images(images: torch.Tensor, name: str = "images", check_range: bool = Tr
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a tensor (N, C, H, W) of images in [0, 1], got {shape}")
     if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
+        return to_float(images)
     if not images.is_floating_point():
         raise ValueError(f"{name} must be float images in [0, 1] or uint8, got {images.dtype}")
     if check_range and images.numel() and (float(images.min()) < -1e-6 or float(images.max()) > 1 + 1e-6):

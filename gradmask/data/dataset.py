@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ImageDataset"]
+__all__ = ["ImageDataset", "SUBSET_SEED", "subset_index"]
 
 
 @dataclass
@@ -81,3 +81,17 @@ class ImageDataset:
             split=self.split,
             source=self.source,
         )
+
+
+#: Seed of :func:`subset_index`: a limited evaluation/training set is the same in every run.
+SUBSET_SEED = 0
+
+
+def subset_index(n: int, limit: Optional[int], seed: int = SUBSET_SEED) -> Optional[torch.Tensor]:
+    """Sorted int64 indices of ``limit`` of ``n`` samples drawn at random with the fixed ``seed``
+    (the same for every caller and run; files are stored class by class, so the first ``limit``
+    would hold only a few classes), or None when ``limit`` is None or ``>= n`` (keep all)."""
+    if limit is None or limit >= n:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:limit].sort().values

@@ -32,6 +32,7 @@ from .dataset import ImageDataset
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FolderIndex",
+    "MissingSplitError",
     "is_archive",
     "scan_image_folder",
     "read_image_archive",
@@ -46,6 +47,12 @@ _EXPECTED = "an ImageFolder tree root/<split>/<class>/*.jpg|jpeg|png (a director
 _POOL_MIN_IMAGES = 2000  # below this, decoding in-process beats starting a pool
 
 ImageSize = Union[int, tuple[int, int], None]
+
+
+class MissingSplitError(ValueError):
+    """The requested ``<split>`` folder is absent from an ImageFolder directory or archive
+    (directly under the root or inside a single top folder); callers may try another split
+    (see :func:`gradmask.data.load_test_split`)."""
 
 
 @dataclass
@@ -97,7 +104,7 @@ def scan_image_folder(root: str | os.PathLike, split: Optional[str] = "train") -
         if len(inner) == 1:
             base = inner[0] / split
         else:
-            raise ValueError(
+            raise MissingSplitError(
                 f"no split folder {split!r} in {root} (nor in a single top folder inside it); "
                 f"found: {_listing(root)}; expected {_EXPECTED}"
             )
@@ -131,6 +138,7 @@ def read_image_archive(
     kept: dict[str, bytes] = {}
     dirs: set[str] = set()
     top: set[str] = set()
+    split_seen = split is None  # some member lies in a <split>/ folder at the top or in a top folder
     try:
         with tarfile.open(archive, "r|*") as tf:
             for m in tf:
@@ -140,6 +148,9 @@ def read_image_archive(
                     continue
                 parts = name.split("/")
                 top.add(parts[0] + ("/" if (m.isdir() or len(parts) > 1) else ""))
+                if not split_seen:
+                    folders = parts if m.isdir() else parts[:-1]
+                    split_seen = split in folders[:2]
                 if m.isdir():
                     dirs.add(name)
                     continue
@@ -162,7 +173,7 @@ def read_image_archive(
         prefix = prefixes[0]
     else:
         want = f"{split}/<class>/<image>" if split else "<class>/<image>"
-        raise ValueError(
+        raise (ValueError if split_seen else MissingSplitError)(
             f"archive {archive} has no {want} at its top level or inside a single top folder; "
             f"top-level entries found: {', '.join(sorted(top)[:20]) or 'none (empty archive)'}"
             + (f"; candidate prefixes: {prefixes}" if prefixes else "")

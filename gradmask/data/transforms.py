@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .augment import to_float
+
 __all__ = [
     "Compose",
     "RandomResizedCrop",
@@ -160,7 +162,7 @@ class ToTensor:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
         t = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-        return t if self.uint8 else t.float().div_(255.0)
+        return t if self.uint8 else to_float(t)
 
     def __repr__(self) -> str:
         return f"ToTensor(uint8={self.uint8})"

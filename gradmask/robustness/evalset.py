@@ -5,14 +5,7 @@ from typing import Optional
 
 import torch
 
-SUBSET_SEED = 0
-
-
-def _subset(n: int, limit: Optional[int]) -> Optional[torch.Tensor]:
-    if limit is None or limit >= n:
-        return None
-    g = torch.Generator().manual_seed(SUBSET_SEED)
-    return torch.randperm(n, generator=g)[:limit].sort().values
+from ..data.dataset import SUBSET_SEED, subset_index  # SUBSET_SEED re-exported for callers
 
 
 class _Streamed:
@@ -40,7 +33,7 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
     ``limit``: a fixed random subset of that many images (seed :data:`SUBSET_SEED`, the same for
     every caller); in-memory datasets come as a :class:`~gradmask.data.TensorLoader` on ``device``,
     ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes and worker count."""
-    from ..data import TensorLoader, load_dataset
+    from ..data import TensorLoader, load_dataset, load_test_split
     if dataset == "imagenet":
         from ..data import eval_transform, make_imagenet_loader
         split = "val" if split == "test" else split
@@ -57,16 +50,11 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
         images, labels, source = ds.images, ds.labels, "rendered synthetic data"
     else:
         if dataset == "folder" and split == "test":
-            try:
-                ds = load_dataset("folder", root=root, split="test")
-            except ValueError as exc:
-                if "no split folder" not in str(exc):
-                    raise
-                ds = load_dataset("folder", root=root, split="val")
+            ds = load_test_split("folder", root=root)  # "val" if the tree has no test/
         else:
             ds = load_dataset(dataset, root=root, split=split)
         images, labels, source = ds.images, ds.labels, str(root)
-        index = _subset(images.shape[0], limit)
+        index = subset_index(images.shape[0], limit, SUBSET_SEED)
         if index is not None:
             images, labels = images[index], labels[index]
     loader = TensorLoader(images, labels, batch_size, shuffle=False, device=device)

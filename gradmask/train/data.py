@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..data import (RandomCropFlip, TensorLoader, dataset_stats, eval_transform, load_dataset,
-                    make_imagenet_loader, to_float)
+                    load_test_split, make_imagenet_loader, subset_index, to_float)
 from .augment import Augment
 from .config import TrainConfig
 
@@ -109,24 +109,18 @@ def _small_splits(config: TrainConfig):
         return train, test
     train = load_dataset(config.dataset, root=config.data, split="train")
     if config.dataset == "folder":
-        try:
-            test = load_dataset("folder", root=config.data, split="test")
-        except ValueError as exc:
-            if "no split folder" not in str(exc):
-                raise
-            test = load_dataset("folder", root=config.data, split="val")
+        test = load_test_split("folder", root=config.data)  # "val" if the tree has no test/
     else:
         test = load_dataset(config.dataset, root=config.data, split="test")
     return train, test
 
 
 def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``limit`` images drawn at random with a fixed seed (0), the same for every run and seed:
-    files are stored class by class, so the first ``limit`` would hold only a few classes."""
-    if limit >= len(labels):
+    """``limit`` images drawn at random with a fixed seed (:func:`gradmask.data.subset_index`),
+    the same for every run and seed."""
+    index = subset_index(len(labels), limit)
+    if index is None:
         return images, labels
-    generator = torch.Generator().manual_seed(0)
-    index = torch.randperm(len(labels), generator=generator)[:limit].sort().values
     return images[index], labels[index]
 
 
