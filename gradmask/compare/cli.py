@@ -8,39 +8,11 @@ exactly the options ``gradmask train`` takes, except ``--mask`` / ``--seed`` (re
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..cli import register
+from ..train import cli as _train_cli
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare
-
-# Imported here, not inside configure(): gradmask.train.cli registers its own command on import, and
-# build_parser() iterates over the registered commands while calling configure().
-_train_cli_import_error: str | None = None
-try:
-    from ..train import cli as _train_cli
-except ImportError as exc:                              # the engine's CLI missing or broken
-    if exc.name not in ("gradmask.train", "gradmask.train.cli"):
-        raise
-    _train_cli = None
-    _train_cli_import_error = f"{type(exc).__name__}: {exc}"
-
-
-def _add_train_arguments():
-    """``gradmask.train.cli.add_train_arguments``; until it exists, the ``configure`` function that
-    ``gradmask train`` registers with (``_configure``)."""
-    return getattr(_train_cli, "add_train_arguments", None) or getattr(_train_cli, "_configure", None)
-
-
-def _train_cli_problem() -> str | None:
-    if _train_cli is None:
-        return f"the training engine's CLI module gradmask.train.cli is not available ({_train_cli_import_error})"
-    missing = [name for name, fn in (("add_train_arguments", _add_train_arguments()),
-                                     ("config_from_args", getattr(_train_cli, "config_from_args", None)))
-               if not callable(fn)]
-    if missing:
-        return f"gradmask.train.cli lacks {', '.join(missing)}"
-    return None
 
 
 class _Replaced(argparse.Action):
@@ -55,8 +27,7 @@ class _Replaced(argparse.Action):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    if _train_cli_problem() is None:
-        _add_train_arguments()(parser)
+    _train_cli.add_train_arguments(parser)
     # declared after the training flags and overriding them where they clash (--out, --mask, --seed)
     group = parser.add_argument_group("comparison", conflict_handler="resolve")
     group.add_argument("--variants", default=",".join(VARIANTS),
@@ -82,10 +53,6 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         paths = write_report(args.out)
     else:
-        problem = _train_cli_problem()
-        if problem:
-            print(f"gradmask compare: error: {problem}; only --report-only works", file=sys.stderr)
-            return 2
         base = _train_cli.config_from_args(args)
         compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset)
         paths = report_paths(args.out)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..train.distributed import is_main_process
 from .report import VARIANTS, write_report
 
 
@@ -82,5 +83,6 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
         if log is not None:
             log(f"[{k}/{len(runs)}] {variant} seed {seed} -> {path} ({_status(path)})")
         train_fn(dataclasses.replace(base_config, mask=variant, seed=seed, out=path, resume=True))
-    write_report(out)
+    if is_main_process():  # under torchrun every process trains, one writes the report
+        write_report(out)
     return [Path(path) for _, _, path in runs]

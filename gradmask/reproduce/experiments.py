@@ -7,14 +7,12 @@ Every function takes the :class:`~gradmask.reproduce.presets.Plan` and the outpu
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
-from ..compare.runner import plan as run_plan
+from ..compare.runner import compare, run_dir
 from ..train import TrainConfig, load_checkpoint
 from .presets import Plan
 
@@ -27,45 +25,21 @@ def runs_dir(out, dataset: str, augment: str | None = None) -> Path:
 
 
 def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = None) -> Path:
-    return runs_dir(out, dataset, augment) / f"{variant}-seed{seed}"
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return Path(run_dir(runs_dir(out, dataset, augment), variant, seed))
 
 
 def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: str | None = None,
                train_fn: Callable | None = None, log: Callable[[str], None] = print) -> dict:
-    """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` (resuming finished / interrupted ones)
-    and write the comparison report of that folder. Returns ``{"runs": [paths], "config": fields}``."""
-    if train_fn is None:
-        from ..train import train as train_fn
+    """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` with :func:`gradmask.compare.compare`
+    (resuming finished / interrupted ones; it writes the comparison report of that folder).
+    Returns ``{"runs": [paths], "config": fields}``."""
     fields = plan.training(dataset)
     if augment is not None:
         fields["augment"] = augment
-    base = TrainConfig(**fields)
-    folder = runs_dir(out, dataset, augment)
-    runs = run_plan(tuple(variants), plan.seeds, folder)
-    for k, (variant, seed, path) in enumerate(runs, 1):
-        log(f"  [{k}/{len(runs)}] {dataset} {variant} seed {seed}" + (f" ({augment})" if augment else ""))
-        train_fn(dataclasses.replace(base, mask=variant, seed=seed, out=path, resume=True, progress=False))
-    if _is_main_process():
-        from ..compare.report import write_report
-        write_report(folder)
-    return {"runs": [p for _, _, p in runs], "config": {k: _plain(v) for k, v in fields.items()}}
-
-
-def _plain(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def _load(path: Path, device: torch.device):
-    model, config = load_checkpoint(path / "checkpoint.pt", map_location=device)
-    return model.eval(), config
-
-
-def _device(plan: Plan) -> torch.device:
-    return torch.device("cuda" if plan.device == "cuda" else "cpu")
+    base = TrainConfig(**fields, progress=False)
+    runs = compare(base, tuple(variants), plan.seeds, runs_dir(out, dataset, augment), train_fn=train_fn,
+                   log=lambda line: log(f"  {dataset}{f' ({augment})' if augment else ''} {line}"))
+    return {"runs": [str(p) for p in runs], "config": fields}
 
 
 # ----------------------------------------------------------------------------- Figures 5 and 6
@@ -75,13 +49,14 @@ def robustness(plan: Plan, out, progress: bool = False) -> dict:
     from ..robustness import fgsm_curve, pruning_curve
     from ..robustness.evalset import evaluation_loader
 
-    ev, dataset, device = plan.preset.evaluation, plan.robustness, _device(plan)
+    ev, dataset, device = plan.preset.evaluation, plan.robustness, torch.device(plan.device)
     config = TrainConfig(**plan.training(dataset))
     loader, n, source = evaluation_loader(dataset, plan.data.get(dataset), "test", ev.robustness_images, config,
                                           256, device)
     seeds = {}
     for seed in range(plan.seeds):
-        models = {v: _load(run_path(out, dataset, v, seed), device)[0] for v in ("none", "lateral")}
+        models = {v: load_checkpoint(run_path(out, dataset, v, seed), map_location=device)[0]
+                  for v in ("none", "lateral")}
         pruning = {v: {scheme: [list(p) for p in pruning_curve(m, loader, ev.sparsities, scheme=scheme,
                                                                  progress=progress)]
                        for scheme in ("global", "layer")} for v, m in models.items()}
@@ -106,7 +81,7 @@ def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False
     explained and misclassified images are kept, as VOC labels are not ImageNet classes)."""
     from ..saliency.evaluate import evaluate_localization, save_figure_grid
 
-    ev, device = plan.preset.evaluation, _device(plan)
+    ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = _box_data(box_set, plan, ev.saliency_images)
     dataset = "synthetic" if box_set == "synthetic" else "imagenet"
     voc = box_set == "voc2007"
@@ -114,7 +89,7 @@ def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False
     for seed in range(plan.seeds):
         seeds[str(seed)] = {}
         for variant in ("lateral", "none"):
-            model, _ = _load(run_path(out, dataset, variant, seed), device)
+            model, _ = load_checkpoint(run_path(out, dataset, variant, seed), map_location=device)
             r = evaluate_localization(model, data.images, data.labels, data.boxes, correct_only=not voc,
                                       targets="predicted" if voc else "label", return_maps=True,
                                       progress=progress)
@@ -138,9 +113,9 @@ def sanity(plan: Plan, out, progress: bool = False) -> dict:
     from ..saliency.evaluate import default_cam_layer
     from ..saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 
-    ev, device = plan.preset.evaluation, _device(plan)
+    ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = load_box_dataset("synthetic", limit=ev.sanity_images)
-    model, _ = _load(run_path(out, "synthetic", "lateral", 0), device)
+    model, _ = load_checkpoint(run_path(out, "synthetic", "lateral", 0), map_location=device)
     layer = default_cam_layer(model, data.images)
     factories = {"limap": lambda m: LIMap(m), "gradcam": lambda m: GradCAM(m, layer)}
     steps = {}
@@ -162,13 +137,13 @@ def blur(plan: Plan, out, progress: bool = False) -> dict:
     from ..saliency.boxes import load_box_dataset
     from ..saliency.robustness_blur import blurred_background_accuracy
 
-    ev, device = plan.preset.evaluation, _device(plan)
+    ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = load_box_dataset("synthetic", limit=ev.blur_images)
     seeds = {}
     for seed in range(plan.seeds):
         seeds[str(seed)] = {}
         for label, augment in (("baseline", None), ("li-blur", "li-blur")):
-            model, _ = _load(run_path(out, "synthetic", "none", seed, augment), device)
+            model, _ = load_checkpoint(run_path(out, "synthetic", "none", seed, augment), map_location=device)
             curve = blurred_background_accuracy(model, data.images, data.labels, data.boxes, ev.blur_sigmas,
                                                 progress=progress)
             seeds[str(seed)][label] = [list(p) for p in curve]

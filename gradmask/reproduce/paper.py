@@ -67,5 +67,3 @@ FIGURE10 = Claim(
     "the network trained with the LI background-blur augmentation (Algorithm 2) is more accurate when the "
     "background is blurred",
     "ResNet-50 fine-tuned 30 epochs with the augmentation, 100,000 ImageNet images with boxes")
-
-CLAIMS = (TABLE1, TABLE2, TABLE3, SANITY, FIGURE5, FIGURE6, FIGURE7, FIGURE10)

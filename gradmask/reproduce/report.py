@@ -21,6 +21,7 @@ from ..files import write_atomic
 from ..plotting import save_figure
 from . import paper
 from .experiments import FIGURES, runs_dir
+from .presets import ACCURACY_DATASETS, GSNR_ORDER
 from .runner import read_step
 from .verdict import HOLDS, combine, difference_interval, mean_interval, verdict
 
@@ -100,7 +101,6 @@ class Section:
         self.blocks: list[tuple] = [("h2", claim.title)]
         self.numbers: dict = {}
         self.verdicts: list[tuple[str, str]] = []   # (what was tested, verdict)
-        self.headline = ""
 
     @property
     def verdict(self) -> str:
@@ -358,11 +358,12 @@ def figure5_6(out: Path, state: dict) -> list[Section]:
 def figure7(out: Path, state: dict, dataset: str) -> Optional[Section]:
     from ..robustness import plot_gsnr, read_gsnr
     runs = _runs(out, dataset)
-    probed = {v: [r for r in runs.get(v, []) if read_gsnr(r.path)] for v in ("none", "lateral")}
+    records = {r.path: read_gsnr(r.path) for v in ("none", "lateral") for r in runs.get(v, [])}
+    probed = {v: [r for r in runs.get(v, []) if records[r.path]] for v in ("none", "lateral")}
     if not probed["none"] or not probed["lateral"]:
         return None
     s = Section(paper.FIGURE7)
-    per_seed = {v: [float(np.mean([math.log10(g["network"]) for g in read_gsnr(r.path) if _finite(g.get("network"))
+    per_seed = {v: [float(np.mean([math.log10(g["network"]) for g in records[r.path] if _finite(g.get("network"))
                                    and g["network"] > 0])) for r in probed[v]] for v in ("none", "lateral")}
     ci = difference_interval(per_seed["lateral"], per_seed["none"])
     s.verdicts.append(("masked > normal (mean log10 GSNR over epochs)", verdict(ci)))
@@ -372,7 +373,7 @@ def figure7(out: Path, state: dict, dataset: str) -> Optional[Section]:
                        _mean_std(per_seed["lateral"], 1, 3), _interval(ci, 1, 3)]], ["l", "r", "r", "r"]))
     path = plot_gsnr([r.path for r in probed["none"] + probed["lateral"]], out / FIGURES / "figure7.png")
     s.blocks.append(("img", "GSNR during training", str(path.relative_to(out))))
-    samples = read_gsnr(probed["lateral"][0].path)[0].get("n_samples")
+    samples = records[probed["lateral"][0].path][0].get("n_samples")
     s.finish(f"GSNR (mean^2 / variance of per-sample gradients, mean over the conv weights) on {samples} fixed "
              f"training images after every epoch; masked runs measure the masked gradients. Runs: "
              + _run_setting(probed["none"] + probed["lateral"], state))
@@ -410,13 +411,12 @@ def figure10(out: Path, state: dict) -> Optional[Section]:
 
 
 # ------------------------------------------------------------------------------ the report
-def sections(out) -> list[Section]:
-    out = Path(out)
-    state = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").is_file() else {}
-    datasets = [d for d in ("synthetic", "cifar10", "cifar100", "imagenet") if read_step(out, f"train-{d}")]
-    if state.get("preset") != "quick" and len(datasets) > 1:
-        datasets = [d for d in datasets if d != "synthetic"]   # synthetic runs only serve the box experiments
-    trained = {d: read_step(out, f"train-{d}") for d in datasets}
+def sections(out: Path, state: dict) -> list[Section]:
+    """The report's sections from the stored steps of ``out`` (``state``: its reproduce.json)."""
+    trained = {d: rec for d in ACCURACY_DATASETS if (rec := read_step(out, f"train-{d}"))}
+    if state.get("preset") != "quick" and len(trained) > 1:
+        trained.pop("synthetic", None)   # synthetic runs only serve the box experiments
+    datasets = list(trained)
     ablation = next((d for d in datasets if "norm" in trained[d]["settings"]["variants"]), None)
     result = [table1(out, state, datasets)] if datasets else []
     if ablation:
@@ -425,7 +425,7 @@ def sections(out) -> list[Section]:
         if part is not None:
             result.append(part)
     result += figure5_6(out, state)
-    gsnr_dataset = next((d for d in ("cifar10", "cifar100", "synthetic") if d in datasets), None)
+    gsnr_dataset = next((d for d in GSNR_ORDER if d in datasets), None)
     if gsnr_dataset and (s := figure7(out, state, gsnr_dataset)) is not None:
         result.append(s)
     if (s := figure10(out, state)) is not None:
@@ -437,7 +437,7 @@ def write_report(out) -> dict[str, Path]:
     """Write ``report.md``, ``report.html``, ``results.json`` and ``verdicts.csv`` in ``out``."""
     out = Path(out)
     state = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").is_file() else {}
-    parts = sections(out)
+    parts = sections(out, state)
     m = state.get("machine", {})
     machine = f"{m.get('cpu_count', '?')} CPU cores ({m.get('cpu', '?')})" + (f", GPU {m['gpu']}" if m.get("gpu") else "") \
         + f", Python {m.get('python', '?')}, torch {m.get('torch', '?')}"

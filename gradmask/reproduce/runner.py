@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from ..files import write_atomic
+from ..train.distributed import is_main_process
 from . import experiments
 from .presets import Plan
 
@@ -107,7 +108,7 @@ def machine() -> dict:
 
 
 def _json_safe(obj):
-    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    return json.loads(json.dumps(obj, default=str))
 
 
 def reproduce(plan: Plan, out, progress: bool = False, command: str | None = None,
@@ -119,7 +120,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     state_path = out / "reproduce.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     state.update(preset=plan.preset.name, summary=plan.preset.summary, device=plan.device, seeds=plan.seeds,

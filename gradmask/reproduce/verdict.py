@@ -38,8 +38,6 @@ def difference_interval(a: Iterable[float], b: Iterable[float], level: float = C
     """Welch's t interval of ``mean(a) - mean(b)`` over independent runs (non-finite values dropped)."""
     a = [v for v in a if v is not None and math.isfinite(v)]
     b = [v for v in b if v is not None and math.isfinite(v)]
-    if not a or not b:
-        return DiffInterval(math.nan, math.nan, math.nan)
     return diff_confidence_interval(a, b, level)
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from ..cli import add_mask_arguments, register
 from .augment import AUGMENTS
 from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
+from .distributed import is_main_process
 
 _UNSET = object()  # "not given on the command line": the preset / default applies
 
@@ -115,7 +115,7 @@ def train_command(args: argparse.Namespace) -> int:
     from .engine import train
     config = config_from_args(args)
     final = train(config)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"{config.model} on {config.dataset}, mask {config.mask}: test acc {final['test_acc']:.4f} "
               f"top-5 {final['test_top5']:.4f} loss {final['test_loss']:.4f} after {final['epochs']} epochs "
               f"({final['train_seconds']:.1f} s on {final['device']}); run directory {config.run_dir}",
@@ -123,6 +123,5 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-_configure = add_train_arguments  # the name commands looked up before add_train_arguments existed
 
 __all__ = ["add_train_arguments", "config_from_args", "train_command"]

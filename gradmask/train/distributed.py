@@ -67,6 +67,11 @@ class DistContext:
             self.owns_group = False
 
 
+def is_main_process() -> bool:
+    """True unless this is a ``torchrun`` process of rank > 0 (env ``RANK``)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed(device_type: str) -> DistContext:
     """The process group of this run: the caller's if initialised, else one from the torchrun
     environment when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA), else a single process."""
@@ -87,4 +92,4 @@ def setup_distributed(device_type: str) -> DistContext:
     return DistContext(rank, world_size, local_rank, owns_group=True)
 
 
-__all__ = ["DistContext", "setup_distributed"]
+__all__ = ["DistContext", "is_main_process", "setup_distributed"]
