@@ -112,7 +112,7 @@ class _Recorder(gradmask.GradientMask):
 
     def apply(self, grad):
         self.grads.append(grad.detach().clone())
-        return grad, torch.ones(1, dtype=torch.bool)
+        return grad, torch.ones((), dtype=torch.float64)
 
 
 def hook_ratios(args) -> dict[str, list[tuple[float, float]]]:

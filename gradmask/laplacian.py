@@ -6,7 +6,10 @@ The one LoG implementation of gradmask: the Gradient Mask (Algorithm 1, step 3),
 How it is fast: every kernel offered here is a sum of two separable terms,
 ``k(y, x) = sum_t row_t(y) * col_t(x)``, and a 1-D filter with any fixed padding on an
 ``n``-long axis is an ``n x n`` matrix. Filtering a batch of ``(H, W)`` maps is therefore two
-batched matrix products, ``out = sum_t R_t @ D @ C_t^T``, whatever the kernel size. The
+batched matrix products, ``out = sum_t R_t @ D @ C_t^T``, whatever the kernel size. Small maps
+(``H*W <= 4 (H + W)``, e.g. 8x8) instead go through the whole 2-D operator
+``sum_t kron(R_t, C_t)`` as one ``(HW x HW)`` matrix: the same multiply-adds, but one large
+matrix product over all maps instead of many tiny ones (3.5x faster for 8x8 maps on CPU). The
 matrices are built once per (map size, device, dtype) and cached.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 KERNELS = ("log", "authors")
 CPU_BLOCK_BYTES = 1 << 20  # maps per CPU block: about one L2 cache
+DENSE_MAX_POSITIONS = 256  # largest H*W filtered through the dense (HW x HW) operator
 PADDINGS = ("reflect", "zero")
 
 
@@ -143,18 +147,40 @@ class LoGFilter:
         ry, rx = self._radii(height, width)
         return sum(np.outer(_crop(r, ry), _crop(c, rx)) for r, c in self._factors)
 
+    def uses_dense_operator(self, height: int, width: int) -> bool:
+        """True where ``(H, W)`` maps are filtered by one ``(HW x HW)`` matrix: when that costs no
+        more multiply-adds than the two separable products (``H*W <= 4 (H + W)``) and
+        ``H*W <= DENSE_MAX_POSITIONS``."""
+        return height * width <= min(4 * (height + width), DENSE_MAX_POSITIONS)
+
     def matrices(self, height: int, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached ``(rows (H, 2H), cols (W, 2W))``: ``out = rows @ stack_t(D @ C_t^T)``."""
-        key = (height, width, torch.device(device), dtype)
+        """Cached ``(rows (H, tH), cols (W, tW))`` for ``t`` separable terms:
+        ``out = rows @ (D @ cols).view(tH, W)``. ``D @ cols`` is ``(H, t, W)``, so the columns of
+        ``rows`` are interleaved: ``rows[y, y' * t + i] = R_i[y, y']`` (no transpose needed)."""
+        key = ("separable", height, width, torch.device(device), dtype)
         cached = self._matrices.get(key)
         if cached is None:
             ry, rx = self._radii(height, width)
-            rows = np.concatenate([filter_matrix(_crop(r, ry), height, self.padding)
-                                   for r, _ in self._factors], axis=1)
+            rows = np.stack([filter_matrix(_crop(r, ry), height, self.padding)
+                             for r, _ in self._factors], axis=2).reshape(height, -1)
             cols = np.concatenate([filter_matrix(_crop(c, rx), width, self.padding).T
                                    for _, c in self._factors], axis=1)
             cached = (torch.as_tensor(rows, dtype=dtype, device=device),
                       torch.as_tensor(cols, dtype=dtype, device=device))
+            self._matrices[key] = cached
+        return cached
+
+    def dense_matrix(self, height: int, width: int, device, dtype) -> torch.Tensor:
+        """Cached ``(HW, HW)`` matrix ``M`` with ``out.flatten() = D.flatten() @ M``:
+        ``M = (sum_t kron(R_t, C_t))^T`` for row-major flattened maps."""
+        key = ("dense", height, width, torch.device(device), dtype)
+        cached = self._matrices.get(key)
+        if cached is None:
+            ry, rx = self._radii(height, width)
+            operator = sum(np.kron(filter_matrix(_crop(r, ry), height, self.padding),
+                                   filter_matrix(_crop(c, rx), width, self.padding))
+                           for r, c in self._factors)
+            cached = torch.as_tensor(operator.T.copy(), dtype=dtype, device=device)
             self._matrices[key] = cached
         return cached
 
@@ -172,10 +198,17 @@ class LoGFilter:
                              f"{tuple(maps.shape)} {maps.dtype}")
         dtype = maps.dtype if dtype is None else dtype
         *lead, height, width = maps.shape
-        rows, cols = self.matrices(height, width, maps.device, dtype)
-        terms = len(self._factors)
         flat = maps.reshape(-1, height, width)
         out = torch.empty(flat.shape, dtype=dtype, device=maps.device)
+        if self.uses_dense_operator(height, width):
+            dense = self.dense_matrix(height, width, maps.device, dtype)
+            product = lambda part, result: torch.matmul(part.view(-1, height * width), dense,
+                                                        out=result.view(-1, height * width))
+        else:
+            rows, cols = self.matrices(height, width, maps.device, dtype)
+            stacked = rows.shape[1]
+            product = lambda part, result: torch.matmul(
+                rows, torch.matmul(part, cols).view(-1, stacked, width), out=result)
         block = len(flat)
         if maps.device.type == "cpu":
             block = max(1, CPU_BLOCK_BYTES // (height * width * out.element_size()))
@@ -183,10 +216,8 @@ class LoGFilter:
             part = flat[start:start + block].to(dtype)
             if abs_input:
                 part = part.abs()
-            # (b, H, W) @ (W, tW) -> (b, H, t, W) -> (b, t, H, W) -> (b, tH, W); rows @ that
-            partial = torch.matmul(part, cols).view(-1, height, terms, width).transpose(1, 2)
             result = out[start:start + block]
-            torch.matmul(rows, partial.reshape(-1, terms * height, width), out=result)
+            product(part.contiguous(), result)
             if abs_output:
                 result.abs_()
         return out.view(*lead, height, width)

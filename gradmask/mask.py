@@ -116,36 +116,55 @@ class GradientMask:
                 return squared  # sqrt is monotone: thresholding squared norms selects the same set
             return self.log_filter(squared.sqrt_(), abs_output=True)
 
-    def keep_map(self, grad: torch.Tensor) -> torch.Tensor:
-        """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
-        if self.inhibition_rate == 0.0:  # keeps everything: no scores needed
-            self._check(grad)
-            n, c, h, w = grad.shape
-            g = c if self.mode == "pixel" else self.groups
-            return torch.ones(n, g, 1, h, w, dtype=torch.bool, device=grad.device)
+    def _sets(self, grad: torch.Tensor) -> int:
+        return grad.shape[1] if self.mode == "pixel" else self.groups
+
+    def _kept_scores(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores (N*G, H*W), threshold (N*G, 1))``: kept positions are ``scores > threshold``."""
         score = self.scores(grad)
         n, g, h, w = score.shape
         flat = score.view(n * g, h * w)
         rank = math.floor(self.inhibition_rate * (h * w - 1)) + 1  # 1-based order statistic
-        threshold = kth_smallest(flat, rank, nonnegative=True)  # |delta| and norms are >= 0
-        return (flat > threshold).view(n, g, 1, h, w)
+        return flat, kth_smallest(flat, rank, nonnegative=True)  # |delta| and norms are >= 0
 
-    def _expand(self, grad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``grad * keep`` broadcast over each set's channels, in ``grad``'s layout."""
-        n, c, h, w = grad.shape
-        g = keep.shape[1]
-        return (grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w)
+    def keep_map(self, grad: torch.Tensor) -> torch.Tensor:
+        """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
+        self._check(grad)
+        n, _, h, w = grad.shape
+        if self.inhibition_rate == 0.0:  # keeps everything: no scores needed
+            return torch.ones(n, self._sets(grad), 1, h, w, dtype=torch.bool, device=grad.device)
+        flat, threshold = self._kept_scores(grad)
+        return (flat > threshold).view(n, -1, 1, h, w)
 
     def mask(self, grad: torch.Tensor) -> torch.Tensor:
         """The {0, 1} mask, same shape and dtype as ``grad`` ``(N, C, H, W)``."""
         keep = self.keep_map(grad)
-        return self._expand(torch.ones_like(grad), keep)
+        n, c, h, w = grad.shape
+        return keep.to(grad.dtype).expand(n, keep.shape[1], c // keep.shape[1], h, w).reshape(n, c, h, w)
 
     def apply(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(grad * mask, keep_map)``: the masked gradient and the compact mask."""
-        keep = self.keep_map(grad)
+        """``(grad * mask, kept_fraction)``: the masked gradient ``(N, C, H, W)`` and the fraction
+        of positions kept, a 0-d float64 tensor on ``grad``'s device (reading it is the caller's
+        choice: nothing here waits for the device).
+
+        The hot path of the hooks: the scores become the {0, 1} mask in place (``gt_``), and for
+        one mask per channel (``mode="pixel"``) the masked gradient is written into that same
+        buffer, so no tensor the size of ``grad`` is allocated besides the scores.
+        """
+        self._check(grad)
+        n, c, h, w = grad.shape
         with torch.no_grad():
-            return self._expand(grad, keep), keep
+            if self.inhibition_rate == 0.0:
+                return grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device)
+            flat, threshold = self._kept_scores(grad)
+            flat.gt_(threshold)  # (N*G, H*W) of 0.0 / 1.0
+            # per-row sums are exact integers (< 2**24 per row), their total is summed in float64
+            kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
+            g = flat.shape[0] // n
+            if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
+                return flat.view(n, c, h, w).mul_(grad), kept_fraction
+            keep = flat.view(n, g, 1, h, w).to(grad.dtype)
+            return (grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w), kept_fraction
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         """The masked gradient ``grad * mask`` ``(N, C, H, W)``."""

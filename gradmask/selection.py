@@ -7,8 +7,10 @@ On CPU the rows go to numpy over row blocks on a small thread pool (numpy releas
   selection and sorting are about twice as fast on int32 as on float32 for short rows;
 - rows of 513-1024 values (a 32x32 map) are split in two halves that are each sorted (numpy's
   sort of rows up to 512 is much faster than selection in rows over 512), then the k-th smallest
-  of the two sorted halves is found by a binary search vectorized over rows: about 2.7x faster
-  than ``numpy.partition`` on those rows;
+  of the two sorted halves is a min over splits of a max, vectorized over rows; chunk by chunk
+  in reused buffers, so the two workers really run in parallel (large fresh arrays page-fault,
+  and page faults serialize threads): 2.9x faster than ``numpy.partition`` on 4096 x 1024 rows
+  with 2 workers, 1.6x faster than the vectorized binary search this replaced;
 - other lengths use ``numpy.partition`` (introselect).
 
 Elsewhere ``torch.kthvalue`` runs on the device. Every path returns the same value: the k-th
@@ -24,6 +26,7 @@ import torch
 _POOL: dict[int, ThreadPoolExecutor] = {}
 _MIN_ROWS_PER_WORKER = 64
 _SORTED_HALVES = (513, 1024)   # row lengths selected through two sorted halves
+_CHUNK_BYTES = 1 << 19         # rows per chunk of the sorted-halves path (measured best 512 KiB-2 MiB)
 _KEY_TYPES = {np.dtype(np.float32): (np.int32, np.int32(0x7FFFFFFF)),
               np.dtype(np.float64): (np.int64, np.int64(0x7FFFFFFFFFFFFFFF))}
 
@@ -52,31 +55,33 @@ def _keys_to_floats(keys: np.ndarray, dtype: np.dtype, nonnegative: bool) -> np.
 
 
 def _kth_of_sorted_halves(keys: np.ndarray, k: int) -> np.ndarray:
-    """``(R, n)`` -> ``(R,)`` k-th smallest (1-based) via two sorted halves and a binary search."""
+    """``(R, n)`` -> ``(R,)`` k-th smallest (1-based) via two sorted halves.
+
+    With ``a_i``, ``b_j`` the i-th / j-th smallest of the two halves (``a_0 = b_0 = -inf``), the
+    k-th smallest of the row is ``min over i + j = k of max(a_i, b_j)``: one elementwise maximum
+    and one minimum over ``k + 1`` splits, vectorized over rows. Rows go through in chunks of
+    about ``_CHUNK_BYTES``, sorted in place in reused buffers: no large allocation, whose page
+    faults serialize the worker threads.
+    """
     rows, n = keys.shape
-    if n % 2 == 0:   # one sort of contiguous half-rows: 2.5x faster than sorting two column slices
-        halves = np.sort(keys.reshape(rows * 2, n // 2), axis=1).reshape(rows, 2, n // 2)
-        a, b = halves[:, 0], halves[:, 1]
-    else:
-        a = np.sort(keys[:, : n // 2], axis=1)
-        b = np.sort(keys[:, n // 2:], axis=1)
-    la, lb = a.shape[1], b.shape[1]
-    r = np.arange(rows)
-    # i values from a and k - i from b: find i with a[i-1] <= b[k-i] and b[k-i-1] <= a[i]
-    lo = np.full(rows, max(0, k - lb))
-    hi = np.full(rows, min(k, la))
-    for _ in range(max(la, lb).bit_length() + 1):
-        i = (lo + hi) // 2
-        j = k - i
-        too_few = (i < la) & (j > 0) & (b[r, np.clip(j - 1, 0, lb - 1)] > a[r, np.minimum(i, la - 1)])
-        too_many = (i > 0) & (j < lb) & (a[r, np.clip(i - 1, 0, la - 1)] > b[r, np.minimum(j, lb - 1)])
-        lo = np.where(too_few, i + 1, np.where(too_many, lo, i))
-        hi = np.where(too_many, i - 1, np.where(too_few, hi, i))
-    i = lo
-    j = k - i
-    last_a = np.where(i > 0, a[r, np.clip(i - 1, 0, la - 1)], np.iinfo(keys.dtype).min)
-    last_b = np.where(j > 0, b[r, np.clip(j - 1, 0, lb - 1)], np.iinfo(keys.dtype).min)
-    return np.maximum(last_a, last_b)
+    la, lb = n // 2, n - n // 2
+    chunk = max(1, min(rows, _CHUNK_BYTES // (n * keys.itemsize)))
+    a = np.empty((chunk, la + 1), dtype=keys.dtype)
+    b = np.empty((chunk, lb + 1), dtype=keys.dtype)
+    a[:, 0] = b[:, 0] = np.iinfo(keys.dtype).min
+    first, last = max(0, k - lb), min(k, la)  # the splits i with 0 <= i <= la and 0 <= k - i <= lb
+    out = np.empty(rows, dtype=keys.dtype)
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        ca, cb = a[: stop - start], b[: stop - start]
+        ca[:, 1:] = keys[start:stop, :la]
+        cb[:, 1:] = keys[start:stop, la:]
+        ca[:, 1:].sort(axis=1)
+        cb[:, 1:].sort(axis=1)
+        b_reversed = cb[:, ::-1]  # b_reversed[:, lb - j] = b_j: j = k - i runs down as i runs up
+        np.maximum(ca[:, first:last + 1], b_reversed[:, lb - k + first:lb - k + last + 1]).min(
+            axis=1, out=out[start:stop])
+    return out
 
 
 def _kth_keys(keys: np.ndarray, k: int) -> np.ndarray:

@@ -21,9 +21,8 @@ class RecordingMask(GradientMask):
         self.seen = []
 
     def apply(self, grad):
-        masked, keep = super().apply(grad)
-        self.seen.append((grad.detach().clone(), keep.clone()))
-        return masked, keep
+        self.seen.append((grad.detach().clone(), self.keep_map(grad)))
+        return super().apply(grad)
 
 
 def small_resnet(seed=0, **kw):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from gradmask import laplacian
 from gradmask.laplacian import LoGFilter, default_kernel_size, filter_matrix
 
 
@@ -69,7 +70,7 @@ def test_authors_kernel_is_scipy_reflect_window():
 
 
 @pytest.mark.parametrize("padding,mode", [("reflect", "mirror"), ("zero", "constant")])
-@pytest.mark.parametrize("shape", [(9, 9), (10, 10), (7, 12), (13, 6)])
+@pytest.mark.parametrize("shape", [(9, 9), (10, 10), (7, 12), (13, 6), (6, 9)])  # (6, 9): dense path
 def test_filter_matches_scipy_gaussian_laplace(padding, mode, shape):
     sigma = 1.2
     size = default_kernel_size(sigma)  # radius 4, fits every shape above
@@ -122,6 +123,28 @@ def test_filter_matrix_reflect_is_torch_reflect():
     np.testing.assert_allclose(filter_matrix(taps, 6, "reflect") @ v, expected)
 
 
+def test_dense_operator_only_for_small_maps():
+    f = LoGFilter()
+    assert f.uses_dense_operator(8, 8) and f.uses_dense_operator(7, 7) and f.uses_dense_operator(6, 11)
+    assert not f.uses_dense_operator(16, 16) and not f.uses_dense_operator(9, 9)
+    assert not f.uses_dense_operator(1, 10_000)  # cheap in multiply-adds, but a 10^8-entry matrix
+
+
+@pytest.mark.parametrize("kernel_size,padding", [(5, "reflect"), (None, "reflect"), (None, "zero"), (3, "zero")])
+@pytest.mark.parametrize("shape", [(8, 8), (6, 11), (3, 4), (5, 5)])
+def test_dense_and_separable_paths_agree(monkeypatch, kernel_size, padding, shape):
+    f = LoGFilter(2.0 if kernel_size is None else 11.0, kernel_size, padding=padding)
+    maps = torch.rand(10, *shape, dtype=torch.float64)
+    assert f.uses_dense_operator(*shape)
+    dense = f(maps, abs_input=True, abs_output=True)
+    monkeypatch.setattr(laplacian, "DENSE_MAX_POSITIONS", 0)
+    assert not f.uses_dense_operator(*shape)
+    separable = f(maps, abs_input=True, abs_output=True)
+    torch.testing.assert_close(dense, separable, rtol=1e-12, atol=1e-15)
+    ref = conv_reference(maps.abs(), f.kernel2d(*shape), padding).abs()
+    torch.testing.assert_close(dense, ref, rtol=1e-10, atol=1e-15)
+
+
 def test_matrices_are_cached_per_size_device_dtype():
     f = LoGFilter()
     a = f.matrices(8, 8, "cpu", torch.float32)
@@ -145,7 +168,6 @@ def test_bad_parameters_raise(kwargs, match):
 def test_fused_magnitudes_and_dtype_equal_the_composition(shape):
     """``f(x, dtype, abs_input, abs_output)`` == ``|f(|x|.to(dtype))|`` exactly, block by block,
     from bf16 and channels_last inputs too (the mask's ``pixel`` mode)."""
-    from gradmask.laplacian import LoGFilter
     torch.manual_seed(0)
     f = LoGFilter()
     x = torch.randn(shape)

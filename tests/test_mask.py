@@ -136,10 +136,11 @@ def test_each_sample_mask_depends_only_on_its_gradient():
     assert torch.equal(gm.mask(changed)[1:], batch[1:])
 
 
-def test_channels_last_gives_same_mask_and_layout():
+@pytest.mark.parametrize("mode", ["lateral", "norm", "pixel"])
+def test_channels_last_gives_same_mask_and_layout(mode):
     torch.manual_seed(5)
     grad = torch.randn(4, 32, 8, 8)
-    gm = GradientMask()
+    gm = GradientMask(mode=mode)
     cl = grad.contiguous(memory_format=torch.channels_last)
     assert torch.equal(gm.mask(cl), gm.mask(grad))
     masked = gm(cl)
@@ -154,6 +155,25 @@ def test_bf16_gradient_masked_in_bf16():
     masked = gm(grad)
     assert masked.dtype == torch.bfloat16
     assert torch.equal(gm.mask(grad), gm.mask(grad.float()).bfloat16())
+
+
+@pytest.mark.parametrize("mode", ["lateral", "norm", "pixel"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.5])
+def test_apply_returns_the_masked_gradient_and_the_kept_fraction(mode, dtype, rate):
+    """apply's in-place fast path (scores turned into the mask, pixel mode masking in that buffer)
+    equals grad * mask(grad), and its kept fraction counts keep_map's positions."""
+    torch.manual_seed(7)
+    grad = torch.randn(3, 8, 9, 7).to(dtype)
+    gm = GradientMask(groups=4, mode=mode, inhibition_rate=rate)
+    before = grad.clone()
+    masked, kept_fraction = gm.apply(grad)
+    assert torch.equal(grad, before)  # the input is not written to
+    assert masked.dtype == dtype and masked.data_ptr() != grad.data_ptr()
+    assert torch.equal(masked, grad * gm.mask(grad))
+    assert kept_fraction.dtype == torch.float64 and kept_fraction.dim() == 0
+    assert kept_fraction.item() == gm.keep_map(grad).double().mean().item()
+    assert (kept_fraction.item() == 1.0) == (rate == 0.0)
 
 
 def test_mask_carries_no_autograd():
