@@ -90,6 +90,23 @@ def test_context_manager_removes_hooks_and_counts_calls():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.parametrize("mode", ["lateral", "pixel"])
+def test_kept_fraction_is_kept_positions_over_all_positions_of_all_calls(mode):
+    """stats() weighs calls by size: batches of 3 and 1, the second with ties (a zero gradient)."""
+    model = small_resnet()
+    gm = RecordingMask(groups=4, mode=mode, inhibition_rate=0.3)
+    with gradmask.attach(model, gm, targets=["layer2.0"]) as handle:
+        run_step(model, torch.rand(3, 3, 16, 16), torch.randint(0, 10, (3,)))
+        model.zero_grad(set_to_none=True)
+        (model(torch.rand(1, 3, 16, 16)).sum() * 0.0).backward()  # all-zero gradient: every score ties
+        kept = handle.stats()["layer2.0"]["kept_fraction"]
+    (_, first), (_, second) = gm.seen
+    assert second.sum() == 0  # ties at the threshold are all dropped together
+    channels = 32 // first.shape[1]
+    expected = (first.sum() + second.sum()).item() * channels / (4 * 32 * 8 * 8)
+    assert kept == pytest.approx(expected, rel=1e-12) and 0 < kept < first.double().mean().item()
+
+
 def test_default_targets_every_residual_block_but_last_two():
     assert list(gradmask.default_targets(gradmask.create_model("resnet50", 10))) == (
         [f"layer1.{i}" for i in range(3)] + [f"layer2.{i}" for i in range(4)]
