@@ -153,36 +153,34 @@ class LoGFilter:
         ``H*W <= DENSE_MAX_POSITIONS``."""
         return height * width <= min(4 * (height + width), DENSE_MAX_POSITIONS)
 
+    def _cached(self, kind: str, height: int, width: int, device, dtype, build) -> tuple:
+        key = (kind, height, width, torch.device(device), dtype)
+        if key not in self._matrices:
+            self._matrices[key] = tuple(torch.as_tensor(m, dtype=dtype, device=device) for m in build())
+        return self._matrices[key]
+
+    def _filter_matrices(self, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per separable term ``t``: ``(R_t (H, H), C_t (W, W))`` with ``out = sum_t R_t @ D @ C_t^T``."""
+        ry, rx = self._radii(height, width)
+        return [(filter_matrix(_crop(r, ry), height, self.padding), filter_matrix(_crop(c, rx), width, self.padding))
+                for r, c in self._factors]
+
     def matrices(self, height: int, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached ``(rows (H, tH), cols (W, tW))`` for ``t`` separable terms:
         ``out = rows @ (D @ cols).view(tH, W)``. ``D @ cols`` is ``(H, t, W)``, so the columns of
         ``rows`` are interleaved: ``rows[y, y' * t + i] = R_i[y, y']`` (no transpose needed)."""
-        key = ("separable", height, width, torch.device(device), dtype)
-        cached = self._matrices.get(key)
-        if cached is None:
-            ry, rx = self._radii(height, width)
-            rows = np.stack([filter_matrix(_crop(r, ry), height, self.padding)
-                             for r, _ in self._factors], axis=2).reshape(height, -1)
-            cols = np.concatenate([filter_matrix(_crop(c, rx), width, self.padding).T
-                                   for _, c in self._factors], axis=1)
-            cached = (torch.as_tensor(rows, dtype=dtype, device=device),
-                      torch.as_tensor(cols, dtype=dtype, device=device))
-            self._matrices[key] = cached
-        return cached
+        def build():
+            terms = self._filter_matrices(height, width)
+            return (np.stack([r for r, _ in terms], axis=2).reshape(height, -1),
+                    np.concatenate([c.T for _, c in terms], axis=1))
+        return self._cached("separable", height, width, device, dtype, build)
 
     def dense_matrix(self, height: int, width: int, device, dtype) -> torch.Tensor:
         """Cached ``(HW, HW)`` matrix ``M`` with ``out.flatten() = D.flatten() @ M``:
         ``M = (sum_t kron(R_t, C_t))^T`` for row-major flattened maps."""
-        key = ("dense", height, width, torch.device(device), dtype)
-        cached = self._matrices.get(key)
-        if cached is None:
-            ry, rx = self._radii(height, width)
-            operator = sum(np.kron(filter_matrix(_crop(r, ry), height, self.padding),
-                                   filter_matrix(_crop(c, rx), width, self.padding))
-                           for r, c in self._factors)
-            cached = torch.as_tensor(operator.T.copy(), dtype=dtype, device=device)
-            self._matrices[key] = cached
-        return cached
+        def build():
+            return (sum(np.kron(r, c) for r, c in self._filter_matrices(height, width)).T,)
+        return self._cached("dense", height, width, device, dtype, build)[0]
 
     def __call__(self, maps: torch.Tensor, dtype: Optional[torch.dtype] = None, abs_input: bool = False,
                  abs_output: bool = False) -> torch.Tensor:
@@ -202,13 +200,14 @@ class LoGFilter:
         out = torch.empty(flat.shape, dtype=dtype, device=maps.device)
         if self.uses_dense_operator(height, width):
             dense = self.dense_matrix(height, width, maps.device, dtype)
-            product = lambda part, result: torch.matmul(part.view(-1, height * width), dense,
-                                                        out=result.view(-1, height * width))
+
+            def product(part: torch.Tensor, result: torch.Tensor) -> None:
+                torch.matmul(part.view(-1, height * width), dense, out=result.view(-1, height * width))
         else:
             rows, cols = self.matrices(height, width, maps.device, dtype)
-            stacked = rows.shape[1]
-            product = lambda part, result: torch.matmul(
-                rows, torch.matmul(part, cols).view(-1, stacked, width), out=result)
+
+            def product(part: torch.Tensor, result: torch.Tensor) -> None:
+                torch.matmul(rows, torch.matmul(part, cols).view(-1, rows.shape[1], width), out=result)
         block = len(flat)
         if maps.device.type == "cpu":
             block = max(1, CPU_BLOCK_BYTES // (height * width * out.element_size()))

@@ -7,10 +7,10 @@ On CPU the rows go to numpy over row blocks on a small thread pool (numpy releas
   selection and sorting are about twice as fast on int32 as on float32 for short rows;
 - rows of 513-1024 values (a 32x32 map) are split in two halves that are each sorted (numpy's
   sort of rows up to 512 is much faster than selection in rows over 512), then the k-th smallest
-  of the two sorted halves is a min over splits of a max, vectorized over rows; chunk by chunk
-  in reused buffers, so the two workers really run in parallel (large fresh arrays page-fault,
-  and page faults serialize threads): 2.9x faster than ``numpy.partition`` on 4096 x 1024 rows
-  with 2 workers, 1.6x faster than the vectorized binary search this replaced;
+  of the two sorted halves is a min over splits of a max, vectorized over rows, chunk by chunk
+  in reused buffers: 2.9x faster than ``numpy.partition`` on 4096 x 1024 rows with 2 workers,
+  1.6x faster than the vectorized binary search this replaced (measured on an idle 2-core CPU;
+  inside a backward hook the second worker gains little, see docs/DESIGN.md);
 - other lengths use ``numpy.partition`` (introselect).
 
 Elsewhere ``torch.kthvalue`` runs on the device. Every path returns the same value: the k-th
@@ -60,8 +60,8 @@ def _kth_of_sorted_halves(keys: np.ndarray, k: int) -> np.ndarray:
     With ``a_i``, ``b_j`` the i-th / j-th smallest of the two halves (``a_0 = b_0 = -inf``), the
     k-th smallest of the row is ``min over i + j = k of max(a_i, b_j)``: one elementwise maximum
     and one minimum over ``k + 1`` splits, vectorized over rows. Rows go through in chunks of
-    about ``_CHUNK_BYTES``, sorted in place in reused buffers: no large allocation, whose page
-    faults serialize the worker threads.
+    about ``_CHUNK_BYTES``, sorted in place in buffers reused across chunks (faster than sorting
+    whole fresh arrays: measured best at 512 KiB-2 MiB chunks).
     """
     rows, n = keys.shape
     la, lb = n // 2, n - n // 2

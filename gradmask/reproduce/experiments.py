@@ -109,12 +109,11 @@ def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False
 def sanity(plan: Plan, out, progress: bool = False) -> dict:
     """Cascading randomization of LI-Map and Grad-CAM on seed 0's ``lateral`` synthetic model."""
     from ..saliency import GradCAM, LIMap
-    from ..saliency.boxes import load_box_dataset
     from ..saliency.evaluate import default_cam_layer
     from ..saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
-    data = load_box_dataset("synthetic", limit=ev.sanity_images)
+    data = _box_data("synthetic", plan, ev.sanity_images)
     model, _ = load_checkpoint(run_path(out, "synthetic", "lateral", 0), map_location=device)
     layer = default_cam_layer(model, data.images)
     factories = {"limap": lambda m: LIMap(m), "gradcam": lambda m: GradCAM(m, layer)}
@@ -134,11 +133,10 @@ def sanity(plan: Plan, out, progress: bool = False) -> dict:
 def blur(plan: Plan, out, progress: bool = False) -> dict:
     """Accuracy with the background outside the boxes blurred, for each seed's synthetic model
     trained without (``none``) and with the LI background-blur augmentation (``li-blur``)."""
-    from ..saliency.boxes import load_box_dataset
     from ..saliency.robustness_blur import blurred_background_accuracy
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
-    data = load_box_dataset("synthetic", limit=ev.blur_images)
+    data = _box_data("synthetic", plan, ev.blur_images)
     seeds = {}
     for seed in range(plan.seeds):
         seeds[str(seed)] = {}

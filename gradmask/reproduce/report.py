@@ -16,14 +16,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..compare.report import fmt_duration, load_runs, render_html, render_markdown
+from ..compare.report import fmt_duration, load_runs, render_html, render_markdown, report_paths
 from ..files import write_atomic
 from ..plotting import save_figure
 from . import paper
 from .experiments import FIGURES, runs_dir
 from .presets import ACCURACY_DATASETS, GSNR_ORDER
-from .runner import read_step
-from .verdict import HOLDS, combine, difference_interval, mean_interval, verdict
+from .runner import STEPS, read_state, read_step
+from .verdict import combine, difference_interval, mean_interval, verdict
 
 SANITY_RHO = 0.5
 """Appendix A passes when the mean Spearman correlation between the trained model's LI-Map and the
@@ -56,10 +56,6 @@ def _interval(ci, scale: float = 1.0, digits: int = 2) -> str:
     if not (_finite(ci.low) and _finite(ci.high)):
         return f"{ci.diff * scale:+.{digits}f} (no interval: < 2 values)"
     return f"{ci.diff * scale:+.{digits}f} [{ci.low * scale:+.{digits}f}, {ci.high * scale:+.{digits}f}]"
-
-
-def _ci_json(ci) -> dict:
-    return {"diff": ci.diff, "low": ci.low, "high": ci.high}
 
 
 def _paper(v, digits: int = 2) -> str:
@@ -146,7 +142,7 @@ def _accuracies(runs: list) -> list[float]:
 
 def table1(out: Path, state: dict, datasets: list[str]) -> Section:
     s = Section(paper.TABLE1)
-    rows, settings = [], []
+    rows, settings, figures = [], [], []
     for dataset in datasets:
         runs = _runs(out, dataset)
         none, lateral = _accuracies(runs.get("none", [])), _accuracies(runs.get("lateral", []))
@@ -157,15 +153,16 @@ def table1(out: Path, state: dict, datasets: list[str]) -> Section:
         s.verdicts.append((f"{dataset}: masked > normal", v))
         rows.append([dataset, _paper(p_none), _paper(p_mask), _mean_std(none, 100), _mean_std(lateral, 100),
                      _interval(ci, 100), v])
-        s.numbers[dataset] = {"none": none, "lateral": lateral, "difference": _ci_json(ci),
+        s.numbers[dataset] = {"none": none, "lateral": lateral, "difference": ci._asdict(),
                               "paper": {"none": p_none, "lateral": p_mask}, "verdict": v}
         settings.append(_run_setting(runs.get("none", []) + runs.get("lateral", []), state))
-        if (runs_dir(out, dataset) / "accuracy.png").is_file():
-            s.blocks.append(("img", f"test accuracy per epoch on {dataset}",
-                             f"{dataset}/runs/accuracy.png"))
-    s.blocks.insert(1, ("table", ["data", "paper normal", "paper masked", "ours normal", "ours masked",
-                                  "masked − normal [95% CI]", "verdict"], rows, ["l", "r", "r", "r", "r", "r", "l"]))
-    s.blocks.insert(2, ("p", "Top-1 accuracy (%), mean ± std over seeds; the interval is Welch's t over seeds."))
+        accuracy_png = report_paths(runs_dir(out, dataset))["accuracy"]
+        if accuracy_png.is_file():
+            figures.append(("img", f"test accuracy per epoch on {dataset}", str(accuracy_png.relative_to(out))))
+    s.blocks.append(("table", ["data", "paper normal", "paper masked", "ours normal", "ours masked",
+                               "masked − normal [95% CI]", "verdict"], rows, ["l", "r", "r", "r", "r", "r", "l"]))
+    s.blocks.append(("p", "Top-1 accuracy (%), mean ± std over seeds; the interval is Welch's t over seeds."))
+    s.blocks += figures
     s.finish(" ".join(settings) or "no dataset")
     return s
 
@@ -186,25 +183,25 @@ def table2(out: Path, state: dict, dataset: str) -> Section:
     speed = {v: _throughput(runs.get(v, [])) for v in ("lateral", "norm", "pixel")}
     rows = []
     base_speed = np.mean(speed["lateral"]) if speed["lateral"] else math.nan
+    slowdown = {v: [base_speed / x for x in speed[v]] for v in ("norm", "pixel")}
     for v in ("lateral", "norm", "pixel"):
         ci = difference_interval(acc[v], acc["lateral"]) if v != "lateral" else None
-        slowdown = [base_speed / x for x in speed[v]] if speed[v] else []
         rows.append([VARIANT_NAMES[v], _paper(paper.TABLE2.numbers["accuracy"][v]), _mean_std(acc[v], 100),
                      _interval(ci, 100) if ci else "—", _mean_std(speed[v], 1, 0),
-                     _mean_std(slowdown, 1, 2) if v != "lateral" else "1", "3" if v == "pixel" else "—"])
+                     _mean_std(slowdown[v], 1, 2) if v != "lateral" else "1", "3" if v == "pixel" else "—"])
         s.numbers[v] = {"accuracy": acc[v], "images_per_second": speed[v],
-                        "difference_to_masked": _ci_json(ci) if ci else None}
+                        "difference_to_masked": ci._asdict() if ci else None}
     for v, label in (("norm", "without LI is less accurate"), ("pixel", "without minicolumn is less accurate")):
         ci = difference_interval(acc["lateral"], acc[v])
         s.verdicts.append((label, verdict(ci)))
-    ratio = mean_interval([base_speed / x for x in speed["pixel"]]) if speed["pixel"] else mean_interval([])
-    if _finite(ratio.diff) and speed["lateral"] and len(speed["lateral"]) < 2:
+    ratio = mean_interval(slowdown["pixel"])
+    if len(speed["lateral"]) < 2:  # one masked run: its noise is not in the interval
         ratio = ratio._replace(low=math.nan, high=math.nan)
     s.verdicts.append((f"without minicolumn trains >= {SLOWDOWN:g}x slower", verdict(ratio, SLOWDOWN)))
-    s.numbers["slowdown_pixel"] = _ci_json(ratio)
-    s.blocks.insert(1, ("table", ["variant", "paper acc.", "ours acc.", "− masked [95% CI]", "train img/s",
-                                  "slowdown vs masked", "paper slowdown"], rows, ["l", "r", "r", "r", "r", "r", "r"]))
-    s.blocks.insert(2, ("p", "Without LI: the mask from the channel-group norm alone (no LoG; `mask=\"norm\"`). "
+    s.numbers["slowdown_pixel"] = ratio._asdict()
+    s.blocks.append(("table", ["variant", "paper acc.", "ours acc.", "− masked [95% CI]", "train img/s",
+                               "slowdown vs masked", "paper slowdown"], rows, ["l", "r", "r", "r", "r", "r", "r"]))
+    s.blocks.append(("p", "Without LI: the mask from the channel-group norm alone (no LoG; `mask=\"norm\"`). "
                              "Without minicolumn: one mask per channel from |gradient| and the LoG "
                              "(`mask=\"pixel\"`). Throughput is the median over epochs of training images per "
                              "second (evaluation excluded); slowdown = masked throughput / variant throughput, "
@@ -215,8 +212,8 @@ def table2(out: Path, state: dict, dataset: str) -> Section:
 
 def table3(out: Path, state: dict) -> Optional[Section]:
     s = Section(paper.TABLE3)
-    box_sets = sorted(p.stem.split("-", 1)[1] for p in (out / "steps").glob("saliency-*.json"))
-    box_sets.sort(key=lambda b: b != "synthetic")
+    box_sets = sorted((p.stem.split("-", 1)[1] for p in (out / STEPS).glob("saliency-*.json")),
+                      key=lambda b: (b != "synthetic", b))
     settings = []
     for box_set in box_sets:
         rec = read_step(out, f"saliency-{box_set}")
@@ -238,7 +235,7 @@ def table3(out: Path, state: dict) -> Optional[Section]:
             ci = mean_interval(diffs)
             v = verdict(ci)
             s.verdicts.append((f"{box_set}: LI-Map > {METHOD_NAMES[other]}", v))
-            tests[other] = {"difference": _ci_json(ci), "n_pairs": len(diffs), "verdict": v}
+            tests[other] = {"difference": ci._asdict(), "n_pairs": len(diffs), "verdict": v}
             rows.append([f"LI-Map − {METHOD_NAMES[other]} (paired, masked models) [95% CI]",
                          _paper(paper_row["limap"] - paper_row[other]) if paper_row else "—",
                          _interval(ci, 1, 3), ""])
@@ -281,10 +278,10 @@ def sanity(out: Path, state: dict) -> Optional[Section]:
     rho = [v for v in last["spearman_images"] if _finite(v)]
     ci = mean_interval([SANITY_RHO - v for v in rho])
     s.verdicts.append((f"LI-Map correlation after full randomization < {SANITY_RHO}", verdict(ci)))
-    s.numbers = {"steps": steps, "final_spearman": mean_interval(rho)._asdict(), "threshold": SANITY_RHO}
+    mi = mean_interval(rho)
+    s.numbers = {"steps": steps, "final_spearman": mi._asdict(), "threshold": SANITY_RHO}
     s.blocks.append(("table", ["step", "randomized (cumulative, top-down)", "LI-Map Spearman", "LI-Map SSIM",
                                "Grad-CAM Spearman", "Grad-CAM SSIM"], rows, ["r", "l", "r", "r", "r", "r"]))
-    mi = mean_interval(rho)
     s.blocks.append(("p", f"After randomizing every block the LI-Map keeps a mean Spearman correlation of "
                           f"{_interval(mi, 1, 3).lstrip('+')} with the trained model's map (a map that ignored "
                           f"the weights would keep 1)."))
@@ -301,6 +298,19 @@ def _per_seed_mean(curve, skip_zero: bool = True) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def _compare_curves(s: Section, out: Path, png: str, curves: dict, what: str, xlabel: str, title: str):
+    """``curves``: ``{key: (label, [accuracy curve per seed])}``, the baseline first. Per seed the
+    mean accuracy over the points with x > 0; the verdict on (second − first) over seeds; the
+    figure. Returns ``(means by key, interval, figure path)``."""
+    (base, (base_label, base_curves)), (test, (test_label, test_curves)) = curves.items()
+    means = {base: [_per_seed_mean(c) for c in base_curves], test: [_per_seed_mean(c) for c in test_curves]}
+    ci = difference_interval(means[test], means[base])
+    s.verdicts.append((what, verdict(ci)))
+    path = plot_seed_curves(out / FIGURES / png, {base_label: base_curves, test_label: test_curves}, xlabel,
+                            "top-1 accuracy (%)", title, 100)
+    return means, ci, path
+
+
 def figure5_6(out: Path, state: dict) -> list[Section]:
     rec = read_step(out, "robustness")
     if rec is None:
@@ -310,6 +320,7 @@ def figure5_6(out: Path, state: dict) -> list[Section]:
                f"masked models from Table 1/2's runs; wall time {fmt_duration(rec.get('wall_seconds'))}.")
     seeds = list(r["seeds"])
     s5 = Section(paper.FIGURE5)
+    s5.blocks.append(("p", "Top-1 accuracy (%) after L1 pruning (`torch.nn.utils.prune`), mean ± std over seeds."))
     rows = []
     for i, sp in enumerate(r["sparsities"]):
         row = [f"{sp:g}"]
@@ -320,37 +331,31 @@ def figure5_6(out: Path, state: dict) -> list[Section]:
     s5.blocks.append(("table", ["sparsity", "global: normal", "global: masked", "per layer: normal",
                                 "per layer: masked"], rows, ["r", "r", "r", "r", "r"]))
     for scheme in ("global", "layer"):
-        means = {v: [_per_seed_mean(r["seeds"][k]["pruning"][v][scheme]) for k in seeds] for v in ("none", "lateral")}
-        ci = difference_interval(means["lateral"], means["none"])
-        s5.verdicts.append((f"{scheme} pruning: masked > normal (mean accuracy over sparsities > 0)", verdict(ci)))
-        s5.numbers[scheme] = {"mean_pruned_accuracy": means, "difference": _ci_json(ci)}
-        path = plot_seed_curves(out / FIGURES / f"figure5-{scheme}.png",
-                                {VARIANT_NAMES[v]: [r["seeds"][k]["pruning"][v][scheme] for k in seeds]
-                                 for v in ("none", "lateral")}, "sparsity (fraction of conv/linear weights removed)",
-                                "top-1 accuracy (%)", f"L1 pruning ({scheme}) on {r['dataset']}", 100)
+        means, ci, path = _compare_curves(
+            s5, out, f"figure5-{scheme}.png",
+            {v: (VARIANT_NAMES[v], [r["seeds"][k]["pruning"][v][scheme] for k in seeds]) for v in ("none", "lateral")},
+            f"{scheme} pruning: masked > normal (mean accuracy over sparsities > 0)",
+            "sparsity (fraction of conv/linear weights removed)", f"L1 pruning ({scheme}) on {r['dataset']}")
+        s5.numbers[scheme] = {"mean_pruned_accuracy": means, "difference": ci._asdict()}
         s5.blocks.append(("img", f"accuracy after {scheme} L1 pruning", str(path.relative_to(out))))
-    s5.blocks.insert(1, ("p", "Top-1 accuracy (%) after L1 pruning (`torch.nn.utils.prune`), mean ± std over seeds."))
     s5.finish(setting)
 
     s6 = Section(paper.FIGURE6)
+    joint = ", ".join(str(r["seeds"][k]["fgsm"]["n_joint"]) for k in seeds)
+    s6.blocks.append(("p", f"Top-1 accuracy (%) under FGSM on the images both models of a seed classify "
+                           f"correctly ({joint} per seed), mean ± std over seeds."))
     rows = []
     for i, e in enumerate(r["epsilons_255"]):
         rows.append([f"{e:g}/255"] + [_mean_std([r["seeds"][k]["fgsm"]["curves"][v][i][1] for k in seeds], 100)
                                       for v in ("none", "lateral")])
     s6.blocks.append(("table", ["epsilon", "normal", "masked"], rows, ["r", "r", "r"]))
-    means = {v: [_per_seed_mean(r["seeds"][k]["fgsm"]["curves"][v]) for k in seeds] for v in ("none", "lateral")}
-    ci = difference_interval(means["lateral"], means["none"])
-    s6.verdicts.append(("masked > normal (mean accuracy over epsilons > 0)", verdict(ci)))
-    s6.numbers = {"mean_attacked_accuracy": means, "difference": _ci_json(ci),
+    means, ci, path = _compare_curves(
+        s6, out, "figure6.png",
+        {v: (VARIANT_NAMES[v], [r["seeds"][k]["fgsm"]["curves"][v] for k in seeds]) for v in ("none", "lateral")},
+        "masked > normal (mean accuracy over epsilons > 0)", "epsilon (1/255)", f"FGSM on {r['dataset']}")
+    s6.numbers = {"mean_attacked_accuracy": means, "difference": ci._asdict(),
                   "n_joint": {k: r["seeds"][k]["fgsm"]["n_joint"] for k in seeds}}
-    path = plot_seed_curves(out / FIGURES / "figure6.png",
-                            {VARIANT_NAMES[v]: [r["seeds"][k]["fgsm"]["curves"][v] for k in seeds]
-                             for v in ("none", "lateral")}, "epsilon (1/255)", "top-1 accuracy (%)",
-                            f"FGSM on {r['dataset']}", 100)
     s6.blocks.append(("img", "accuracy under FGSM", str(path.relative_to(out))))
-    joint = ", ".join(str(r["seeds"][k]["fgsm"]["n_joint"]) for k in seeds)
-    s6.blocks.insert(1, ("p", f"Top-1 accuracy (%) under FGSM on the images both models of a seed classify "
-                              f"correctly ({joint} per seed), mean ± std over seeds."))
     s6.finish(setting)
     return [s5, s6]
 
@@ -367,7 +372,7 @@ def figure7(out: Path, state: dict, dataset: str) -> Optional[Section]:
                                    and g["network"] > 0])) for r in probed[v]] for v in ("none", "lateral")}
     ci = difference_interval(per_seed["lateral"], per_seed["none"])
     s.verdicts.append(("masked > normal (mean log10 GSNR over epochs)", verdict(ci)))
-    s.numbers = {"mean_log10_gsnr": per_seed, "difference": _ci_json(ci)}
+    s.numbers = {"mean_log10_gsnr": per_seed, "difference": ci._asdict()}
     s.blocks.append(("table", ["", "normal", "masked", "masked − normal [95% CI]"],
                      [["mean log10 GSNR over epochs", _mean_std(per_seed["none"], 1, 3),
                        _mean_std(per_seed["lateral"], 1, 3), _interval(ci, 1, 3)]], ["l", "r", "r", "r"]))
@@ -393,15 +398,13 @@ def figure10(out: Path, state: dict) -> Optional[Section]:
                                       for v in ("baseline", "li-blur")])
     s.blocks.append(("table", ["background blur sigma", "normal training", "with LI background blur"], rows,
                      ["r", "r", "r"]))
-    means = {v: [_per_seed_mean(r["seeds"][k][v]) for k in seeds] for v in ("baseline", "li-blur")}
-    ci = difference_interval(means["li-blur"], means["baseline"])
-    s.verdicts.append(("augmented > normal (mean accuracy over sigma > 0)", verdict(ci)))
-    s.numbers = {"mean_blurred_accuracy": means, "difference": _ci_json(ci)}
-    path = plot_seed_curves(out / FIGURES / "figure10.png",
-                            {"normal training": [r["seeds"][k]["baseline"] for k in seeds],
-                             "with LI background blur": [r["seeds"][k]["li-blur"] for k in seeds]},
-                            "background blur sigma (pixels)", "top-1 accuracy (%)",
-                            "Accuracy with the background blurred (synthetic)", 100)
+    means, ci, path = _compare_curves(
+        s, out, "figure10.png",
+        {"baseline": ("normal training", [r["seeds"][k]["baseline"] for k in seeds]),
+         "li-blur": ("with LI background blur", [r["seeds"][k]["li-blur"] for k in seeds])},
+        "augmented > normal (mean accuracy over sigma > 0)", "background blur sigma (pixels)",
+        "Accuracy with the background blurred (synthetic)")
+    s.numbers = {"mean_blurred_accuracy": means, "difference": ci._asdict()}
     s.blocks.append(("img", "accuracy with a blurred background", str(path.relative_to(out))))
     runs = _runs(out, "synthetic").get("none", []) + _runs(out, "synthetic", "li-blur").get("none", [])
     s.finish(f"{r['n_images']} synthetic test images with boxes, background = outside the box. The augmented "
@@ -436,7 +439,7 @@ def sections(out: Path, state: dict) -> list[Section]:
 def write_report(out) -> dict[str, Path]:
     """Write ``report.md``, ``report.html``, ``results.json`` and ``verdicts.csv`` in ``out``."""
     out = Path(out)
-    state = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").is_file() else {}
+    state = read_state(out)
     parts = sections(out, state)
     m = state.get("machine", {})
     machine = f"{m.get('cpu_count', '?')} CPU cores ({m.get('cpu', '?')})" + (f", GPU {m['gpu']}" if m.get("gpu") else "") \
@@ -477,4 +480,4 @@ def write_report(out) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["HOLDS", "SANITY_RHO", "SLOWDOWN", "plot_seed_curves", "sections", "write_report"]
+__all__ = ["SANITY_RHO", "SLOWDOWN", "plot_seed_curves", "sections", "write_report"]

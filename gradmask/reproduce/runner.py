@@ -27,6 +27,7 @@ from . import experiments
 from .presets import Plan
 
 STEPS = "steps"
+STATE = "reproduce.json"
 
 
 @dataclass
@@ -41,6 +42,12 @@ class Step:
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def read_state(out) -> dict:
+    """The run's ``reproduce.json`` (preset, device, machine, command, step wall times), or ``{}``."""
+    path = Path(out) / STATE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_step(out, name: str) -> dict | None:
@@ -121,8 +128,8 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
-    state_path = out / "reproduce.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    state_path = out / STATE
+    state = read_state(out)
     state.update(preset=plan.preset.name, summary=plan.preset.summary, device=plan.device, seeds=plan.seeds,
                  data=dict(plan.data), machine=machine(), skipped=[list(s) for s in plan.skipped],
                  command=command or " ".join(["gradmask"] + sys.argv[1:]))
