@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .mask import MODES
+from .mask import MASK_MODES
 
 @dataclass
 class Command:
@@ -34,7 +34,7 @@ def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
     """The GradientMask options shared by every command that trains or masks."""
     group = parser.add_argument_group("gradient mask")
-    group.add_argument("--mask", default="lateral", choices=["none", *MODES],
+    group.add_argument("--mask", default="lateral", choices=MASK_MODES,
                        help="mask mode (none = vanilla backprop)")
     group.add_argument("--groups", type=int, default=16, help="channel sets K (default 16)")
     group.add_argument("--sigma", type=float, default=11.0, help="LoG sigma (default 11)")

@@ -10,6 +10,7 @@ from .laplacian import LoGFilter
 from .selection import kth_smallest
 
 MODES = ("lateral", "norm", "pixel")
+MASK_MODES = ("none", *MODES)  # the choices of a `mask` setting: no mask, or a mode
 
 
 class GradientMask:

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..files import write_atomic
-from ..mask import MODES
+from ..plotting import save_figure
+from ..mask import MASK_MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 
-VARIANTS = ("none", *MODES)
+VARIANTS = MASK_MODES
 """The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
 
 CI_LEVEL = 0.95
@@ -440,9 +441,7 @@ def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, 
         ax.legend(loc="best", fontsize=9)
     else:
         ax.text(0.5, 0.5, "no finished epochs yet", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------------------------ the documents

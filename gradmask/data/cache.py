@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from ..files import write_atomic
+from .dataset import ImageDataset
 
 __all__ = [
     "CACHE_ENV",
@@ -87,15 +88,13 @@ def _check_entry(obj: Any, fp: str) -> Optional[str]:
         return f"format {obj['format']!r}, expected {CACHE_FORMAT}"
     if obj["fingerprint"] != fp:
         return f"fingerprint {obj['fingerprint']!r}, expected {fp!r}"
-    im, lb, cl = obj["images"], obj["labels"], obj["classes"]
-    if not isinstance(im, torch.Tensor) or im.dtype != torch.uint8 or im.dim() != 4 or im.shape[1] != 3:
-        return f"images must be uint8 (N,3,H,W), found {getattr(im, 'dtype', type(im))} {tuple(getattr(im, 'shape', ()))}"
-    if not isinstance(lb, torch.Tensor) or lb.dtype != torch.int64 or lb.shape != (im.shape[0],):
-        return f"labels must be int64 ({im.shape[0]},), found {getattr(lb, 'dtype', type(lb))} {tuple(getattr(lb, 'shape', ()))}"
+    cl = obj["classes"]
     if not isinstance(cl, list) or not all(isinstance(c, str) for c in cl):
         return "classes must be a list of str"
-    if lb.numel() and (int(lb.min()) < 0 or int(lb.max()) >= len(cl)):
-        return "labels out of range of classes"
+    try:
+        ImageDataset(obj["images"], obj["labels"], cl)  # its checks: uint8 (N,3,H,W), int64 labels in range
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -49,9 +49,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
-from ..hooks import resolve_targets
+from ..data.augment import as_images
+from ..files import write_atomic
+from ..hooks import mask_handles, no_gradient_mask, resolve_targets
 from ..mask import GradientMask
-from .fgsm import as_images, eval_mode, mask_handles, model_device, no_gradient_mask
+from ..models import eval_mode, model_device
 
 DEFAULT_EPS = 1e-30
 GSNR_FILE = "gsnr.jsonl"
@@ -350,7 +352,7 @@ class GSNRProbe:
         path = self._path(ctx)
         if path.is_file():
             keep = [r for r in read_gsnr(path) if r.get("epoch", 0) <= ctx.epoch]
-            path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def measure(self, model: nn.Module) -> dict:
         result = gsnr(model, self.loss_fn, self.images, self.labels, self.chunk_size, params=self.params,

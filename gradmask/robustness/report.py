@@ -19,6 +19,7 @@ n_images}``), ``pruning`` (``{model: {scheme: PruningCurve.to_dict()}}``), ``fgs
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from ..compare.report import render_html, render_markdown
+from ..files import write_atomic
 from ..plotting import save_figure
 from .gsnr import read_gsnr
 
@@ -43,7 +45,7 @@ MASK_NOTE = ("Gradient mask hooks were switched off (or absent: checkpoints are 
 def _figure(width: float = 6.4, height: float = 4.0, panels: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(width * panels, height), dpi=100)
+    fig = Figure(figsize=(width * panels, height))
     FigureCanvasAgg(fig)
     return fig
 
@@ -72,7 +74,7 @@ def plot_pruning(pruning: dict, path: Union[str, os.PathLike]) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
@@ -95,7 +97,7 @@ def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 def plot_gsnr_layers(gsnr: dict, path: Union[str, os.PathLike]) -> Path:
@@ -124,7 +126,7 @@ def plot_gsnr_layers(gsnr: dict, path: Union[str, os.PathLike]) -> Path:
     ax.set_title("GSNR per layer (mean over the layer's weights)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 def _run_variant(run_dir: Path) -> str:
@@ -176,7 +178,7 @@ def plot_gsnr(run_dirs: Iterable[Union[str, os.PathLike]], path: Union[str, os.P
     ax.set_title("GSNR during training", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -301,11 +303,12 @@ def _json_safe(value):
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows([["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in r]
-                     for r in rows])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in r]
+                 for r in rows])
+    write_atomic(path, buf.getvalue())
 
 
 def write_report(results: dict, out: Union[str, os.PathLike]) -> dict[str, Path]:
@@ -314,7 +317,7 @@ def write_report(results: dict, out: Union[str, os.PathLike]) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
-    (out / "robustness.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / "robustness.json", json.dumps(_json_safe(results), indent=2) + "\n")
     paths["json"] = out / "robustness.json"
     if results.get("pruning"):
         rows = [[name, scheme, c.get("n_images"), p[0], p[1], (c.get("achieved_sparsity") or [None] * len(c["points"]))[i]]
@@ -340,8 +343,8 @@ def write_report(results: dict, out: Union[str, os.PathLike]) -> dict[str, Path]
         paths["gsnr_png"] = plot_gsnr_layers(results["gsnr"], out / "gsnr.png")
         figures["gsnr"] = "gsnr.png"
     blocks = _blocks(results, figures)
-    (out / "robustness.md").write_text(render_markdown(blocks), encoding="utf-8")
-    (out / "robustness.html").write_text(render_html(blocks, out), encoding="utf-8")
+    write_atomic(out / "robustness.md", render_markdown(blocks))
+    write_atomic(out / "robustness.html", render_html(blocks, out))
     paths["markdown"], paths["html"] = out / "robustness.md", out / "robustness.html"
     return paths
 

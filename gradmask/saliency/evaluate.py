@@ -23,6 +23,7 @@ from .base import SaliencyMethod, unwrap_model
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .limap import LIMap
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
+from ..files import write_atomic
 from ..plotting import save_figure
 from ..data.augment import as_images
 from ..models import eval_mode, model_device  # noqa: F401  (model_device re-exported)
@@ -258,7 +259,6 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
 
     from .localization import box_iou
 
-    path = Path(path)
     images = as_images(images, check_range=False).detach().cpu()
     m = len(images)
     per_image = _per_image(boxes, m, "boxes")
@@ -326,7 +326,7 @@ def write_localization_report(out_dir: Union[str, os.PathLike], results: dict, s
     if figure is not None:
         payload["figure"] = os.path.relpath(figure, out)
     json_path = out / "localization.json"
-    json_path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    write_atomic(json_path, json.dumps(_jsonable(payload), indent=2) + "\n")
 
     lines = ["# Localization (Table 3)", ""]
     lines += [f"- {k}: {v}" for k, v in setting_map.items()]
@@ -348,5 +348,5 @@ def write_localization_report(out_dir: Union[str, os.PathLike], results: dict, s
     if figure is not None:
         lines += [f"![saliency maps]({os.path.relpath(figure, out)})", ""]
         paths["figure"] = Path(figure)
-    paths["markdown"].write_text("\n".join(lines))
+    write_atomic(paths["markdown"], "\n".join(lines))
     return paths

@@ -23,6 +23,7 @@ from .evaluate import _batches, _jsonable
 from .localization import _per_image
 from ..data.augment import as_images
 from ..models import eval_mode, model_device
+from ..files import write_atomic
 from ..plotting import save_figure
 
 __all__ = ["blur_background", "blurred_background_accuracy", "box_masks", "plot_blur_curves",
@@ -106,7 +107,7 @@ def plot_blur_curves(path: Union[str, os.PathLike], curves: Mapping[str, Sequenc
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 def write_blur_report(out_dir: Union[str, os.PathLike], curves: Mapping[str, Sequence[tuple[float, float]]],
@@ -118,7 +119,7 @@ def write_blur_report(out_dir: Union[str, os.PathLike], curves: Mapping[str, Seq
     data = {"setting": setting_map,
             "curves": {k: [{"sigma": s, "accuracy": a} for s, a in v] for k, v in curves.items()}}
     json_path = out / "blur.json"
-    json_path.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    write_atomic(json_path, json.dumps(_jsonable(data), indent=2) + "\n")
     png = plot_blur_curves(out / "blur.png", curves)
     names = list(curves)
     sigmas = sorted({s for v in curves.values() for s, _ in v})
@@ -131,5 +132,5 @@ def write_blur_report(out_dir: Union[str, os.PathLike], curves: Mapping[str, Seq
         lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
     lines += ["", "![accuracy against blur](blur.png)", ""]
     md = out / "blur.md"
-    md.write_text("\n".join(lines))
+    write_atomic(md, "\n".join(lines))
     return {"markdown": md, "json": json_path, "figure": png}

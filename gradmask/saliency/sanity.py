@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import unwrap_model
-from .evaluate import _fmt, _jsonable, model_device, predict
+from .evaluate import _fmt, _jsonable, predict
+from ..models import model_device
+from ..files import write_atomic
 from ..plotting import save_figure
 from ..data.augment import as_images
 
@@ -317,7 +319,7 @@ def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, l
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("similarity to the trained model's map")
     axes[1].legend()
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps: list, n: int = 4) -> Path:
@@ -328,7 +330,6 @@ def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps:
 
     if not steps or "maps" not in steps[0]:
         raise ValueError("steps must come from cascading_randomization(..., return_maps=True)")
-    path = Path(path)
     images = as_images(images, check_range=False).detach().cpu()
     rows, cols = min(n, len(images)), 1 + len(steps)
     fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows), squeeze=False)
@@ -351,7 +352,7 @@ def write_sanity_report(out_dir: Union[str, os.PathLike], results_by_method: Map
     clean = {m: [{k: v for k, v in s.items() if k != "maps"} for s in steps]
              for m, steps in results_by_method.items()}
     json_path = out / "sanity.json"
-    json_path.write_text(json.dumps(_jsonable({"setting": setting_map, "methods": clean}), indent=2) + "\n")
+    write_atomic(json_path, json.dumps(_jsonable({"setting": setting_map, "methods": clean}), indent=2) + "\n")
     png = plot_sanity(out / "sanity.png", clean)
     methods = list(clean)
     lines = ["# Cascading randomization (Adebayo et al. 2018)", ""]
@@ -369,5 +370,5 @@ def write_sanity_report(out_dir: Union[str, os.PathLike], results_by_method: Map
         lines.append(f"| {s['step']} | {s['randomized']} | " + " | ".join(cells) + " |")
     lines += ["", "![cascading randomization](sanity.png)", ""]
     md = out / "sanity.md"
-    md.write_text("\n".join(lines))
+    write_atomic(md, "\n".join(lines))
     return {"markdown": md, "json": json_path, "figure": png}

@@ -12,13 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..mask import MODES
+from ..mask import MASK_MODES
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
 STEMS = ("cifar", "imagenet")
 SCHEDULES = ("multistep", "cosine", "onecycle")
 AMP_MODES = ("none", "bf16", "fp16")
-MASK_MODES = ("none", *MODES)
 
 #: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {

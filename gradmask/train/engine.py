@@ -140,12 +140,11 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
 
 def _gsnr_probe(config: TrainConfig, data: RunData):
     """A GSNRProbe on a fixed probe set: the first ``gsnr_samples`` training images, un-augmented."""
-    from ..data import to_float
     from ..robustness import GSNRProbe
     if data.streamed:
         raise ValueError("gsnr_every needs an in-memory dataset (not the streamed ImageNet loader)")
     n = config.gsnr_samples
-    return GSNRProbe(to_float(data.train.images[:n]), data.train.labels[:n], every=config.gsnr_every)
+    return GSNRProbe(data.train.images[:n], data.train.labels[:n], every=config.gsnr_every)
 
 
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
