@@ -256,3 +256,20 @@ def test_progress_bar_and_optional_tensorboard(tmp_path, capsys):
             train(config)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "img/s" in err
+
+
+def test_gsnr_probe_draws_a_fixed_random_subset_of_class_ordered_data():
+    """Image files are stored class by class: the probe must not be the first N (one class)."""
+    from types import SimpleNamespace
+
+    from gradmask.train.engine import _gsnr_probe
+    labels = torch.arange(10).repeat_interleave(50)                     # class-ordered, 500 images
+    images = (torch.arange(500, dtype=torch.float32) / 500).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
+    data = SimpleNamespace(streamed=False, train=SimpleNamespace(images=images, labels=labels))
+    config = TrainConfig.from_preset("quick", gsnr_every=1, gsnr_samples=40)
+    probe = _gsnr_probe(config, data)
+    index = (probe.images[:, 0, 0, 0] * 500).round().long()
+    assert probe.labels.shape == (40,) and index.unique().numel() == 40
+    assert torch.equal(probe.labels, labels[index])                     # images and labels stay paired
+    assert probe.labels.unique().numel() >= 5                           # first 40 would be one class
+    assert torch.equal(_gsnr_probe(config, data).labels, probe.labels)  # the same set in every run

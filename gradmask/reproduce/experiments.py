@@ -45,7 +45,7 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
 # ----------------------------------------------------------------------------- Figures 5 and 6
 def robustness(plan: Plan, out, progress: bool = False) -> dict:
     """Pruning (global and per-layer L1) and FGSM of each seed's ``none`` and ``lateral`` models
-    on the first ``robustness_images`` test images of the robustness dataset."""
+    on ``robustness_images`` test images of the robustness dataset (a fixed random subset)."""
     from ..robustness import fgsm_curve, pruning_curve
     from ..robustness.evalset import evaluation_loader
 

@@ -50,8 +50,8 @@ class TrainConfig:
     """All hyperparameters of one run (airbench style). See ``docs/DESIGN.md`` for the engine.
 
     Data: ``dataset`` one of ``DATASETS``; ``data`` its path (not used by "synthetic");
-    ``train_limit`` / ``test_limit`` use only the first N images of a split (streamed ImageNet:
-    N images per epoch); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
+    ``train_limit`` / ``test_limit`` use only N images of a split, drawn with a fixed seed (the
+    same in every run; streamed ImageNet: N images per epoch); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
     ``augment`` a name in ``gradmask.train.augment.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
     ``num_workers`` decoding processes of the streamed ImageNet loader.
@@ -124,7 +124,7 @@ class TrainConfig:
     targets: Optional[tuple[str, ...]] = None
     skip_last: int = 2
     # GSNR probe (Figure 7): every ``gsnr_every`` epochs (0: off), the GSNR of the conv weights on
-    # the first ``gsnr_samples`` training images (un-augmented), written to <out>/gsnr.jsonl
+    # ``gsnr_samples`` training images drawn with a fixed seed (un-augmented), written to <out>/gsnr.jsonl
     gsnr_every: int = 0
     gsnr_samples: int = 256
     # run directory and reporting

@@ -115,7 +115,7 @@ def _small_splits(config: TrainConfig):
     return train, test
 
 
-def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``limit`` images drawn at random with a fixed seed (:func:`gradmask.data.subset_index`),
     the same for every run and seed."""
     index = subset_index(len(labels), limit)
@@ -148,9 +148,9 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
     train_images, train_labels = train_ds.images, train_ds.labels
     test_images, test_labels = test_ds.images, test_ds.labels
     if config.train_limit is not None:
-        train_images, train_labels = _subset(train_images, train_labels, config.train_limit)
+        train_images, train_labels = random_subset(train_images, train_labels, config.train_limit)
     if config.test_limit is not None:
-        test_images, test_labels = _subset(test_images, test_labels, config.test_limit)
+        test_images, test_labels = random_subset(test_images, test_labels, config.test_limit)
     image_size = int(train_images.shape[-1])
     loader_aug = None
     if augment.crop_flip:

@@ -34,7 +34,7 @@ from ..mask import GradientMask
 from .augment import build_augment
 from .checkpoint import FORMAT, build_model, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_differences
-from .data import RunData, build_data
+from .data import RunData, build_data, random_subset
 from .distributed import DistContext, setup_distributed
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir
@@ -139,12 +139,14 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
 
 
 def _gsnr_probe(config: TrainConfig, data: RunData):
-    """A GSNRProbe on a fixed probe set: the first ``gsnr_samples`` training images, un-augmented."""
+    """A GSNRProbe on a fixed probe set: ``gsnr_samples`` training images, un-augmented, drawn with
+    the fixed seed of :func:`gradmask.data.subset_index` (the same in every run; files are stored
+    class by class, so the first images would hold one or two classes)."""
     from ..robustness import GSNRProbe
     if data.streamed:
         raise ValueError("gsnr_every needs an in-memory dataset (not the streamed ImageNet loader)")
-    n = config.gsnr_samples
-    return GSNRProbe(data.train.images[:n], data.train.labels[:n], every=config.gsnr_every)
+    images, labels = random_subset(data.train.images, data.train.labels, config.gsnr_samples)
+    return GSNRProbe(images, labels, every=config.gsnr_every)
 
 
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
