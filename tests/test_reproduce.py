@@ -59,7 +59,9 @@ def test_paper_plan_assigns_experiments_like_the_paper(tmp_path):
     for dataset in ("cifar10", "cifar100", "imagenet", "synthetic"):
         TrainConfig(**plan.training(dataset))      # every recipe is a valid config
     no_imagenet = make_plan("paper", {"cifar100": str(tmp_path), "voc2007": str(tmp_path)})
-    assert no_imagenet.box_sets == ()
+    assert no_imagenet.box_sets == () and no_imagenet.gsnr == "cifar100"
+    imagenet_only = make_plan("paper", {"imagenet": str(tmp_path)})   # ImageNet runs carry no GSNR probe
+    assert imagenet_only.gsnr is None and "Figure 7" in dict(imagenet_only.skipped)
     assert any("voc2007" in what and "ImageNet" in why for what, why in no_imagenet.skipped)
 
 

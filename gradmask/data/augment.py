@@ -29,8 +29,8 @@ def to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
 def as_images(images: torch.Tensor, name: str = "images", check_range: bool = True) -> torch.Tensor:
     """Validated float images ``(N, C, H, W)``: uint8 is divided by 255, float is returned as it is.
     ``check_range``: also reject float values outside [0, 1] (normalisation is the model's first
-    layer, not the data's); this reads the min/max back to the host, so hot loops over batches of
-    known-good data pass ``False``."""
+    layer, not the data's); this reads the min and max back to the host (one sync), so hot loops
+    over batches of known-good data pass ``False``."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a tensor (N, C, H, W) of images in [0, 1], got {shape}")
@@ -38,10 +38,11 @@ def as_images(images: torch.Tensor, name: str = "images", check_range: bool = Tr
         return to_float(images)
     if not images.is_floating_point():
         raise ValueError(f"{name} must be float images in [0, 1] or uint8, got {images.dtype}")
-    if check_range and images.numel() and (float(images.min()) < -1e-6 or float(images.max()) > 1 + 1e-6):
-        raise ValueError(f"{name} must lie in [0, 1] (got values in [{float(images.min()):.3g}, "
-                         f"{float(images.max()):.3g}]): pass unnormalised images, the model's first "
-                         f"layer normalises")
+    if check_range and images.numel():
+        low, high = torch.stack(torch.aminmax(images)).tolist()
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise ValueError(f"{name} must lie in [0, 1] (got values in [{low:.3g}, {high:.3g}]): pass "
+                             f"unnormalised images, the model's first layer normalises")
     return images
 
 

@@ -118,7 +118,7 @@ class Plan:
     accuracy: tuple                      # Table 1 datasets
     ablation: str                        # Table 2
     robustness: str                      # Figures 5-6
-    gsnr: str                            # Figure 7
+    gsnr: Optional[str]                  # Figure 7 (None: no probed dataset trained)
     box_sets: tuple                      # Table 3 beyond synthetic: ("voc2007", "imagenet-boxes") when usable
     skipped: tuple                       # (experiment, reason) pairs
 
@@ -137,6 +137,12 @@ class Plan:
 
 def _first(order, available) -> Optional[str]:
     return next((d for d in order if d in available), None)
+
+
+def figure7_dataset(trained) -> Optional[str]:
+    """Figure 7's dataset: the first of :data:`GSNR_ORDER` among ``trained`` (ImageNet runs carry no
+    GSNR probe); the plan and the report both choose with this."""
+    return _first(GSNR_ORDER, trained)
 
 
 def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = "cpu",
@@ -161,7 +167,9 @@ def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = 
             skipped.append((f"Table 1 on {d}", f"no --data {d}=PATH given"))
     ablation = _first(("cifar100", "cifar10", "synthetic"), accuracy) or accuracy[0]
     robustness = _first(("imagenet", "cifar100", "cifar10", "synthetic"), accuracy) or accuracy[0]
-    gsnr = _first(GSNR_ORDER, accuracy) or accuracy[0]
+    gsnr = figure7_dataset(accuracy)
+    if gsnr is None:
+        skipped.append(("Figure 7", f"needs runs on {', '.join(GSNR_ORDER)} (ImageNet runs carry no GSNR probe)"))
     box_sets = []
     for name in ("voc2007", "imagenet-boxes"):
         if name not in data:

@@ -21,7 +21,7 @@ from ..files import write_atomic
 from ..plotting import save_figure
 from . import paper
 from .experiments import FIGURES, runs_dir
-from .presets import ACCURACY_DATASETS, GSNR_ORDER
+from .presets import ACCURACY_DATASETS, figure7_dataset
 from .runner import STEPS, read_state, read_step
 from .verdict import combine, difference_interval, mean_interval, verdict
 
@@ -428,7 +428,7 @@ def sections(out: Path, state: dict) -> list[Section]:
         if part is not None:
             result.append(part)
     result += figure5_6(out, state)
-    gsnr_dataset = next((d for d in GSNR_ORDER if d in datasets), None)
+    gsnr_dataset = figure7_dataset(datasets)
     if gsnr_dataset and (s := figure7(out, state, gsnr_dataset)) is not None:
         result.append(s)
     if (s := figure10(out, state)) is not None:

@@ -130,12 +130,12 @@ def prune_model(model: nn.Module, sparsity: float, scheme: str = "global",
 def accuracy(model: nn.Module, loader: Iterable) -> tuple[float, int]:
     """``(top-1 accuracy, images)`` of ``model`` on ``loader`` (eval mode, restored; no grad)."""
     device = model_device(model)
-    hits = total = 0
+    hits, total = torch.zeros((), dtype=torch.int64, device=device), 0
     with eval_mode(model), torch.no_grad():
         for images, labels in iterate_batches(loader, device):
-            hits += int((model(images).argmax(1) == labels).sum())
+            hits += (model(images).argmax(1) == labels).sum()  # summed on the device: no sync per batch
             total += labels.shape[0]
-    return (hits / total if total else math.nan), total
+    return (int(hits) / total if total else math.nan), total
 
 
 class PruningCurve(list):

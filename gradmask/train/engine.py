@@ -71,17 +71,14 @@ class TrainContext:
         return self.dist.is_main
 
 
-def _device_type(spec: str) -> str:
-    return resolve_device(spec).type
-
-
-def _device(spec: str, kind: str, dist_ctx: DistContext) -> torch.device:
-    if kind != "cuda":
-        return torch.device(kind)
-    if dist_ctx.enabled or spec in ("auto", "cuda"):
-        index = dist_ctx.local_rank if dist_ctx.enabled else torch.cuda.current_device()
-        return torch.device("cuda", index)
-    return torch.device(spec)
+def _device(requested: torch.device, dist_ctx: DistContext) -> torch.device:
+    """The device this process trains on: ``requested`` (from :func:`resolve_device`), with the CUDA
+    index of the process's local rank under torchrun, or the current CUDA device when none is given."""
+    if requested.type != "cuda":
+        return requested
+    if dist_ctx.enabled or requested.index is None:
+        return torch.device("cuda", dist_ctx.local_rank if dist_ctx.enabled else torch.cuda.current_device())
+    return requested
 
 
 def _device_name(device: torch.device, world_size: int) -> str:
@@ -131,9 +128,10 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a gradmask.train.TrainConfig, got {type(config).__name__}")
     config.validate()
-    dist_ctx = setup_distributed(_device_type(config.device))
+    requested = resolve_device(config.device)
+    dist_ctx = setup_distributed(requested.type)
     try:
-        return _train(config, list(callbacks), dist_ctx)
+        return _train(config, list(callbacks), dist_ctx, _device(requested, dist_ctx))
     finally:
         dist_ctx.close()
 
@@ -149,9 +147,7 @@ def _gsnr_probe(config: TrainConfig, data: RunData):
     return GSNRProbe(images, labels, every=config.gsnr_every)
 
 
-def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext) -> dict:
-    kind = _device_type(config.device)
-    device = _device(config.device, kind, dist_ctx)
+def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: torch.device) -> dict:
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
     run.check_start(config.resume, config.overwrite)
