@@ -11,9 +11,18 @@ batched matrix products, ``out = sum_t R_t @ D @ C_t^T``, whatever the kernel si
 ``sum_t kron(R_t, C_t)`` as one ``(HW x HW)`` matrix: the same multiply-adds, but one large
 matrix product over all maps instead of many tiny ones (3.5x faster for 8x8 maps on CPU). The
 matrices are built once per (map size, device, dtype) and cached.
+
+On CPU, float32 maps larger than that with a window of radius 1-4 (the default 5x5 has radius 2)
+go through the compiled banded filter instead (``gradmask/_banded.c``, built at install time when
+a C compiler is there): ``5 + 5`` taps per term and position instead of ``H + W`` multiply-adds,
+about 1.7x faster than the matrix products on 32x32 maps with one thread against two.
+:func:`banded_available` tells whether it was built; without it everything goes through the
+matrix products.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from typing import Optional
 
@@ -23,7 +32,27 @@ import torch
 KERNELS = ("log", "authors")
 CPU_BLOCK_BYTES = 1 << 20  # maps per CPU block: about one L2 cache
 DENSE_MAX_POSITIONS = 256  # largest H*W filtered through the dense (HW x HW) operator
+BANDED_MAX_RADIUS = 4      # largest window radius of the compiled banded filter
 PADDINGS = ("reflect", "zero")
+
+
+@functools.lru_cache(maxsize=None)
+def _banded_function():
+    """The compiled ``gradmask_banded_log`` (see ``gradmask/_banded.c``), or None if not built."""
+    try:
+        from . import _banded
+    except ImportError:
+        return None
+    function = ctypes.CDLL(_banded.__file__).gradmask_banded_log
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 6
+    return function  # ctypes releases the GIL during the call
+
+
+def banded_available() -> bool:
+    """True when the compiled banded filter was built (it needs a C compiler at install time)."""
+    return _banded_function() is not None
 
 
 def default_kernel_size(sigma: float) -> int:
@@ -101,13 +130,16 @@ class LoGFilter:
             ``mode='reflect'`` (more peaked: centre -1, neighbours about -0.72 after scaling).
         padding: ``"reflect"`` (mirror without repeating the edge, as
             ``torch.nn.ReflectionPad2d``) or ``"zero"``.
+        banded: use the compiled banded filter where it applies (CPU, float32, radius 1-4, maps
+            larger than the dense operator's); ``False`` keeps every map on the matrix products.
+            The two agree to float32 rounding (they sum in another order).
 
     With ``padding="reflect"`` an explicit ``kernel_size`` must fit the map
     (``kernel_size <= 2*side - 1``); with ``"zero"`` a larger kernel is cropped, which is exact.
     """
 
     def __init__(self, sigma: float = 11.0, kernel_size: Optional[int] = 5,
-                 kernel: str = "log", padding: str = "reflect"):
+                 kernel: str = "log", padding: str = "reflect", banded: bool = True):
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         if kernel_size is not None:
@@ -121,6 +153,7 @@ class LoGFilter:
         self.kernel_size = kernel_size
         self.kernel = kernel
         self.padding = padding
+        self.banded = bool(banded)
         size = kernel_size if kernel_size is not None else default_kernel_size(self.sigma)
         self._radius = (size - 1) // 2
         if kernel == "log":
@@ -152,6 +185,30 @@ class LoGFilter:
         more multiply-adds than the two separable products (``H*W <= 4 (H + W)``) and
         ``H*W <= DENSE_MAX_POSITIONS``."""
         return height * width <= min(4 * (height + width), DENSE_MAX_POSITIONS)
+
+    def uses_banded_filter(self, height: int, width: int, device, dtype) -> bool:
+        """True where ``(H, W)`` maps computed in ``dtype`` on ``device`` go through the compiled
+        banded filter (see the module docstring)."""
+        ry, rx = self._radii(height, width)
+        return (self.banded and torch.device(device).type == "cpu" and dtype == torch.float32
+                and 1 <= min(ry, rx) and max(ry, rx) <= BANDED_MAX_RADIUS
+                and not self.uses_dense_operator(height, width) and banded_available())
+
+    def banded_taps(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached float32 ``(rows (t, 2 ry + 1), cols (t, 2 rx + 1))``: the taps of each separable term."""
+        ry, rx = self._radii(height, width)
+        return self._cached("banded", height, width, "cpu", torch.float32, lambda: (
+            np.stack([_crop(r, ry) for r, _ in self._factors]), np.stack([_crop(c, rx) for _, c in self._factors])))
+
+    def _banded(self, maps: torch.Tensor, out: torch.Tensor, abs_input: bool, abs_output: bool) -> None:
+        """Filter contiguous float32 ``maps`` ``(M, H, W)`` into ``out`` with the compiled filter."""
+        _, height, width = maps.shape
+        rows, cols = self.banded_taps(height, width)
+        status = _banded_function()(maps.data_ptr(), out.data_ptr(), maps.shape[0], height, width,
+                                    rows.data_ptr(), cols.data_ptr(), rows.shape[0], (rows.shape[1] - 1) // 2,
+                                    (cols.shape[1] - 1) // 2, self.padding == "reflect", abs_input, abs_output)
+        if status:
+            raise RuntimeError(f"the compiled banded LoG filter failed (status {status}) on maps {tuple(maps.shape)}")
 
     def _cached(self, kind: str, height: int, width: int, device, dtype, build) -> tuple:
         key = (kind, height, width, torch.device(device), dtype)
@@ -198,6 +255,9 @@ class LoGFilter:
         *lead, height, width = maps.shape
         flat = maps.reshape(-1, height, width)
         out = torch.empty(flat.shape, dtype=dtype, device=maps.device)
+        if self.uses_banded_filter(height, width, maps.device, dtype):
+            self._banded(flat.to(dtype).contiguous(), out, abs_input, abs_output)
+            return out.view(*lead, height, width)
         if self.uses_dense_operator(height, width):
             dense = self.dense_matrix(height, width, maps.device, dtype)
 

@@ -1,5 +1,6 @@
 """LoG filter: against the eq. (2) formula, a plain conv2d, and scipy.ndimage."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -143,6 +144,61 @@ def test_dense_and_separable_paths_agree(monkeypatch, kernel_size, padding, shap
     torch.testing.assert_close(dense, separable, rtol=1e-12, atol=1e-15)
     ref = conv_reference(maps.abs(), f.kernel2d(*shape), padding).abs()
     torch.testing.assert_close(dense, ref, rtol=1e-10, atol=1e-15)
+
+
+def _require_banded():
+    if not laplacian.banded_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must build the compiled banded filter: .ci/run installs a C compiler")
+        pytest.skip("the compiled banded filter was not built (no C compiler at install time)")
+
+
+@pytest.mark.parametrize("kernel", ["log", "authors"])
+@pytest.mark.parametrize("padding", ["reflect", "zero"])
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
+@pytest.mark.parametrize("shape", [(32, 32), (17, 23), (9, 40), (40, 5), (16, 16)])
+def test_banded_filter_matches_matrix_products_and_conv2d(kernel, padding, kernel_size, shape):
+    """The compiled banded path (radius 1-4) against the matrix products and a plain conv2d."""
+    _require_banded()
+    if padding == "reflect" and (kernel_size - 1) // 2 > min(shape) - 1:
+        pytest.skip("window does not fit the map with reflect padding")
+    banded = LoGFilter(11.0, kernel_size, kernel=kernel, padding=padding)
+    products = LoGFilter(11.0, kernel_size, kernel=kernel, padding=padding, banded=False)
+    assert banded.uses_banded_filter(*shape, "cpu", torch.float32)
+    assert not products.uses_banded_filter(*shape, "cpu", torch.float32)
+    maps = torch.randn(7, *shape)
+    for abs_input, abs_output in [(False, False), (True, True), (True, False)]:
+        out = banded(maps, abs_input=abs_input, abs_output=abs_output)
+        ref = products(maps, abs_input=abs_input, abs_output=abs_output)
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6 * scale)
+    ref = conv_reference(maps.double(), banded.kernel2d(*shape), padding)
+    torch.testing.assert_close(banded(maps).double(), ref, rtol=0, atol=1e-6 * ref.abs().max().item())
+
+
+def test_banded_filter_is_used_only_where_it_applies():
+    f = LoGFilter()
+    expected = laplacian.banded_available()
+    assert f.uses_banded_filter(32, 32, "cpu", torch.float32) == expected
+    assert f.uses_banded_filter(16, 16, "cpu", torch.float32) == expected
+    assert not f.uses_banded_filter(32, 32, "cpu", torch.float64)      # float32 only
+    assert not f.uses_banded_filter(8, 8, "cpu", torch.float32)        # the dense operator is faster there
+    assert not f.uses_banded_filter(32, 32, "meta", torch.float32)     # CPU only
+    assert not LoGFilter(kernel_size=11).uses_banded_filter(32, 32, "cpu", torch.float32)  # radius 5 > 4
+    assert not LoGFilter(kernel_size=None).uses_banded_filter(32, 32, "cpu", torch.float32)
+    assert not LoGFilter(banded=False).uses_banded_filter(32, 32, "cpu", torch.float32)
+    assert not LoGFilter(padding="zero").uses_banded_filter(1, 300, "cpu", torch.float32)  # radius 0 along y
+
+
+def test_banded_filter_takes_any_layout_and_input_dtype():
+    _require_banded()
+    f, g = LoGFilter(), LoGFilter(banded=False)
+    maps = torch.randn(3, 4, 20, 24).to(memory_format=torch.channels_last)   # not contiguous as (M, H, W)
+    torch.testing.assert_close(f(maps), g(maps), rtol=0, atol=1e-6)
+    half = torch.randn(6, 20, 24, dtype=torch.bfloat16)
+    out = f(half, dtype=torch.float32, abs_input=True)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, g(half, dtype=torch.float32, abs_input=True), rtol=0, atol=1e-6)
 
 
 def test_matrices_are_cached_per_size_device_dtype():
