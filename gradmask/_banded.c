@@ -105,7 +105,7 @@ int gradmask_banded_log(const float *in, float *out, int64_t maps, int height, i
     }
     const int kx = 2 * rx + 1;
     float *ab = a + margin;
-    const float *hs[MAX_TERMS];
+    float *hs[MAX_TERMS]; /* h_t, the column-filtered block of term t */
     for (int t = 0; t < terms; t++) hs[t] = h + t * (cap + 2 * margin) + margin;
     for (int64_t first = 0; first < maps; first += block) {
         const int64_t count = maps - first < block ? maps - first : block, n = count * qp;
@@ -126,7 +126,7 @@ int gradmask_banded_log(const float *in, float *out, int64_t maps, int height, i
             }
         }
         for (int t = 0; t < terms; t++) {
-            float *ht = (float *)hs[t];
+            float *ht = hs[t];
             const float *srcs[1] = {ab};
             filter(rx, srcs, ht, n, col_taps + t * kx, 1, 1);
             for (int64_t m = 0; m < count; m++) { /* each map's pad rows */
@@ -143,7 +143,7 @@ int gradmask_banded_log(const float *in, float *out, int64_t maps, int height, i
                 }
             }
         }
-        filter(ry, hs, o, n, row_taps, terms, P);
+        filter(ry, (const float *const *)hs, o, n, row_taps, terms, P);
         for (int64_t m = 0; m < count; m++) {
             for (int y = 0; y < height; y++) {
                 const float *s = o + m * qp + (int64_t)(ry + y) * P + rx;

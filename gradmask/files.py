@@ -1,6 +1,8 @@
 """Files written whole or not at all: every checkpoint, cache entry, run record and report."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -31,3 +33,13 @@ def write_atomic(path: Union[str, os.PathLike], content: Content) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_csv(path: Union[str, os.PathLike], header: list, rows) -> Path:
+    """Write ``header`` and ``rows`` (sequences of cells, ``None`` as an empty cell) as CSV with
+    ``\n`` line ends, through :func:`write_atomic`. Returns ``path``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    return write_atomic(path, buf.getvalue())

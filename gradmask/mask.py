@@ -106,6 +106,10 @@ class GradientMask:
         """Importance ``|delta|`` (or the norm, for ``mode="norm"``) per sample, set and pixel:
         ``(N, G, H, W)`` with ``G = groups`` (``C`` for ``mode="pixel"``), float32/float64."""
         self._check(grad)
+        return self._scores(grad)
+
+    def _scores(self, grad: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` of a ``grad`` that :meth:`_check` has passed."""
         n, c, h, w = grad.shape
         compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
         with torch.no_grad():
@@ -121,8 +125,9 @@ class GradientMask:
         return grad.shape[1] if self.mode == "pixel" else self.groups
 
     def _kept_scores(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scores (N*G, H*W), threshold (N*G, 1))``: kept positions are ``scores > threshold``."""
-        score = self.scores(grad)
+        """``(scores (N*G, H*W), threshold (N*G, 1))`` of a checked ``grad``: kept positions are
+        ``scores > threshold``."""
+        score = self._scores(grad)
         n, g, h, w = score.shape
         flat = score.view(n * g, h * w)
         rank = math.floor(self.inhibition_rate * (h * w - 1)) + 1  # 1-based order statistic

@@ -14,9 +14,7 @@ Only finished runs (with ``final.json``) enter the averages; unfinished ones are
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 import math
 import os
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..files import write_atomic
+from ..files import write_atomic, write_csv
 from ..plotting import save_figure
 from ..mask import MASK_MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
@@ -614,12 +612,8 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = report_paths(out)
 
     rows = result_rows(runs)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    write_atomic(paths["csv"], buf.getvalue())
+    write_csv(paths["csv"], RESULT_FIELDS,
+              ([repr(v) if isinstance(v, float) else v for v in (row[k] for k in RESULT_FIELDS)] for row in rows))
     write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries]},
                                           indent=2) + "\n")
 

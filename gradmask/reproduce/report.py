@@ -7,8 +7,6 @@ URIs, no script, no network), ``results.json`` (every number shown) and ``verdic
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..compare.report import fmt_duration, load_runs, render_html, render_markdown, report_paths
-from ..files import write_atomic
+from ..files import write_atomic, write_csv
 from ..plotting import save_figure
 from . import paper
 from .experiments import FIGURES, runs_dir
@@ -468,15 +466,10 @@ def write_report(out) -> dict[str, Path]:
     results = {"preset": state.get("preset"), "machine": m, "sections": {
         p.claim.key: {"title": p.claim.title, "verdict": p.verdict, "tests": p.verdicts, "numbers": p.numbers}
         for p in parts}}
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["section", "test", "verdict"])
-    for p in parts:
-        for what, v in p.verdicts:
-            writer.writerow([p.claim.key, what, v])
-    for key, text in (("markdown", md), ("html", page), ("json", json.dumps(results, indent=1, default=str) + "\n"),
-                      ("csv", buf.getvalue())):
+    for key, text in (("markdown", md), ("html", page), ("json", json.dumps(results, indent=1, default=str) + "\n")):
         write_atomic(paths[key], text)
+    write_csv(paths["csv"], ["section", "test", "verdict"],
+              ([p.claim.key, what, v] for p in parts for what, v in p.verdicts))
     return paths
 
 

@@ -18,8 +18,6 @@ n_images}``), ``pruning`` (``{model: {scheme: PruningCurve.to_dict()}}``), ``fgs
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from ..compare.report import render_html, render_markdown
-from ..files import write_atomic
+from ..files import write_atomic, write_csv
 from ..plotting import save_figure
 from .gsnr import read_gsnr
 
@@ -303,12 +301,8 @@ def _json_safe(value):
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows([["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in r]
-                 for r in rows])
-    write_atomic(path, buf.getvalue())
+    """Non-finite numbers (failed measurements) as empty cells, like ``None``."""
+    write_csv(path, header, [[None if isinstance(v, float) and not math.isfinite(v) else v for v in r] for r in rows])
 
 
 def write_report(results: dict, out: Union[str, os.PathLike]) -> dict[str, Path]:

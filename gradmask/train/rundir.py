@@ -15,15 +15,13 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import shutil
 from pathlib import Path
 from typing import Optional
 
-from ..files import write_atomic
+from ..files import write_atomic, write_csv
 from .checkpoint import CHECKPOINT
 
 CONFIG = "config.json"
@@ -99,16 +97,12 @@ class RunDir:
         extra = sorted({k for r in history for k, v in r.items()
                         if k not in METRIC_KEYS and isinstance(v, (int, float, str, bool, type(None)))})
         columns += extra
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
+        rows = []
         for r in history:
-            row = {k: r.get(k) for k in columns}
-            kept = r.get("mask_kept")
-            values = [v for v in (kept or {}).values() if v is not None]
-            row["mask_kept_mean"] = sum(values) / len(values) if values else None
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        write_atomic(self.path / METRICS_CSV, buf.getvalue())
+            values = [v for v in (r.get("mask_kept") or {}).values() if v is not None]
+            row = {**r, "mask_kept_mean": sum(values) / len(values) if values else None}
+            rows.append([row.get(k) for k in columns])
+        write_csv(self.path / METRICS_CSV, columns, rows)
 
     def write_final(self, final: dict) -> None:
         write_atomic(self.path / FINAL, json.dumps({k: _json_value(v) for k, v in final.items()}, indent=2) + "\n")
