@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 from .augment import RandomCropFlip, crop_flip, random_crop_flip, sample_crop_flip, to_float
 from .cache import default_cache_dir
 from .cifar import CIFAR_LAYOUTS, find_cifar_root, is_cifar_archive, read_cifar
-from .dataset import SUBSET_SEED, ImageDataset, subset_index
+from .dataset import SUBSET_SEED, ImageDataset, class_mapping, match_classes, subset_index
 from .folder import MissingSplitError, decode_image_folder, is_archive, load_image_folder
 from .imagenet import ImageFolderDataset, eval_transform, make_imagenet_loader, train_transform
 from .loader import TensorLoader
@@ -42,6 +42,8 @@ __all__ = [
     "MissingSplitError",
     "subset_index",
     "SUBSET_SEED",
+    "class_mapping",
+    "match_classes",
     "register_dataset",
     "DATASETS",
     "DATASET_STATS",
@@ -186,12 +188,16 @@ def load_test_split(
     name: str,
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
     **kw,
 ) -> ImageDataset:
     """``load_dataset(name, root, "test", ...)``, or the "val" split where the data has no
     test split (:class:`MissingSplitError`, e.g. an ImageFolder directory or archive with only
-    train/ and val/). The returned dataset's ``split`` says which one was loaded."""
+    train/ and val/). The returned dataset's ``split`` says which one was loaded. ``classes``
+    (the training split's class list): labels are matched to it by name
+    (:func:`match_classes`; a class unknown to it raises ``ValueError``)."""
     try:
-        return load_dataset(name, root=root, split="test", cache_dir=cache_dir, **kw)
+        ds = load_dataset(name, root=root, split="test", cache_dir=cache_dir, **kw)
     except MissingSplitError:
-        return load_dataset(name, root=root, split="val", cache_dir=cache_dir, **kw)
+        ds = load_dataset(name, root=root, split="val", cache_dir=cache_dir, **kw)
+    return ds if classes is None else match_classes(ds, classes)[0]

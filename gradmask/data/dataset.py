@@ -5,12 +5,12 @@ Shapes: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,),
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["ImageDataset", "SUBSET_SEED", "subset_index"]
+__all__ = ["ImageDataset", "SUBSET_SEED", "class_mapping", "match_classes", "subset_index"]
 
 
 @dataclass
@@ -95,3 +95,31 @@ def subset_index(n: int, limit: Optional[int], seed: int = SUBSET_SEED) -> Optio
         return None
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)[:limit].sort().values
+
+
+def class_mapping(split_classes: Sequence[str], classes: Sequence[str], where: str) -> tuple[list[int], list[str]]:
+    """``(index, missing)``: ``index[k]`` is the position in ``classes`` (the training split's class
+    list) of ``split_classes[k]``, matched by name; ``missing`` the names of ``classes`` the split
+    lacks. A class of the split unknown to ``classes`` raises ``ValueError`` naming it and ``where``."""
+    position = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in split_classes if c not in position]
+    if unknown:
+        raise ValueError(f"{where} has class(es) {unknown} that the training split does not have (its classes: "
+                         f"{list(classes)[:20]}{' ...' if len(classes) > 20 else ''}); a model cannot be scored "
+                         f"on classes it was not trained on: remove those folders or add them to the training split")
+    present = set(split_classes)
+    return [position[c] for c in split_classes], [c for c in classes if c not in present]
+
+
+def match_classes(ds: ImageDataset, classes: Sequence[str]) -> tuple[ImageDataset, list[str]]:
+    """``(ds relabelled with the indices of classes, missing)``: every label of ``ds`` becomes the
+    index of its class name in ``classes`` (the training split's list), so that splits whose own
+    sorted class lists differ (a class absent from one of them) agree; ``missing`` lists the
+    ``classes`` without images in ``ds``. Unknown classes raise ``ValueError`` (see
+    :func:`class_mapping`)."""
+    where = f"split {ds.split!r} of {ds.source or ds.name or 'the dataset'}"
+    index, missing = class_mapping(list(ds.classes), list(classes), where)
+    if list(ds.classes) == list(classes):
+        return ds, missing
+    labels = torch.tensor(index, dtype=torch.int64)[ds.labels] if len(ds) else ds.labels
+    return replace(ds, labels=labels, classes=list(classes)), missing

@@ -9,12 +9,13 @@ device; with ``uint8=True`` they stay uint8 to cut the copy fourfold).
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .dataset import class_mapping
 from .folder import scan_image_folder
 from .transforms import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, ResizeShorter, ToTensor
 
@@ -34,19 +35,24 @@ def eval_transform(resize: int = 256, crop: int = 224, uint8: bool = False) -> C
 class ImageFolderDataset(Dataset):
     """Map-style dataset over ``root/<split>/<class>/<image>`` read lazily with Pillow.
 
-    ``classes[label]`` is the class folder name (sorted order); ``samples`` lists
-    (path, label).  ``__getitem__`` -> (transform(RGB PIL image), label int); an
-    undecodable file raises ValueError naming it.
+    ``classes[label]`` is the class folder name (sorted order; or the given ``classes``, the
+    training split's list, matched by name: a class folder unknown to it raises ValueError,
+    ``missing_classes`` lists those without a folder here); ``samples`` lists (path, label).
+    ``__getitem__`` -> (transform(RGB PIL image), label int); an undecodable file raises
+    ValueError naming it.
     """
 
     def __init__(self, root: str | os.PathLike, split: Optional[str] = "train",
-                 transform: Optional[Callable] = None) -> None:
+                 transform: Optional[Callable] = None, classes: Optional[Sequence[str]] = None) -> None:
         index = scan_image_folder(root, split)
         self.root, self.split, self.transform = str(root), split, transform
         self.location = index.location
-        self.classes = index.classes
-        self.samples = list(zip(index.files, index.labels))
-        self.targets = list(index.labels)
+        self.classes, labels, self.missing_classes = index.classes, index.labels, []
+        if classes is not None:
+            mapping, self.missing_classes = class_mapping(index.classes, list(classes), index.location)
+            self.classes, labels = list(classes), [mapping[k] for k in index.labels]
+        self.samples = list(zip(index.files, labels))
+        self.targets = list(labels)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -80,16 +86,18 @@ def make_imagenet_loader(
     pin_memory: bool = True,
     uint8: bool = False,
     transform: Optional[Callable] = None,
+    classes: Optional[Sequence[str]] = None,
 ) -> DataLoader:
     """DataLoader over a split. ``train`` (default: split == "train") picks the
     random-resized-crop + flip transform and shuffling; otherwise resize ``resize``
     + centre crop ``image_size``.  ``distributed``: a DistributedSampler (rank /
     world_size default to the initialised process group) -- call
-    ``loader.sampler.set_epoch(e)`` every epoch.  Seeded by ``seed``."""
+    ``loader.sampler.set_epoch(e)`` every epoch.  Seeded by ``seed``.  ``classes``: label by
+    this class list (the training split's), see :class:`ImageFolderDataset`."""
     train = (split == "train") if train is None else train
     if transform is None:
         transform = train_transform(image_size, uint8=uint8) if train else eval_transform(resize, image_size, uint8)
-    ds = ImageFolderDataset(root, split, transform)
+    ds = ImageFolderDataset(root, split, transform, classes)
     drop_last = train if drop_last is None else drop_last
     g = torch.Generator()
     g.manual_seed(seed)

@@ -1,7 +1,8 @@
 """The evaluation images of a split, shared by every robustness measurement and ``reproduce``."""
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -26,20 +27,37 @@ class _Streamed:
             yield to_float(x), y
 
 
+def training_classes(dataset: str, root) -> Optional[list[str]]:
+    """The class names of the training split of ``dataset`` at ``root`` (the label order of a
+    model trained on it), for runs whose checkpoint does not record them; None for synthetic."""
+    from ..data import load_dataset
+    from ..data.folder import scan_image_folder
+    if dataset == "synthetic":
+        return None
+    if dataset == "imagenet" or (dataset == "folder" and Path(root).is_dir()):
+        return scan_image_folder(root, "train").classes
+    return load_dataset(dataset, root=root, split="train").classes
+
+
 def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], config, batch_size: int,
-                  device: torch.device):
+                      device: torch.device, classes: Optional[Sequence[str]] = None):
     """``(loader, n_images, source)``: batches of ``(images in [0, 1], labels)`` of ``split``.
 
     ``limit``: a fixed random subset of that many images (seed :data:`SUBSET_SEED`, the same for
     every caller); in-memory datasets come as a :class:`~gradmask.data.TensorLoader` on ``device``,
-    ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes and worker count."""
-    from ..data import TensorLoader, load_dataset, load_test_split
+    ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes, the worker count and
+    ``image_size``. Labels are the indices of ``classes`` (the training split's class names, from
+    the checkpoint; None: read from the data's training split), matched by name: a class unknown
+    to the model raises ``ValueError``."""
+    from ..data import TensorLoader, load_dataset, load_test_split, match_classes
+    if classes is None and split != "train":
+        classes = training_classes(dataset, root)
     if dataset == "imagenet":
         from ..data import eval_transform, make_imagenet_loader
         split = "val" if split == "test" else split
         loader = make_imagenet_loader(root, split, batch_size, train=True, drop_last=False, seed=SUBSET_SEED,
                                       transform=eval_transform(uint8=True), num_workers=config.num_workers,
-                                      uint8=True)  # train=True: shuffled, with the evaluation transform
+                                      uint8=True, classes=classes)  # train=True: shuffled, evaluation transform
         n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
         return _Streamed(loader, limit), n, str(root)
     if dataset == "synthetic":
@@ -53,6 +71,8 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
             ds = load_test_split("folder", root=root)  # "val" if the tree has no test/
         else:
             ds = load_dataset(dataset, root=root, split=split)
+        if classes is not None:
+            ds = match_classes(ds, classes)[0]
         images, labels, source = ds.images, ds.labels, str(root)
         index = subset_index(images.shape[0], limit, SUBSET_SEED)
         if index is not None:
@@ -61,4 +81,4 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
     return loader, int(images.shape[0]), source
 
 
-__all__ = ["SUBSET_SEED", "evaluation_loader"]
+__all__ = ["SUBSET_SEED", "evaluation_loader", "training_classes"]
