@@ -10,13 +10,14 @@ marks the padding samples that the shards repeat so that every test image counts
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
 
 from ..data import (RandomCropFlip, TensorLoader, dataset_stats, eval_transform, load_dataset,
-                    load_test_split, make_imagenet_loader, subset_index, to_float)
+                    load_test_split, make_imagenet_loader, match_classes, subset_index, to_float)
 from .augment import Augment
 from .config import TrainConfig
 
@@ -136,6 +137,12 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
         return _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch)
 
     train_ds, test_ds = _small_splits(config)
+    if test_ds is not None:  # labelled by the training split's class indices, matched by name
+        test_ds, missing = match_classes(test_ds, train_ds.classes)
+        if missing and rank == 0:
+            print(f"note: the {test_ds.split} split of {config.data} has no images of the training class(es) "
+                  f"{missing}; it is scored on the other {len(train_ds.classes) - len(missing)} classes",
+                  file=sys.stderr)
     if train_ds.images.shape[1:] != test_ds.images.shape[1:]:
         raise ValueError(f"train and test images of {config.dataset!r} differ in shape: "
                          f"{tuple(train_ds.images.shape[1:])} vs {tuple(test_ds.images.shape[1:])}")
@@ -170,7 +177,11 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
                   world_size=world_size if distributed else None, seed=config.seed, uint8=True)
     transform = None if augment.crop_flip else eval_transform(uint8=True)
     train = make_imagenet_loader(config.data, "train", batch, train=True, transform=transform, **common)
-    test = make_imagenet_loader(config.data, "val", eval_batch, train=False, **common)
+    test = make_imagenet_loader(config.data, "val", eval_batch, train=False, classes=train.dataset.classes,
+                                **common)
+    if test.dataset.missing_classes and rank == 0:
+        print(f"note: the val split of {config.data} has no images of the training class(es) "
+              f"{test.dataset.missing_classes}; it is scored on the other classes", file=sys.stderr)
     n_train, n_test = len(train.dataset), len(test.dataset)
     if config.train_limit is not None:
         n_train = min(n_train, config.train_limit)
