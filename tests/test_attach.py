@@ -40,12 +40,12 @@ def run_step(model, x, y):
     return grads(model)
 
 
-def test_weight_gradient_is_the_sum_over_kept_positions_eq7():
+def test_weight_gradient_is_the_sum_over_kept_positions_eq7(device):
     """One conv target, dL/da = R: dL/dw = sum over kept (n, i, j) of R * input patch."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(2, 4, 3, padding=1, bias=False).double()
-    x = torch.randn(3, 2, 7, 6, dtype=torch.float64)
-    upstream = torch.randn(3, 4, 7, 6, dtype=torch.float64)
+    conv = nn.Conv2d(2, 4, 3, padding=1, bias=False).double().to(device)
+    x = torch.randn(3, 2, 7, 6, dtype=torch.float64).to(device)
+    upstream = torch.randn(3, 4, 7, 6, dtype=torch.float64).to(device)
     gm = GradientMask(groups=2)
     with gradmask.attach(conv, gm, targets=[conv]):
         (conv(x) * upstream).sum().backward()
@@ -58,9 +58,9 @@ def test_weight_gradient_is_the_sum_over_kept_positions_eq7():
     assert not torch.allclose(conv.weight.grad, unmasked)
 
 
-def test_remove_restores_exact_vanilla_gradients():
-    model = small_resnet()
-    x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
+def test_remove_restores_exact_vanilla_gradients(device):
+    model = small_resnet().to(device)
+    x, y = torch.rand(4, 3, 16, 16).to(device), torch.randint(0, 10, (4,)).to(device)
     vanilla = run_step(model, x, y)
     handle = gradmask.attach(model, GradientMask())
     masked = run_step(model, x, y)
@@ -74,9 +74,9 @@ def test_remove_restores_exact_vanilla_gradients():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_context_manager_removes_hooks_and_counts_calls():
-    model = small_resnet()
-    x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 10, (2,))
+def test_context_manager_removes_hooks_and_counts_calls(device):
+    model = small_resnet().to(device)
+    x, y = torch.rand(2, 3, 16, 16).to(device), torch.randint(0, 10, (2,)).to(device)
     with gradmask.attach(model, GradientMask(inhibition_rate=0.25)) as handle:
         run_step(model, x, y)
         run_step(model, x, y)
@@ -91,14 +91,14 @@ def test_context_manager_removes_hooks_and_counts_calls():
 
 
 @pytest.mark.parametrize("mode", ["lateral", "pixel"])
-def test_kept_fraction_is_kept_positions_over_all_positions_of_all_calls(mode):
+def test_kept_fraction_is_kept_positions_over_all_positions_of_all_calls(mode, device):
     """stats() weighs calls by size: batches of 3 and 1, the second with ties (a zero gradient)."""
-    model = small_resnet()
+    model = small_resnet().to(device)
     gm = RecordingMask(groups=4, mode=mode, inhibition_rate=0.3)
     with gradmask.attach(model, gm, targets=["layer2.0"]) as handle:
-        run_step(model, torch.rand(3, 3, 16, 16), torch.randint(0, 10, (3,)))
+        run_step(model, torch.rand(3, 3, 16, 16).to(device), torch.randint(0, 10, (3,)).to(device))
         model.zero_grad(set_to_none=True)
-        (model(torch.rand(1, 3, 16, 16)).sum() * 0.0).backward()  # all-zero gradient: every score ties
+        (model(torch.rand(1, 3, 16, 16).to(device)).sum() * 0.0).backward()  # all-zero gradient: every score ties
         kept = handle.stats()["layer2.0"]["kept_fraction"]
     (_, first), (_, second) = gm.seen
     assert second.sum() == 0  # ties at the threshold are all dropped together
@@ -142,11 +142,11 @@ def foreign_net(inplace):
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).double()
 
 
-def test_structural_blocks_and_in_place_relu_give_the_out_of_place_gradients():
-    x, y = torch.rand(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+def test_structural_blocks_and_in_place_relu_give_the_out_of_place_gradients(device):
+    x, y = torch.rand(3, 3, 8, 8, dtype=torch.float64).to(device), torch.tensor([0, 1, 2]).to(device)
     results = []
     for inplace in (True, False):
-        model = foreign_net(inplace)
+        model = foreign_net(inplace).to(device)
         # default targets: the 4 structural blocks minus the last two; plus a conv followed by in-place ReLU
         handle = gradmask.attach(model, GradientMask(groups=4))
         assert list(handle.targets) == ["2", "3"]
@@ -154,7 +154,7 @@ def test_structural_blocks_and_in_place_relu_give_the_out_of_place_gradients():
         results.append(run_step(model, x, y))
         assert conv_handle.stats()["0"]["calls"] == 1
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
-    plain = foreign_net(True)
+    plain = foreign_net(True).to(device)
     assert not torch.equal(run_step(plain, x, y)["0.weight"], results[0]["0.weight"])
 
 
@@ -182,12 +182,12 @@ def test_bad_targets_raise_clear_errors():
         run_step(model, torch.rand(1, 3, 16, 16), torch.tensor([1]))
 
 
-def test_autocast_bf16_on_cpu():
-    model = small_resnet()
+def test_autocast_bf16(device):
+    model = small_resnet().to(device)
     gm = RecordingMask()
-    x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    x, y = torch.rand(4, 3, 16, 16).to(device), torch.randint(0, 10, (4,)).to(device)
     with gradmask.attach(model, gm) as handle:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
     assert len(gm.seen) == 6 and all(g.dtype == torch.bfloat16 for g, _ in gm.seen)
@@ -197,9 +197,46 @@ def test_autocast_bf16_on_cpu():
     assert all(abs(s["kept_fraction"] - 0.5) < 0.02 for s in handle.stats().values())
 
 
-def test_channels_last_model_gets_the_same_gradients():
-    x, y = torch.rand(3, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (3,))
-    reference = small_resnet().double()
+def test_fp16_grad_scaler_skips_a_step_with_an_inf_gradient_at_a_target(device):
+    """fp16 autocast with torch.amp.GradScaler: a finite step updates the weights; an inf in the
+    gradient reaching a target is not masked into something finite, so the scaler finds it, skips
+    the optimizer step (weights unchanged) and halves its scale."""
+    model = small_resnet().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**10)
+    inject = []
+
+    def put_inf(module, inputs, output):  # registered before attach: its tensor hook runs first
+        if inject:
+            output.register_hook(lambda g: g.index_put((torch.zeros(1, dtype=torch.long, device=g.device),) * 4,
+                                                       torch.tensor(float("inf"), dtype=g.dtype, device=g.device)))
+
+    model.layer2[0].register_forward_hook(put_inf)
+    gm = RecordingMask(groups=4)
+    gradmask.attach(model, gm)
+    x, y = torch.rand(4, 3, 16, 16).to(device), torch.randint(0, 10, (4,)).to(device)
+    for with_inf in (False, True):
+        inject[:] = [True] if with_inf else []
+        before = {k: p.detach().clone() for k, p in model.named_parameters()}
+        scale = scaler.get_scale()
+        with torch.autocast(device, dtype=torch.float16):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        upstream_finite = torch.isfinite(model.layer1[0].conv1.weight.grad).all().item()
+        scaler.step(optimizer)
+        scaler.update()
+        unchanged = all(torch.equal(p, before[k]) for k, p in model.named_parameters())
+        assert upstream_finite != with_inf and unchanged == with_inf
+        assert scaler.get_scale() == (scale / 2 if with_inf else scale)
+    assert len(gm.seen) == 12 and all(g.dtype == torch.float16 for g, _ in gm.seen)
+    # backward order: layer3.1, layer3.0, layer2.1 finite; layer2.0 got the inf, layer1.* what it let through
+    assert [bool(torch.isfinite(g).all()) for g, _ in gm.seen[6:]] == [True] * 3 + [False] * 3
+
+
+def test_channels_last_model_gets_the_same_gradients(device):
+    x, y = torch.rand(3, 3, 16, 16, dtype=torch.float64).to(device), torch.randint(0, 10, (3,)).to(device)
+    reference = small_resnet().double().to(device)
     cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
     gradmask.attach(reference, GradientMask())
     gm = RecordingMask()
@@ -229,6 +266,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_masks_equal_single_process_on_each_shard(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(123)

@@ -67,17 +67,18 @@ def assert_masks_agree_except_ties(mask, ref_mask, scores, thresholds, groups_of
 @pytest.mark.parametrize("padding", ["reflect", "zero"])
 @pytest.mark.parametrize("shape", [(3, 8, 8, 8), (2, 8, 9, 9), (2, 4, 7, 12)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fast_path_equals_reference(mode, padding, shape, dtype):
+def test_fast_path_equals_reference(mode, padding, shape, dtype, device):
     torch.manual_seed(sum(shape))
     grad = torch.randn(*shape, dtype=dtype)
     groups = 4 if shape[1] == 8 else 2
     gm = GradientMask(groups=groups, mode=mode, padding=padding)
     scores, thresholds, ref = reference_scores_and_masks(grad, groups, mode, padding=padding)
-    mask = gm.mask(grad)
-    assert mask.shape == grad.shape and mask.dtype == dtype
+    mask = gm.mask(grad.to(device))
+    assert mask.shape == grad.shape and mask.dtype == dtype and mask.device.type == device
+    mask = mask.cpu()
     per = 1 if mode == "pixel" else shape[1] // groups
     assert_masks_agree_except_ties(mask, ref, scores, thresholds, per)
-    torch.testing.assert_close(gm(grad), grad * mask, rtol=0, atol=0)
+    torch.testing.assert_close(gm(grad.to(device)).cpu(), grad * mask, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
@@ -100,9 +101,9 @@ def test_authors_and_eq2_masks_differ_on_some_positions():
 
 @pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 0.75, 0.95])
 @pytest.mark.parametrize("mode", ["lateral", "norm", "pixel"])
-def test_kept_fraction_per_sample_and_set(rate, mode):
+def test_kept_fraction_per_sample_and_set(rate, mode, device):
     torch.manual_seed(3)
-    grad = torch.randn(3, 8, 12, 10)
+    grad = torch.randn(3, 8, 12, 10).to(device)
     gm = GradientMask(groups=4, inhibition_rate=rate, mode=mode)
     keep = gm.keep_map(grad)
     n = 12 * 10
@@ -137,9 +138,9 @@ def test_each_sample_mask_depends_only_on_its_gradient():
 
 
 @pytest.mark.parametrize("mode", ["lateral", "norm", "pixel"])
-def test_channels_last_gives_same_mask_and_layout(mode):
+def test_channels_last_gives_same_mask_and_layout(mode, device):
     torch.manual_seed(5)
-    grad = torch.randn(4, 32, 8, 8)
+    grad = torch.randn(4, 32, 8, 8).to(device)
     gm = GradientMask(mode=mode)
     cl = grad.contiguous(memory_format=torch.channels_last)
     assert torch.equal(gm.mask(cl), gm.mask(grad))
@@ -148,9 +149,9 @@ def test_channels_last_gives_same_mask_and_layout(mode):
     assert masked.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_bf16_gradient_masked_in_bf16():
+def test_bf16_gradient_masked_in_bf16(device):
     torch.manual_seed(6)
-    grad = torch.randn(2, 32, 8, 8).bfloat16()
+    grad = torch.randn(2, 32, 8, 8).bfloat16().to(device)
     gm = GradientMask()
     masked = gm(grad)
     assert masked.dtype == torch.bfloat16
@@ -160,11 +161,11 @@ def test_bf16_gradient_masked_in_bf16():
 @pytest.mark.parametrize("mode", ["lateral", "norm", "pixel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.5])
-def test_apply_returns_the_masked_gradient_and_the_kept_fraction(mode, dtype, rate):
+def test_apply_returns_the_masked_gradient_and_the_kept_fraction(mode, dtype, rate, device):
     """apply's in-place fast path (scores turned into the mask, pixel mode masking in that buffer)
     equals grad * mask(grad), and its kept fraction counts keep_map's positions."""
     torch.manual_seed(7)
-    grad = torch.randn(3, 8, 9, 7).to(dtype)
+    grad = torch.randn(3, 8, 9, 7).to(dtype).to(device)
     gm = GradientMask(groups=4, mode=mode, inhibition_rate=rate)
     before = grad.clone()
     masked, kept_fraction = gm.apply(grad)
@@ -214,10 +215,10 @@ def test_bad_gradient_raises(bad):
 
 
 @pytest.mark.parametrize("mode", ["lateral", "norm"])
-def test_half_precision_norms_are_squared_in_float32(mode):
+def test_half_precision_norms_are_squared_in_float32(mode, device):
     """fp16 gradients under a GradScaler reach 1e3-1e4: squaring them in fp16 gives inf."""
     torch.manual_seed(0)
-    grad = (torch.randn(2, 32, 8, 8) * 300).half()
+    grad = (torch.randn(2, 32, 8, 8) * 300).half().to(device)
     gm = GradientMask(groups=4, mode=mode)
     assert torch.isfinite(gm.scores(grad)).all()
     assert torch.equal(gm.keep_map(grad), gm.keep_map(grad.float()))

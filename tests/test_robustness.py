@@ -57,9 +57,9 @@ def hand_fgsm(model, x, y, eps):
 
 # ------------------------------------------------------------------------------------------- FGSM
 
-def test_fgsm_matches_hand_reference_and_bounds():
-    model = TinyNet().eval()
-    x, y = data()
+def test_fgsm_matches_hand_reference_and_bounds(device):
+    model = TinyNet().eval().to(device)
+    x, y = (t.to(device) for t in data())
     adv = fgsm(model, x, y, 8 / 255)
     assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1

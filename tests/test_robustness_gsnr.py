@@ -147,10 +147,11 @@ def assert_gradients_close(actual, expected):
         torch.testing.assert_close(actual[k] / scale, expected[k] / scale, rtol=0, atol=2e-5, msg=k)
 
 
-def test_masked_per_sample_gradients_equal_one_masked_backward_per_sample():
-    model = narrow()
+def test_masked_per_sample_gradients_equal_one_masked_backward_per_sample(device):
+    model = narrow().to(device)
     gm = gradmask.GradientMask(groups=4, inhibition_rate=0.5)
     x, y = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([1, 4, 7, 2, 9])
+    x, y = x.to(device), y.to(device)
     with gradmask.attach(model, gm) as handle:
         reference = loop_gradients(model, x, y)  # the real hooks, one sample per backward
         assert all(s["calls"] == 5 for s in handle.stats().values())

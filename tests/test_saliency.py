@@ -141,20 +141,20 @@ def gradcampp_reference(model, layer, x, targets=None, eps=1e-6):
 # LI-Map
 
 @pytest.mark.parametrize("inplace", [False, True])
-def test_limap_matches_reference_tiny_net(inplace):
+def test_limap_matches_reference_tiny_net(inplace, device):
     model = TinyNet(inplace=inplace).double()
     x = images(3, 16, dtype=torch.float64)
-    ours = LIMap(model)(x)
+    ours = LIMap(copy.deepcopy(model).to(device))(x.to(device)).cpu()
     torch.testing.assert_close(ours, limap_reference(model, x), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
-def test_limap_matches_reference_resnet_32px_tiny_maps(stem):
+def test_limap_matches_reference_resnet_32px_tiny_maps(stem, device):
     """ImageNet stem at 32x32: 8x8 .. 1x1 maps (2x2 and 1x1 need the shrunk window)."""
     model = resnet(stem).double()
     x = images(2, 32, dtype=torch.float64)
     targets = torch.tensor([3, 7])
-    ours = LIMap(model)(x, targets)
+    ours = LIMap(copy.deepcopy(model).to(device))(x.to(device), targets.to(device)).cpu()
     torch.testing.assert_close(ours, limap_reference(model, x, targets), rtol=0, atol=1e-10)
 
 
@@ -212,13 +212,13 @@ def test_limap_inplace_relu_equals_out_of_place():
 
 
 @pytest.mark.parametrize("method", ["limap", "gradcam", "gradcampp"])
-def test_batch_equals_one_by_one(method):
-    model = resnet()
+def test_batch_equals_one_by_one(method, device):
+    model = resnet().to(device)
     make = {"limap": lambda: LIMap(model), "gradcam": lambda: GradCAM(model, "layer3.1"),
             "gradcampp": lambda: GradCAMPlusPlus(model, "layer3.1")}[method]
     sal = make()
-    x = images(4, 32)
-    targets = torch.tensor([0, 5, 9, 2])
+    x = images(4, 32).to(device)
+    targets = torch.tensor([0, 5, 9, 2]).to(device)
     batch = sal(x, targets)
     single = torch.cat([sal(x[i:i + 1], targets[i:i + 1]) for i in range(4)])
     torch.testing.assert_close(batch, single, rtol=0, atol=1e-4)

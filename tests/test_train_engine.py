@@ -106,6 +106,7 @@ def test_no_mask_means_no_hooks(tmp_path):
     assert list(csv.DictReader(open(tmp_path / "metrics.csv")))[0]["mask_kept_mean"] == ""
 
 
+@pytest.mark.slow
 def test_accuracy_above_chance_after_a_short_run(tmp_path):
     # 1500 images x 4 epochs of the 10-class synthetic data, ~25 s on one core. Chance is 0.1 and
     # its standard deviation on 1000 test images 0.0095: 0.14 is four of them above. (Seeds 0-3
@@ -184,9 +185,10 @@ def test_overwrite_starts_again(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
-def test_channels_last_and_bf16_autocast_on_cpu(tmp_path):
-    final = train(tiny(tmp_path, epochs=1, train_limit=64, test_limit=64, channels_last=True, amp="bf16"))
-    assert 0.0 <= final["test_acc"] <= 1.0
+def test_channels_last_and_bf16_autocast(tmp_path, device):
+    final = train(tiny(tmp_path, epochs=1, train_limit=64, test_limit=64, channels_last=True, amp="bf16",
+                       device=device))
+    assert 0.0 <= final["test_acc"] <= 1.0 and final["device"].split(" ")[0] == device
     kept = _jsonl(tmp_path / "metrics.jsonl")[0]["mask_kept"]
     assert all(0.45 < v <= 0.5 for v in kept.values())
 
