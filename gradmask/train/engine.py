@@ -37,7 +37,7 @@ from .config import TrainConfig, config_differences
 from .data import RunData, build_data, random_subset
 from .distributed import DistContext, setup_distributed
 from .rng import rng_state, seed_everything, set_rng_state
-from .rundir import TENSORBOARD, RunDir
+from .rundir import TENSORBOARD, RunDir, claim
 from .schedule import build_scheduler
 
 
@@ -130,9 +130,13 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     config.validate()
     requested = resolve_device(config.device)
     dist_ctx = setup_distributed(requested.type)
+    lock = None
     try:
+        lock = claim(RunDir(config.run_dir), dist_ctx)  # one job per run folder, before anything is read
         return _train(config, list(callbacks), dist_ctx, _device(requested, dist_ctx))
     finally:
+        if lock is not None:
+            lock.release()
         dist_ctx.close()
 
 

@@ -12,12 +12,19 @@
 - ``checkpoint.pt``: see :mod:`gradmask.train.checkpoint`.
 - ``final.json``: keys ``FINAL_KEYS``, written last and only when every epoch finished: its
   existence means "finished".
+- ``.gradmask.lock``: present while a process owns the folder (:meth:`RunDir.lock`).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
+import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +32,7 @@ from ..files import write_atomic, write_csv
 from .checkpoint import CHECKPOINT
 
 CONFIG = "config.json"
+LOCK = ".gradmask.lock"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 FINAL = "final.json"
@@ -41,6 +49,143 @@ def _json_value(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None  # JSON has no NaN / inf
     return v
+
+
+class RunDirInUse(ValueError):
+    """The run folder is owned by another live process (or by one gradmask cannot check)."""
+
+
+def _is_partial(name: str) -> bool:
+    """A temporary file of :func:`gradmask.files.write_atomic` (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _owner_text(owner: dict) -> str:
+    job = f", torchrun job {owner['job']}" if owner.get("job") else ""
+    since = f" since {owner['started']}" if owner.get("started") else ""
+    return f"pid {owner.get('pid')} on {owner.get('host')}{job}{since}"
+
+
+class RunLock:
+    """Ownership of a run folder: ``.gradmask.lock`` holding ``{"host", "pid", "started", "job",
+    "command"}`` and an exclusive ``flock`` on it for as long as the owner lives (the kernel drops it
+    when the process dies, however it dies). :meth:`release` removes the file."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding the flock: no one else has it
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 1 << 16).decode("utf-8", errors="replace").strip()
+        if not text:
+            return {}
+        try:
+            owner = json.loads(text.splitlines()[0])
+        except json.JSONDecodeError:
+            return {"host": "?", "pid": "?"}
+        return owner if isinstance(owner, dict) else {"host": "?", "pid": "?"}
+
+    @classmethod
+    def acquire(cls, folder: Path) -> "RunLock":
+        """Own ``folder`` (created if needed) or raise: :class:`RunDirInUse` when a live process
+        owns it (or one on another host), ``ValueError`` when it cannot be written. A lock file
+        left by a dead process of this host is taken over with a message on stderr."""
+        lock = folder / LOCK
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"out {folder} exists and is not a directory")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    owner = cls._read(fd)
+                    os.close(fd)
+                    raise RunDirInUse(f"run folder {folder} is in use by {_owner_text(owner)}; wait for that job "
+                                      f"to end (or stop it), or choose another out") from None
+                try:  # the previous owner may have removed the file between our open and flock
+                    same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                             errno.EEXIST):
+                raise ValueError(f"out {folder} is not writable ({exc.strerror}: {exc.filename}); "
+                                 f"choose another out or fix its permissions") from exc
+            raise
+        try:
+            previous = cls._read(fd)
+            if previous:
+                pid = previous.get("pid")
+                if previous.get("host") != socket.gethostname() or not isinstance(pid, int):
+                    raise RunDirInUse(f"run folder {folder} has a lock written by {_owner_text(previous)}; gradmask "
+                                      f"cannot tell whether that process still runs: if it does not, delete {lock}")
+                if pid != os.getpid() and _alive(pid):
+                    raise RunDirInUse(f"run folder {folder} has a lock of {_owner_text(previous)}, a process that "
+                                      f"is running but does not hold it; if it is not a gradmask job writing there, "
+                                      f"delete {lock}")
+                print(f"gradmask: taking over run folder {folder}: its lock was left by {_owner_text(previous)}, "
+                      f"which no longer runs", file=sys.stderr)
+            owner = {"host": socket.gethostname(), "pid": os.getpid(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "job": os.environ.get("TORCHELASTIC_RUN_ID"),
+                     "command": " ".join(sys.argv)}
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(owner) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(lock, fd)
+
+
+def claim(run: "RunDir", dist_ctx) -> Optional[RunLock]:
+    """Own ``run`` for a training job: the main process takes the lock (the other ranks of a
+    ``torchrun`` job share it: only the main process writes there); when it cannot, every process
+    raises the same error. Returns the main process's lock (None on the others)."""
+    lock, error = None, None
+    if dist_ctx.is_main:
+        try:
+            lock = run.lock()
+        except (ValueError, OSError) as exc:
+            if not dist_ctx.enabled:
+                raise
+            error = exc
+    failures = dist_ctx.all_gather_object(None if error is None else (isinstance(error, RunDirInUse), str(error)))
+    if failures[0] is not None:
+        if error is not None:
+            raise error
+        raise (RunDirInUse if failures[0][0] else ValueError)(failures[0][1])
+    return lock
 
 
 class RunDir:
@@ -61,7 +206,22 @@ class RunDir:
         return (self.path / FINAL).is_file()
 
     def is_empty(self) -> bool:
-        return not self.path.exists() or not any(self.path.iterdir())
+        """No files but the lock and partial temporary files."""
+        return not self.path.exists() or all(p.name == LOCK or _is_partial(p.name) for p in self.path.iterdir())
+
+    def lock(self) -> RunLock:
+        """Own this folder until ``release()`` (see :class:`RunLock`); creates it; then removes the
+        partial temporary files an interrupted writer left (no one else writes here now)."""
+        lock = RunLock.acquire(self.path)
+        removed = 0
+        for p in self.path.iterdir():
+            if _is_partial(p.name) and p.is_file():
+                removed += p.stat().st_size
+                p.unlink()
+        if removed:
+            print(f"gradmask: removed partial temporary files ({removed / 1e6:.1f} MB) that an interrupted "
+                  f"run left in {self.path}", file=sys.stderr)
+        return lock
 
     def check_start(self, resume: bool, overwrite: bool) -> None:
         """Refuse to start a fresh run over another one (read-only: every process may call it)."""
@@ -70,7 +230,7 @@ class RunDir:
         if resume or overwrite or self.is_empty():
             return
         raise ValueError(f"out directory {self.path} is not empty (it holds "
-                         f"{sorted(p.name for p in self.path.iterdir())[:6]}); pass resume=True "
+                         f"{sorted(p.name for p in self.path.iterdir() if p.name != LOCK)[:6]}); pass resume=True "
                          f"(--resume) to continue the run there or overwrite=True (--overwrite) to "
                          f"start it again, or choose another out")
 
@@ -121,5 +281,5 @@ class RunDir:
             return [json.loads(line) for line in f if line.strip()]
 
 
-__all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
-           "RunDir", "TENSORBOARD"]
+__all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
+           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim"]
