@@ -13,6 +13,7 @@ from ..cli import register
 from ..train import cli as _train_cli
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare
+from .tuning import DEFAULT_VAL_FRACTION, make_tuning, parse_tune
 
 
 class _Replaced(argparse.Action):
@@ -38,6 +39,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", default="runs/compare",
                        help="comparison folder: one sub-folder per run, the report next to them "
                             "(default runs/compare)")
+    group.add_argument("--tune", action="append", default=[], metavar="FIELD=V1,V2,...",
+                       help="tune FIELD (any TrainConfig field, e.g. lr=0.05,0.1,0.2; repeatable: a grid) per "
+                            "variant on a validation split first; the final runs use each variant's best point")
+    group.add_argument("--tune-epochs", type=int, default=None,
+                       help="epochs of a tuning run (default: --epochs; the warm-up is scaled with them)")
+    group.add_argument("--tune-seeds", type=int, default=1, help="tuning runs per grid point (default 1)")
+    group.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, dest="tune_val_fraction",
+                       help=f"share of the training images held out for tuning, in (0, 0.5] "
+                            f"(default {DEFAULT_VAL_FRACTION})")
     group.add_argument("--report-only", action="store_true",
                        help="train nothing: rewrite the report from the runs already in --out")
     group.add_argument("--mask", action=_Replaced, instead="--variants", default="none", help=argparse.SUPPRESS)
@@ -50,11 +60,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     variants = check_variants(args.variants)
     check_seeds(args.seeds, args.seed_offset)
+    tune = parse_tune(args.tune) if args.tune else None
+    if tune is None and (args.tune_epochs is not None or args.tune_seeds != 1
+                         or args.tune_val_fraction != DEFAULT_VAL_FRACTION):
+        raise ValueError("--tune-epochs, --tune-seeds and --val-fraction need --tune FIELD=V1,V2,...")
+    if tune is not None:
+        make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction)  # bad input fails here
     if args.report_only:
         paths = write_report(args.out)
     else:
         base = _train_cli.config_from_args(args)
-        compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset)
+        compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset, tune=tune,
+                tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds, val_fraction=args.tune_val_fraction)
         paths = report_paths(args.out)
     print(summary_text(args.out), end="")
     print(f"report: {paths['markdown']} and {paths['html']} (figures {paths['accuracy'].name}, "

@@ -4,16 +4,20 @@ Runs go to ``{out}/{variant}-seed{seed}`` and always use ``resume=True``: a fini
 once and a killed one continues from its checkpoint, so re-running the same ``compare`` finishes a
 comparison that was interrupted. Runs are ordered seed by seed (none-0, lateral-0, none-1, ...) so an
 interrupted comparison has paired runs for every seed it reached.
+
+With ``tune=`` each variant is first tuned on a validation split (:mod:`.tuning`: short runs in
+``{out}/tune/``, the test split never read), and its final runs use its chosen grid point.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..train.distributed import is_main_process
 from .report import VARIANTS, write_report
+from .tuning import DEFAULT_VAL_FRACTION, checked_replace, grid_points, make_tuning, run_tuning, tuning_plan
 
 
 def check_variants(variants: Iterable[str] | str) -> tuple[str, ...]:
@@ -68,21 +72,41 @@ def _status(path: str) -> str:
 
 def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: int = 3,
             out: str | os.PathLike = "runs/compare", seed_offset: int = 0,
-            train_fn: Callable | None = None, log: Callable[[str], Any] | None = print) -> list[Path]:
+            train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
+            tune: Optional[Mapping[str, Iterable]] = None, tune_epochs: Optional[int] = None, tune_seeds: int = 1,
+            val_fraction: float = DEFAULT_VAL_FRACTION) -> list[Path]:
     """Train ``variants`` x ``seeds`` runs from ``base_config`` and write the report in ``out``.
 
     Each run is ``train_fn(dataclasses.replace(base_config, mask=variant, seed=s,
     out=f"{out}/{variant}-seed{s}", resume=True))`` with ``s`` in ``seed_offset .. seed_offset+seeds-1``.
     ``train_fn`` defaults to :func:`gradmask.train.train`. ``log`` gets one line per run (``None``:
     silent). Returns the run directories in training order.
+
+    ``tune={"lr": [0.05, 0.1, 0.2], ...}`` (a grid over ``TrainConfig`` fields) first tunes each
+    variant on a validation split (``val_fraction`` of the training images; ``tune_seeds`` runs of
+    ``tune_epochs`` epochs per grid point, see :mod:`gradmask.compare.tuning`), then trains each
+    variant's final runs at its chosen point. Every config is checked before anything trains.
     """
     runs = plan(variants, seeds, out, seed_offset)
+    variants = check_variants(variants)
+    tuning = None if tune is None else make_tuning(tune, tune_epochs, tune_seeds, val_fraction)
+    if tuning is not None:  # every config, tuning and final, is built (validated) before anything trains
+        tuning_plan(base_config, variants, tuning, out, seed_offset)
+        for variant in variants:
+            for point in grid_points(tuning, variant):
+                checked_replace(base_config, {**point, "mask": variant}, "tune")
     if train_fn is None:
         from gradmask.train import train as train_fn
+    chosen: dict[str, dict] = {}
+    if tuning is not None:
+        chosen = run_tuning(base_config, variants, tuning, out, seed_offset, train_fn, log).chosen
     for k, (variant, seed, path) in enumerate(runs, 1):
+        point = chosen.get(variant, {})
         if log is not None:
-            log(f"[{k}/{len(runs)}] {variant} seed {seed} -> {path} ({_status(path)})")
-        train_fn(dataclasses.replace(base_config, mask=variant, seed=seed, out=path, resume=True))
+            at = f" at {', '.join(f'{n}={v!r}' for n, v in point.items())}" if point else ""
+            log(f"[{k}/{len(runs)}] {variant} seed {seed}{at} -> {path} ({_status(path)})")
+        train_fn(checked_replace(base_config, {**point, "mask": variant, "seed": seed, "out": path, "resume": True},
+                          "compare"))
     if is_main_process():  # under torchrun every process trains, one writes the report
         write_report(out)
     return [Path(path) for _, _, path in runs]

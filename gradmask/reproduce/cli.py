@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cli import register
 from ..device import resolve_device
+from ..compare.tuning import make_tuning, parse_tune
 from .presets import DATA_NAMES, PRESETS, make_plan, parse_data
 from .runner import reproduce
 
@@ -25,17 +26,47 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="seeds per accuracy comparison (default 3; fewer gives no confidence interval)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA when available (default)")
+    parser.add_argument("--tune", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="tune Table 1's arms: FIELD (a TrainConfig field, e.g. lr=0.05,0.1,0.2; repeatable: a "
+                             "grid) chosen per arm on a validation split before the final runs (replaces the "
+                             "preset's tuning; cifar-full tunes lr=0.05,0.1,0.2 by itself)")
+    parser.add_argument("--tune-epochs", type=int, default=None, help="epochs of a tuning run (default: the preset's, "
+                                                                      "else the final runs')")
+    parser.add_argument("--tune-seeds", type=int, default=None, help="tuning runs per grid point (default 1)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="share of the training images held out for tuning, in (0, 0.5] (default 0.1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars in the evaluations")
+
+
+def tuning_from_args(args: argparse.Namespace):
+    """The :class:`~gradmask.compare.tuning.Tuning` of ``--tune`` & co. (None: the preset's own)."""
+    options = {"epochs": args.tune_epochs, "seeds": args.tune_seeds, "val_fraction": args.val_fraction}
+    given = {k: v for k, v in options.items() if v is not None}
+    if args.tune:
+        return make_tuning(parse_tune(args.tune), **given)
+    if given:
+        own = PRESETS[args.preset].tuning
+        if own is None:
+            raise ValueError(f"--tune-epochs, --tune-seeds and --val-fraction need --tune FIELD=V1,V2,... "
+                             f"(preset {args.preset!r} does not tune)")
+        return make_tuning(own.grid, **{"epochs": own.epochs, "seeds": own.seeds, "val_fraction": own.val_fraction,
+                                        **given})
+    return None
 
 
 @register("reproduce", "run (or resume) every experiment of the paper on the given data and write "
                        "report.md / report.html with verdicts", _configure)
 def reproduce_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device).type
-    plan = make_plan(args.preset, parse_data(args.data), device, args.seeds)
+    plan = make_plan(args.preset, parse_data(args.data), device, args.seeds, tuning_from_args(args))
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     command = "gradmask " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"reproduce --preset {plan.preset.name} on {device}, {plan.seeds} seeds -> {out}")
+    if plan.tuning is not None:
+        t = plan.tuning
+        print(f"  Table 1 arms tuned on a {t.val_fraction:g} validation split: "
+              + "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in t.grid.items())
+              + f" ({t.epochs or 'the final'} epochs, {t.seeds} seed{'s' if t.seeds != 1 else ''} per point)")
     for what, why in plan.skipped:
         print(f"  not run: {what}: {why}")
     result = reproduce(plan, out, progress=not args.no_progress, command=command,

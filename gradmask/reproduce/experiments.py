@@ -13,15 +13,17 @@ from typing import Callable, Iterable
 import torch
 
 from ..compare.runner import compare, run_dir
+from ..compare.tuning import Tuning, read_tuning
 from ..train import TrainConfig, load_checkpoint
 from .presets import Plan
 
 FIGURES = "figures"
 
 
-def runs_dir(out, dataset: str, augment: str | None = None) -> Path:
-    """Folder of a dataset's compared runs; ``augment="li-blur"``: the Figure 10 runs."""
-    return Path(out) / dataset / ("li-blur" if augment == "li-blur" else "runs")
+def runs_dir(out, dataset: str, augment: str | None = None, ablation: bool = False) -> Path:
+    """Folder of a dataset's compared runs; ``augment="li-blur"``: the Figure 10 runs; ``ablation``:
+    Table 2's runs when they have their own scale."""
+    return Path(out) / dataset / ("li-blur" if augment == "li-blur" else "ablation" if ablation else "runs")
 
 
 def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = None) -> Path:
@@ -29,17 +31,26 @@ def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = N
 
 
 def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: str | None = None,
-               train_fn: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+               train_fn: Callable | None = None, log: Callable[[str], None] = print,
+               tuning: Tuning | None = None, ablation: bool = False) -> dict:
     """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` with :func:`gradmask.compare.compare`
-    (resuming finished / interrupted ones; it writes the comparison report of that folder).
-    Returns ``{"runs": [paths], "config": fields}``."""
-    fields = plan.training(dataset)
+    (resuming finished / interrupted ones; it writes the comparison report of that folder), each
+    variant first tuned on a validation split when ``tuning`` is given; ``ablation``: Table 2's
+    runs at their own scale. Returns ``{"runs": [paths], "config": fields}`` (+ ``"tuning"``)."""
+    fields = plan.training(dataset, ablation=ablation)
     if augment is not None:
         fields["augment"] = augment
     base = TrainConfig(**fields, progress=False)
-    runs = compare(base, tuple(variants), plan.seeds, runs_dir(out, dataset, augment), train_fn=train_fn,
-                   log=lambda line: log(f"  {dataset}{f' ({augment})' if augment else ''} {line}"))
-    return {"runs": [str(p) for p in runs], "config": fields}
+    folder = runs_dir(out, dataset, augment, ablation)
+    tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
+                                         tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)
+    label = f"{dataset}{f' ({augment})' if augment else ''}{' (ablation)' if ablation else ''}"
+    runs = compare(base, tuple(variants), plan.seeds, folder, train_fn=train_fn,
+                   log=lambda line: log(f"  {label} {line}"), **tune)
+    result = {"runs": [str(p) for p in runs], "config": fields}
+    if tuning is not None:
+        result["tuning"] = read_tuning(folder)
+    return result
 
 
 # ----------------------------------------------------------------------------- Figures 5 and 6

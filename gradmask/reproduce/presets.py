@@ -4,7 +4,9 @@ A :class:`Preset` names, per dataset, the training recipe (``TrainConfig`` overr
 variants) and the evaluation sizes. :func:`make_plan` turns a preset, the ``--data`` paths and the
 device into a :class:`Plan`: which dataset serves which experiment.
 
-- Table 1 runs on every accuracy dataset given (``quick``: synthetic only).
+- Table 1 runs on every accuracy dataset given (``quick``: synthetic only); with a
+  :class:`~gradmask.compare.tuning.Tuning` (the preset's or ``--tune``) each arm's grid point is
+  chosen on a validation split first.
 - Table 2 (ablations) and Figures 5-6 (pruning, FGSM) run on the first available dataset of
   ``cifar100 > cifar10 > synthetic`` (``imagenet`` first for Figures 5-6, as in the paper).
 - Figure 7 (GSNR) on ``cifar10 > cifar100 > synthetic`` (the paper used CIFAR-10).
@@ -17,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from ..compare.tuning import Tuning
+
 #: ``--data NAME=PATH`` names reproduce accepts.
 DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")
 ACCURACY_DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet")
+ABLATION_VARIANTS = ("lateral", "norm", "pixel")   # Table 2 compares these (none is Table 1's)
 GSNR_ORDER = ("cifar10", "cifar100", "synthetic")   # Figure 7: the first of these trained (paper: CIFAR-10)
 
 # the synthetic recipe behind Table 3 / Appendix A / Figure 10 (and Table 1 for "quick")
@@ -33,6 +38,12 @@ _CIFAR_GPU = dict(model="resnet18", groups=16, epochs=30, batch_size=256, lr=0.1
 _CIFAR_PAPER = dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch_size=128, lr=0.1, momentum=0.9,
                     weight_decay=5e-4, schedule="multistep", milestones=(60, 120, 160), gamma=0.2,
                     warmup_epochs=0.0, augment="crop-flip")
+# Table 1 at the largest scale that fits about 6 hours on one CPU thread: all 50,000 training and 10,000
+# test images, 15 epochs (a 50k-image epoch of the narrow ResNet takes about 3.2 min on one thread), each
+# arm's lr tuned on a 10% validation split with 3-epoch runs (warm-up scaled to 0.6 epochs)
+_CIFAR_FULL = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=128, lr=0.1, schedule="onecycle",
+                   warmup_epochs=3.0, augment="crop-flip")
+_CIFAR_FULL_TUNING = Tuning({"lr": (0.05, 0.1, 0.2)}, epochs=3, seeds=1, val_fraction=0.1)
 # the standard ResNet-50 ImageNet recipe (He et al.): the paper says it kept the original hyperparameters
 _IMAGENET_PAPER = dict(model="resnet50", stem="imagenet", groups=16, epochs=90, batch_size=256, lr=0.1,
                        momentum=0.9, weight_decay=1e-4, schedule="multistep", milestones=(30, 60, 80),
@@ -64,6 +75,10 @@ class Preset:
     evaluation: Evaluation = field(default_factory=Evaluation)
     seeds: int = 3
     requires_data: bool = False
+    tuning: Optional[Tuning] = None      # Table 1's arms tuned on a validation split (None: not tuned)
+    # Table 2 at its own scale (dataset -> {"cpu", "cuda"} overrides), in <dataset>/ablation/, variants
+    # ABLATION_VARIANTS; None: Table 2 reuses Table 1's runs (which then include norm and pixel)
+    ablation_training: Optional[Mapping[str, Mapping[str, dict]]] = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -77,6 +92,16 @@ PRESETS: dict[str, Preset] = {
                  "CPU; ResNet-18, 30 epochs on a GPU); boxes experiments on synthetic data", ("cifar10", "cifar100"),
         {"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}, "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}},
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True),
+    "cifar-full": Preset(
+        "cifar-full", "Table 1 on all of CIFAR-10 (50,000 training / 10,000 test images, narrow ResNet-18, crop-flip, "
+                      "15 epochs, 3 seeds on CPU), each arm's lr tuned on a 10% validation split (0.05 / 0.1 / 0.2, "
+                      "3-epoch runs, 1 seed); Table 2 keeps the cifar preset's scale (4 epochs on 15,000 images); "
+                      "Figures 5-7 on the Table 1 runs; boxes experiments on synthetic data; about 6-7 hours "
+                      "on one CPU thread", ("cifar10", "cifar100"),
+        {"cifar10": {"cpu": _CIFAR_FULL, "cuda": _CIFAR_GPU}, "cifar100": {"cpu": _CIFAR_FULL, "cuda": _CIFAR_GPU}},
+        {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True, tuning=_CIFAR_FULL_TUNING,
+        ablation_training={"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU},
+                           "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}}),
     "paper": Preset(
         "paper", "the paper's settings: ResNet-18 on CIFAR-100/10 (200 epochs), ResNet-50 on ImageNet (90 epochs, "
                  "run it under torchrun)", ("cifar10", "cifar100", "imagenet"),
@@ -121,10 +146,19 @@ class Plan:
     gsnr: Optional[str]                  # Figure 7 (None: no probed dataset trained)
     box_sets: tuple                      # Table 3 beyond synthetic: ("voc2007", "imagenet-boxes") when usable
     skipped: tuple                       # (experiment, reason) pairs
+    tuning: Optional[Tuning] = None      # Table 1's arms tuned on a validation split (None: not tuned)
 
-    def training(self, dataset: str) -> dict:
-        """TrainConfig fields of ``dataset``'s runs (dataset and data path included)."""
-        if dataset == "synthetic" and dataset not in self.preset.training:
+    @property
+    def separate_ablation(self) -> bool:
+        """Whether Table 2 trains at its own scale (``<dataset>/ablation/``) instead of reusing Table 1's runs."""
+        return self.preset.ablation_training is not None and self.ablation in self.preset.ablation_training
+
+    def training(self, dataset: str, ablation: bool = False) -> dict:
+        """TrainConfig fields of ``dataset``'s runs (dataset and data path included); ``ablation``:
+        of its separate Table 2 runs."""
+        if ablation:
+            fields = dict(self.preset.ablation_training[dataset][self.device])
+        elif dataset == "synthetic" and dataset not in self.preset.training:
             fields = dict(self.preset.boxes_training[self.device])
         else:
             fields = dict(self.preset.training[dataset][self.device])
@@ -146,8 +180,9 @@ def figure7_dataset(trained) -> Optional[str]:
 
 
 def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = "cpu",
-              seeds: Optional[int] = None) -> Plan:
-    """The :class:`Plan` of ``preset`` with ``data`` (``{name: path}``) on ``device`` ("cpu"/"cuda")."""
+              seeds: Optional[int] = None, tuning: Optional[Tuning] = None) -> Plan:
+    """The :class:`Plan` of ``preset`` with ``data`` (``{name: path}``) on ``device`` ("cpu"/"cuda");
+    ``tuning`` (``--tune``) replaces the preset's own."""
     if preset not in PRESETS:
         raise ValueError(f"preset (--preset) must be one of {', '.join(PRESETS)}, got {preset!r}")
     if device not in ("cpu", "cuda"):
@@ -179,4 +214,5 @@ def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = 
                                                   "--preset paper) to explain these images"))
         else:
             box_sets.append(name)
-    return Plan(p, data, device, seeds, accuracy, ablation, robustness, gsnr, tuple(box_sets), tuple(skipped))
+    return Plan(p, data, device, seeds, accuracy, ablation, robustness, gsnr, tuple(box_sets), tuple(skipped),
+                tuning if tuning is not None else p.tuning)

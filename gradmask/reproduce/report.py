@@ -107,9 +107,9 @@ class Section:
         self.blocks.append(("p", f"**Verdict: {self.verdict}** ({lines})."))
 
 
-def _runs(out: Path, dataset: str, augment: Optional[str] = None) -> dict:
+def _runs(out: Path, dataset: str, augment: Optional[str] = None, ablation: bool = False) -> dict:
     """``{variant: [finished Run, ...]}`` of a dataset's folder."""
-    folder = runs_dir(out, dataset, augment)
+    folder = runs_dir(out, dataset, augment, ablation)
     by_variant: dict = {}
     if folder.is_dir():
         for r in load_runs(folder):
@@ -174,9 +174,10 @@ def _throughput(runs: list) -> list[float]:
     return values
 
 
-def table2(out: Path, state: dict, dataset: str) -> Section:
+def table2(out: Path, state: dict, dataset: str, separate: bool = False) -> Section:
+    """Table 2 from Table 1's runs of ``dataset``, or (``separate``) from its own ``ablation/`` runs."""
     s = Section(paper.TABLE2)
-    runs = _runs(out, dataset)
+    runs = _runs(out, dataset, ablation=separate)
     acc = {v: _accuracies(runs.get(v, [])) for v in ("lateral", "norm", "pixel")}
     speed = {v: _throughput(runs.get(v, [])) for v in ("lateral", "norm", "pixel")}
     rows = []
@@ -204,6 +205,9 @@ def table2(out: Path, state: dict, dataset: str) -> Section:
                              "(`mask=\"pixel\"`). Throughput is the median over epochs of training images per "
                              "second (evaluation excluded); slowdown = masked throughput / variant throughput, "
                              f"its verdict an interval over seeds against {SLOWDOWN:g}x."))
+    if separate:
+        s.blocks.append(("p", "These ablation runs keep their own, smaller scale (see the setting below), not "
+                              "Table 1's: there was no time to train them at Table 1's budget. They are not tuned."))
     s.finish(_run_setting(sum((runs.get(v, []) for v in ("lateral", "norm", "pixel")), []), state))
     return s
 
@@ -418,10 +422,11 @@ def sections(out: Path, state: dict) -> list[Section]:
     if state.get("preset") != "quick" and len(trained) > 1:
         trained.pop("synthetic", None)   # synthetic runs only serve the box experiments
     datasets = list(trained)
-    ablation = next((d for d in datasets if "norm" in trained[d]["settings"]["variants"]), None)
+    separate = next((d for d in ACCURACY_DATASETS if read_step(out, f"train-{d}-ablation")), None)
+    ablation = separate or next((d for d in datasets if "norm" in trained[d]["settings"]["variants"]), None)
     result = [table1(out, state, datasets)] if datasets else []
     if ablation:
-        result.append(table2(out, state, ablation))
+        result.append(table2(out, state, ablation, separate=separate is not None))
     for part in (table3(out, state), sanity(out, state)):
         if part is not None:
             result.append(part)

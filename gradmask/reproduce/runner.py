@@ -24,7 +24,7 @@ import torch
 from ..files import write_atomic
 from ..train.distributed import is_main_process
 from . import experiments
-from .presets import Plan
+from .presets import ABLATION_VARIANTS, Plan
 
 STEPS = "steps"
 STATE = "reproduce.json"
@@ -69,15 +69,25 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
     result: list[Step] = []
     trained = []
     for dataset in plan.accuracy:
-        variants = ("none", "lateral") + (("norm", "pixel") if dataset == plan.ablation else ())
-        trained.append((dataset, variants))
+        ablation_here = dataset == plan.ablation and not plan.separate_ablation
+        trained.append((dataset, ("none", "lateral") + (("norm", "pixel") if ablation_here else ()), plan.tuning))
     if "synthetic" not in plan.accuracy:
-        trained.append(("synthetic", ("none", "lateral")))
-    for dataset, variants in trained:
-        result.append(Step(f"train-{dataset}", f"train {', '.join(variants)} on {dataset}",
-                           {"fields": plan.training(dataset), "variants": variants, "seeds": plan.seeds},
-                           lambda d=dataset, v=variants: experiments.train_runs(plan, out, d, v, train_fn=train_fn,
-                                                                                log=log), training=True))
+        trained.append(("synthetic", ("none", "lateral"), None))
+    for dataset, variants, tuning in trained:
+        settings = {"fields": plan.training(dataset), "variants": variants, "seeds": plan.seeds}
+        if tuning is not None:
+            settings["tune"] = tuning.to_json()
+        title = f"{'tune, then ' if tuning else ''}train {', '.join(variants)} on {dataset}"
+        result.append(Step(f"train-{dataset}", title, settings,
+                           lambda d=dataset, v=variants, t=tuning: experiments.train_runs(
+                               plan, out, d, v, train_fn=train_fn, log=log, tuning=t), training=True))
+    if plan.separate_ablation:
+        result.append(Step(f"train-{plan.ablation}-ablation",
+                           f"train {', '.join(ABLATION_VARIANTS)} on {plan.ablation} (Table 2, its own scale)",
+                           {"fields": plan.training(plan.ablation, ablation=True), "variants": ABLATION_VARIANTS,
+                            "seeds": plan.seeds},
+                           lambda: experiments.train_runs(plan, out, plan.ablation, ABLATION_VARIANTS,
+                                                          train_fn=train_fn, log=log, ablation=True), training=True))
     result.append(Step("train-synthetic-li-blur", "train none with the LI background blur on synthetic",
                        {"fields": plan.training("synthetic"), "seeds": plan.seeds},
                        lambda: experiments.train_runs(plan, out, "synthetic", ("none",), augment="li-blur",

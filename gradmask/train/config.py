@@ -18,6 +18,7 @@ DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
 STEMS = ("cifar", "imagenet")
 SCHEDULES = ("multistep", "cosine", "onecycle")
 AMP_MODES = ("none", "bf16", "fp16")
+MAX_VAL_FRACTION = 0.5  # the largest share of the training images a validation split may take
 
 #: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -51,7 +52,11 @@ class TrainConfig:
 
     Data: ``dataset`` one of ``DATASETS``; ``data`` its path (not used by "synthetic");
     ``train_limit`` / ``test_limit`` use only N images of a split, drawn with a fixed seed (the
-    same in every run; streamed ImageNet: N images per epoch); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
+    same in every run; streamed ImageNet: N images per epoch); ``val_fraction`` > 0 holds out that
+    share of the training images (a fixed seeded draw, :func:`gradmask.train.data.validation_split`)
+    as a validation split: the run trains on the rest (``train_limit`` then draws from the rest),
+    evaluates on the validation split (metrics ``val_*`` instead of ``test_*``) and never reads the
+    test split (tuning); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
     ``augment`` a name in ``gradmask.train.augment.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
     ``num_workers`` decoding processes of the streamed ImageNet loader.
@@ -88,6 +93,7 @@ class TrainConfig:
     data: Optional[str] = None
     train_limit: Optional[int] = None
     test_limit: Optional[int] = None
+    val_fraction: float = 0.0
     synthetic_train: int = 20000
     synthetic_test: int = 5000
     augment: str = "crop-flip"
@@ -219,6 +225,11 @@ class TrainConfig:
                              f"(a directory or archive), got {self.data!r}")
         positive_int("train_limit", optional=True)
         positive_int("test_limit", optional=True)
+        if not _is_number(self.val_fraction) or not 0.0 <= self.val_fraction <= MAX_VAL_FRACTION:
+            raise bad("val_fraction", f"0 (no validation split) or a number in (0, {MAX_VAL_FRACTION}]")
+        if self.val_fraction and self.dataset == "imagenet":
+            raise ValueError("val_fraction needs an in-memory dataset; the streamed 'imagenet' loader has no "
+                             "validation split (use 0)")
         positive_int("synthetic_train")
         positive_int("synthetic_test")
         from .augment import AUGMENTS
@@ -292,6 +303,24 @@ class TrainConfig:
                              "out, overwrite starts it again")
 
 
+# mask fields: they do not apply to the vanilla run (mask="none"); the LoG ones not to mask="norm",
+# ``groups`` not to mask="pixel" (one mask per channel)
+LOG_FIELDS = ("sigma", "kernel_size", "kernel", "padding")
+MASK_FIELDS = ("groups", *LOG_FIELDS, "inhibition_rate", "targets", "skip_last")
+
+
+def field_applies(name: str, mask: str) -> bool:
+    """Whether TrainConfig field ``name`` changes a run with ``mask`` (e.g. ``inhibition_rate``
+    does not change ``mask="none"``)."""
+    if mask == "none":
+        return name not in MASK_FIELDS
+    if mask == "norm":
+        return name not in LOG_FIELDS
+    if mask == "pixel":
+        return name != "groups"
+    return True
+
+
 # fields that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE_FIELDS = ("out", "resume", "overwrite", "tensorboard", "progress", "num_workers", "device",
                       "compile")
@@ -303,5 +332,5 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore=RESUME_FREE_FIELDS
             if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)}
 
 
-__all__ = ["AMP_MODES", "DATASETS", "MASK_MODES", "PRESETS", "SCHEDULES", "STEMS", "TrainConfig",
-           "config_differences"]
+__all__ = ["AMP_MODES", "DATASETS", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES", "MAX_VAL_FRACTION", "PRESETS",
+           "SCHEDULES", "STEMS", "TrainConfig", "config_differences", "field_applies"]

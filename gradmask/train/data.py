@@ -9,6 +9,7 @@ marks the padding samples that the shards repeat so that every test image counts
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from .config import TrainConfig
 
 _CROP_PADDING = 4
 SYNTHETIC_DATA_SEED = 0  # the synthetic data set is fixed; ``seed`` varies the training only
+VALIDATION_SEED = 1  # the validation split is the same in every run (any seed, any variant)
 
 
 @dataclass
 class RunData:
     """``train`` / ``test``: a TensorLoader or a DataLoader; sizes are images per epoch over all
     processes (``train_size`` after ``train_limit``); ``mean`` / ``std`` the model's
-    normalisation; ``image_size`` the side of the training images."""
+    normalisation; ``image_size`` the side of the training images. ``eval_split`` names what
+    ``test`` holds: ``"test"``, or ``"val"`` (the validation split of ``val_fraction``)."""
 
     train: object
     test: object
@@ -44,6 +47,8 @@ class RunData:
     world_size: int = 1
     streamed: bool = False
     train_steps: int = 0  # batches per epoch on each process
+    classes: tuple = ()  # the training split's class names, in label order
+    eval_split: str = "test"
 
     def set_epoch(self, epoch: int) -> None:
         if isinstance(self.train, TensorLoader):
@@ -102,13 +107,21 @@ def _channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple
 
 
 def _small_splits(config: TrainConfig):
+    """``(train, test)`` datasets; ``test`` is None when a validation split replaces it (the test
+    split is then not read at all)."""
     if config.dataset == "synthetic":
         n_train = min(config.synthetic_train, config.train_limit or config.synthetic_train)
+        if config.val_fraction:  # render enough that train_limit images remain besides the validation split
+            n_train = min(config.synthetic_train, math.ceil(n_train / (1.0 - config.val_fraction)))
         n_test = min(config.synthetic_test, config.test_limit or config.synthetic_test)
         train = load_dataset("synthetic", split="train", n=n_train, seed=SYNTHETIC_DATA_SEED)
+        if config.val_fraction:
+            return train, None
         test = load_dataset("synthetic", split="test", n=n_test, seed=SYNTHETIC_DATA_SEED)
         return train, test
     train = load_dataset(config.dataset, root=config.data, split="train")
+    if config.val_fraction:
+        return train, None
     if config.dataset == "folder":
         test = load_test_split("folder", root=config.data)  # "val" if the tree has no test/
     else:
@@ -123,6 +136,19 @@ def random_subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tup
     if index is None:
         return images, labels
     return images[index], labels[index]
+
+
+@functools.lru_cache(maxsize=16)
+def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_index, val_index)`` of ``n`` training images: ``round(fraction * n)`` (at least
+    one) drawn at random with the fixed :data:`VALIDATION_SEED` for validation, the rest for
+    training; sorted int64, disjoint, together ``range(n)``. The same for every run, seed and
+    variant, and drawn once per process (cached; do not modify the returned tensors)."""
+    if not 0.0 < fraction < 1.0 or n < 2:
+        raise ValueError(f"validation_split needs 0 < fraction < 1 and n >= 2, got fraction {fraction!r}, n {n}")
+    n_val = min(max(1, round(fraction * n)), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[n_val:].sort().values, order[:n_val].sort().values
 
 
 def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank: int = 0,
@@ -143,7 +169,7 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
             print(f"note: the {test_ds.split} split of {config.data} has no images of the training class(es) "
                   f"{missing}; it is scored on the other {len(train_ds.classes) - len(missing)} classes",
                   file=sys.stderr)
-    if train_ds.images.shape[1:] != test_ds.images.shape[1:]:
+    if test_ds is not None and train_ds.images.shape[1:] != test_ds.images.shape[1:]:
         raise ValueError(f"train and test images of {config.dataset!r} differ in shape: "
                          f"{tuple(train_ds.images.shape[1:])} vs {tuple(test_ds.images.shape[1:])}")
     num_classes = len(train_ds.classes)
@@ -153,11 +179,18 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
         stats = dataset_stats(config.dataset)
         mean, std = tuple(stats.mean), tuple(stats.std)
     train_images, train_labels = train_ds.images, train_ds.labels
-    test_images, test_labels = test_ds.images, test_ds.labels
+    eval_split = "test"
+    if config.val_fraction:  # evaluate on a held-out share of the training images (test_limit unused)
+        eval_split = "val"
+        train_index, val_index = validation_split(len(train_labels), float(config.val_fraction))
+        test_images, test_labels = train_images[val_index], train_labels[val_index]
+        train_images, train_labels = train_images[train_index], train_labels[train_index]
+    else:
+        test_images, test_labels = test_ds.images, test_ds.labels
+        if config.test_limit is not None:
+            test_images, test_labels = random_subset(test_images, test_labels, config.test_limit)
     if config.train_limit is not None:
         train_images, train_labels = random_subset(train_images, train_labels, config.train_limit)
-    if config.test_limit is not None:
-        test_images, test_labels = random_subset(test_images, test_labels, config.test_limit)
     image_size = int(train_images.shape[-1])
     loader_aug = None
     if augment.crop_flip:
@@ -168,7 +201,7 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
                         world_size=world_size, device=device)
     return RunData(train, test, num_classes, image_size, mean, std, train_size=int(train_images.shape[0]),
                    test_size=int(test_images.shape[0]), device=device, rank=rank, world_size=world_size,
-                   streamed=False, train_steps=len(train))
+                   streamed=False, classes=tuple(train_ds.classes), train_steps=len(train), eval_split=eval_split)
 
 
 def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch) -> RunData:
@@ -192,7 +225,7 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
     stats = dataset_stats("imagenet")
     return RunData(train, test, len(train.dataset.classes), 224, tuple(stats.mean), tuple(stats.std),
                    train_size=n_train, test_size=n_test, device=device, rank=rank, world_size=world_size,
-                   streamed=True, train_steps=steps)
+                   streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
 
 
-__all__ = ["RunData", "SYNTHETIC_DATA_SEED", "build_data"]
+__all__ = ["RunData", "SYNTHETIC_DATA_SEED", "VALIDATION_SEED", "build_data", "validation_split"]

@@ -32,8 +32,8 @@ from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
 from .augment import build_augment
-from .checkpoint import FORMAT, build_model, read_checkpoint, save_checkpoint
-from .config import TrainConfig, config_differences
+from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
+from .config import TrainConfig
 from .data import RunData, build_data, random_subset
 from .distributed import DistContext, setup_distributed
 from .rng import rng_state, seed_everything, set_rng_state
@@ -155,16 +155,10 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
     run.check_start(config.resume, config.overwrite)
+    # verified checkpoint; a run of another config is refused, finished or not
+    resume = run.resume_state(config) if config.resume else None
     if config.resume and run.finished:
         return run.read_final()
-    resume = None
-    if config.resume and run.checkpoint.is_file():
-        resume = read_checkpoint(run.checkpoint, map_location="cpu")
-        diff = config_differences(TrainConfig.from_dict(dict(resume["config"])), config)
-        if diff:
-            raise ValueError(f"cannot resume from {run.checkpoint}: the config differs in "
-                             + ", ".join(f"{k} (run {a!r}, now {b!r})" for k, (a, b) in diff.items())
-                             + "; use the run's settings, or overwrite=True to start again")
     if dist_ctx.is_main and resume is None:
         run.clear()  # overwrite, or a resume with nothing to resume from
     dist_ctx.barrier()
@@ -176,7 +170,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     data = build_data(config, augment, device, dist_ctx.rank, dist_ctx.world_size)
     stem = config.stem or ("imagenet" if config.dataset == "imagenet" or data.image_size > 64 else "cifar")
     model_args = {"name": config.model, "num_classes": data.num_classes, "stem": stem,
-                  "mean": list(data.mean), "std": list(data.std)}
+                  "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
+                  "classes": list(data.classes)}
     model = build_model(model_args).to(device)  # same initial weights on every process
     if dist_ctx.enabled:  # then independent random streams per process (batch augmentation, dropout)
         seed_everything(config.seed + 1_000_003 * dist_ctx.rank)
@@ -194,7 +189,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     history: list[dict] = []
     start_epoch = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        load_model_state(model, resume["model"], run.checkpoint)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if resume.get("scaler"):
@@ -245,8 +240,9 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
             test_loss, test_acc, test_top5 = _evaluate(ctx, eval_net, autocast)
             mask_kept = _mask_kept(handle, dist_ctx, device)
             epoch_seconds = time.perf_counter() - start
+            ev = data.eval_split  # "test", or "val" with a validation split (the test split unread)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                      "test_loss": test_loss, "test_acc": test_acc, "test_top5": test_top5, "lr": lr,
+                      f"{ev}_loss": test_loss, f"{ev}_acc": test_acc, f"{ev}_top5": test_top5, "lr": lr,
                       "epoch_seconds": epoch_seconds, "images_per_second": images / max(train_time, 1e-9),
                       "mask_kept": mask_kept}
             ctx.epoch = epoch + 1
@@ -259,7 +255,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                 if writer is not None:
                     _log_tensorboard(writer, record)
                 if show:
-                    tqdm.write(_summary(record, config.epochs), file=sys.stderr)
+                    tqdm.write(_summary(record, config.epochs, data.eval_split), file=sys.stderr)
             if not math.isfinite(train_loss):
                 raise RuntimeError(f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
                                    f"lower lr (now {config.lr}) or check the data")
@@ -267,7 +263,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
             if dist_ctx.is_main:
                 save_checkpoint(run.checkpoint, _checkpoint_state(ctx, model_args, rank_states))
         last = history[-1]
-        final = {"test_acc": last["test_acc"], "test_top5": last["test_top5"], "test_loss": last["test_loss"],
+        ev = data.eval_split
+        final = {f"{ev}_acc": last[f"{ev}_acc"], f"{ev}_top5": last[f"{ev}_top5"], f"{ev}_loss": last[f"{ev}_loss"],
                  "epochs": config.epochs, "train_seconds": sum(r["epoch_seconds"] for r in history),
                  "device": _device_name(device, dist_ctx.world_size), "model": config.model,
                  "mask": config.mask, "seed": config.seed,
@@ -402,11 +399,11 @@ def _log_tensorboard(writer, record: dict) -> None:
     writer.flush()
 
 
-def _summary(r: dict, epochs: int) -> str:
+def _summary(r: dict, epochs: int, ev: str = "test") -> str:
     kept = [v for v in (r["mask_kept"] or {}).values() if v is not None]
     mask = f" | kept {sum(kept) / len(kept):.3f}" if kept else ""
     return (f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
-            f"test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f} top5 {r['test_top5']:.4f}{mask} | "
+            f"{ev} loss {r[f'{ev}_loss']:.4f} acc {r[f'{ev}_acc']:.4f} top5 {r[f'{ev}_top5']:.4f}{mask} | "
             f"lr {r['lr']:.4g} | {r['epoch_seconds']:.1f} s, {r['images_per_second']:.0f} img/s")
 
 

@@ -6,7 +6,9 @@
   test: after it, in eval mode); ``lr`` is the learning rate of the epoch's last step;
   ``epoch_seconds`` the wall time of training + evaluation; ``images_per_second`` training images
   (all processes) per second of the training phase; ``mask_kept`` is ``{target: kept fraction}``
-  (mean over the epoch's steps and the processes) or null.
+  (mean over the epoch's steps and the processes) or null. A run with a validation split
+  (``val_fraction`` > 0) writes ``val_loss`` / ``val_acc`` / ``val_top5`` instead of the
+  ``test_*`` keys (here and in ``final.json``): it never reads the test split.
 - ``metrics.csv``: the same records as a table (rewritten every epoch), ``mask_kept`` replaced by
   ``mask_kept_mean`` (mean over targets, empty without a mask).
 - ``checkpoint.pt``: see :mod:`gradmask.train.checkpoint`.
@@ -29,7 +31,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..files import write_atomic, write_csv
-from .checkpoint import CHECKPOINT
+from .checkpoint import CHECKPOINT, read_checkpoint
+from .config import TrainConfig, config_differences
 
 CONFIG = "config.json"
 LOCK = ".gradmask.lock"
@@ -279,6 +282,44 @@ class RunDir:
             return []
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
+
+    def read_config(self) -> Optional[TrainConfig]:
+        """The run's ``config.json`` as a TrainConfig, or None without one."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return TrainConfig.from_dict(json.load(f))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"run config {path} cannot be read ({exc})") from exc
+
+    def _stored(self) -> tuple[Optional[dict], Optional[TrainConfig]]:
+        """``(checkpoint state (verified) or None, the run's config or None)``."""
+        if self.checkpoint.is_file():
+            state = read_checkpoint(self.checkpoint)
+            return state, TrainConfig.from_dict(dict(state["config"]))
+        return None, self.read_config()
+
+    def differences(self, config: TrainConfig) -> dict[str, tuple]:
+        """``{field: (the run's value, config's value)}`` for the settings that change results
+        (:func:`gradmask.train.config.config_differences`) where the run in this folder (its
+        checkpoint, else its ``config.json``) differs from ``config``; ``{}`` for an empty folder."""
+        stored = self._stored()[1]
+        return {} if stored is None else config_differences(stored, config)
+
+    def resume_state(self, config: TrainConfig) -> Optional[dict]:
+        """The checkpoint (verified) to continue ``config`` from, or None when there is none. A run
+        here of another config, finished or not, raises ``ValueError`` naming the fields that differ."""
+        state, stored = self._stored()
+        diff = {} if stored is None else config_differences(stored, config)
+        if diff:
+            what = "the finished run" if self.finished else "the run"
+            raise ValueError(f"cannot resume {what} in {self.path}: its config differs in "
+                             + ", ".join(f"{k} (run {a!r}, now {b!r})" for k, (a, b) in diff.items())
+                             + "; use the run's settings, overwrite=True (--overwrite) to train it again, "
+                               "or choose another out")
+        return state
 
 
 __all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
