@@ -47,7 +47,6 @@ class RunData:
     world_size: int = 1
     streamed: bool = False
     train_steps: int = 0  # batches per epoch on each process
-    classes: tuple = ()  # the training split's class names, in label order
     eval_split: str = "test"
 
     def set_epoch(self, epoch: int) -> None:
@@ -201,7 +200,7 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
                         world_size=world_size, device=device)
     return RunData(train, test, num_classes, image_size, mean, std, train_size=int(train_images.shape[0]),
                    test_size=int(test_images.shape[0]), device=device, rank=rank, world_size=world_size,
-                   streamed=False, classes=tuple(train_ds.classes), train_steps=len(train), eval_split=eval_split)
+                   streamed=False, train_steps=len(train), eval_split=eval_split)
 
 
 def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch) -> RunData:
@@ -225,7 +224,7 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
     stats = dataset_stats("imagenet")
     return RunData(train, test, len(train.dataset.classes), 224, tuple(stats.mean), tuple(stats.std),
                    train_size=n_train, test_size=n_test, device=device, rank=rank, world_size=world_size,
-                   streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
+                   streamed=True, train_steps=steps)
 
 
 __all__ = ["RunData", "SYNTHETIC_DATA_SEED", "VALIDATION_SEED", "build_data", "validation_split"]
