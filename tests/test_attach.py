@@ -158,13 +158,17 @@ def test_structural_blocks_and_in_place_relu_give_the_out_of_place_gradients(dev
     assert not torch.equal(run_step(plain, x, y)["0.weight"], results[0]["0.weight"])
 
 
+def attached_targets(model, targets):
+    with gradmask.attach(model, GradientMask(), targets=targets) as handle:
+        return list(handle.targets)
+
+
 def test_targets_by_name_pattern_type_and_module():
     model = small_resnet()
-    assert list(gradmask.attach(model, GradientMask(), targets=["layer1.0", "layer2"]).targets) == ["layer1.0", "layer2"]
-    assert list(gradmask.attach(model, GradientMask(), targets=["layer*.1"]).targets) == [
-        "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
-    assert len(gradmask.attach(model, GradientMask(), targets=[gradmask.models.BasicBlock]).targets) == 8
-    assert list(gradmask.attach(model, GradientMask(), targets=[model.layer3]).targets) == ["layer3"]
+    assert attached_targets(model, ["layer1.0", "layer2"]) == ["layer1.0", "layer2"]
+    assert attached_targets(model, ["layer*.1"]) == ["layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert len(attached_targets(model, [gradmask.models.BasicBlock])) == 8
+    assert attached_targets(model, [model.layer3]) == ["layer3"]
 
 
 def test_bad_targets_raise_clear_errors():

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 import gradmask
 from gradmask.hooks import residual_blocks
 
-BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet18_narrow": 8}
+BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet18_narrow": 8, "convnext_micro": 8,
+          "mobilenetv2_micro": 4, "efficientnet_micro": 4, "regnet_micro": 6, "vit_tiny": 6}
+IMAGE_SIZE = {("vit_tiny", "imagenet"): 224}  # the ViT's position embedding fixes its image size
 
 
 @pytest.mark.parametrize("name", gradmask.list_models())
@@ -14,6 +16,7 @@ BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet18_narrow": 8}
 def test_contract(name, stem, size):
     torch.manual_seed(0)
     model = gradmask.create_model(name, num_classes=7, stem=stem)
+    size = IMAGE_SIZE.get((name, stem), size)
     x = torch.rand(2, 3, size, size, requires_grad=True)
     handle = gradmask.attach(model, gradmask.GradientMask(groups=16 if name != "resnet18_narrow" else 8))
     assert len(residual_blocks(model)) == BLOCKS[name]

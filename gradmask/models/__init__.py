@@ -14,8 +14,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .families import ConvNeXt, ConvNeXtBlock, GroupedBottleneck, InvertedResidual, MobileNet, RegNet
 from .resnet import (IMAGENET_MEAN, IMAGENET_STD, BasicBlock, Bottleneck, Normalize, Normalized,
                      ResNet)
+from .vit import VisionTransformer
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -49,6 +51,46 @@ def resnet50(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNet:
 def resnet18_narrow(num_classes: int = 10, stem: str = "cifar", **kw) -> ResNet:
     """ResNet-18 layout at a quarter of the width (16-32-64-128): for CPU runs."""
     return ResNet(BasicBlock, (2, 2, 2, 2), (16, 32, 64, 128), num_classes, stem, **kw)
+
+
+@register_model
+def convnext_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> ConvNeXt:
+    """ConvNeXt blocks (depthwise 7x7, LayerNorm, MLP, layer scale, drop path 0.1), 16-32-64-128
+    channels, two blocks per stage."""
+    return ConvNeXt((2, 2, 2, 2), (16, 32, 64, 128), num_classes, stem, **kw)
+
+
+_MOBILE_SETTINGS = ((1, 16, 1, 1), (4, 32, 2, 2), (4, 48, 2, 2), (4, 64, 2, 1))
+
+
+@register_model
+def mobilenetv2_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> MobileNet:
+    """MobileNetV2 inverted residuals (ReLU6), 16-32-48-64 channels; a skip only in blocks 0, 2, 4
+    and 6 (stride 1, same channels)."""
+    return MobileNet(_MOBILE_SETTINGS, num_classes, stem, **kw)
+
+
+@register_model
+def efficientnet_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> MobileNet:
+    """EfficientNet MBConv blocks (SiLU, squeeze-excite, drop path 0.1), the layout of
+    ``mobilenetv2_micro``."""
+    return MobileNet(_MOBILE_SETTINGS, num_classes, stem, act=nn.SiLU, se=True, drop_path=0.1, **kw)
+
+
+@register_model
+def regnet_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> RegNet:
+    """RegNetX / ResNeXt grouped bottlenecks (group width 8), 16-32-64-128 channels, depths 1-2-2-1."""
+    return RegNet((1, 2, 2, 1), (16, 32, 64, 128), 8, num_classes, stem, **kw)
+
+
+@register_model
+def vit_tiny(num_classes: int = 10, stem: str = "cifar", **kw) -> VisionTransformer:
+    """ViT, 6 blocks of width 96 (3 heads, MLP x2), class token: patch 4 on 32x32 images (stem
+    ``"cifar"``: an 8x8 grid) or patch 16 on 224x224 (``"imagenet"``: 14x14)."""
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+    size, patch = (32, 4) if stem == "cifar" else (224, 16)
+    return VisionTransformer(num_classes, image_size=size, patch_size=patch, **kw)
 
 
 def _external(name: str, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
@@ -97,5 +139,6 @@ def create_model(name: str, num_classes: int, stem: str = "cifar",
     return _REGISTRY[name](num_classes=num_classes, stem=stem, mean=mean, std=std)
 
 
-__all__ = ["BasicBlock", "Bottleneck", "Normalize", "Normalized", "ResNet", "create_model", "eval_mode",
-           "list_models", "model_device", "register_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["BasicBlock", "Bottleneck", "ConvNeXt", "ConvNeXtBlock", "GroupedBottleneck", "InvertedResidual",
+           "MobileNet", "Normalize", "Normalized", "RegNet", "ResNet", "VisionTransformer", "create_model",
+           "eval_mode", "list_models", "model_device", "register_model", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -25,24 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hooks import resolve_targets
+from ..hooks import TokenGrid, declared_token_grid, resolve_targets, token_grid_for, unwrap_model
 from ..models import eval_mode
 from ..models.resnet import Normalize
 
 Layer = Union[str, type, nn.Module]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module that really runs: ``DistributedDataParallel`` / ``DataParallel`` and
-    ``torch.compile`` wrappers are removed (saliency runs eagerly on one process; samples are
-    independent in eval mode, so nothing is lost)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def relu_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -84,13 +71,18 @@ class ActivationsAndGradients:
 
     ``strict=True``: a target whose output is not a 4-D floating-point tensor raises a
     ``ValueError`` naming ``arg_name``; ``strict=False`` skips such calls (used for the default
-    ReLU layers, where a ReLU in a fully connected head is not a spatial map).
+    ReLU layers, where a ReLU in a fully connected head is not a spatial map). Token outputs
+    ``(N, T, D)`` (a vision transformer's blocks) are recorded on their patch grid as
+    ``(N, D, H, W)`` maps (prefix tokens dropped; ``token_grid`` / ``prefix_tokens`` as in
+    :func:`gradmask.attach`); under ``strict=False`` those whose ``T`` fits no grid are skipped.
     After backward, ``gradients[i]`` is the gradient of call ``i`` (``None`` if the output did not
     reach the score).
     """
 
     def __init__(self, layers: dict[str, nn.Module], keep_activations: bool = False,
-                 strict: bool = True, arg_name: str = "target_layers"):
+                 strict: bool = True, arg_name: str = "target_layers",
+                 token_grid: Optional[tuple[int, int]] = None, prefix_tokens: Optional[int] = None):
+        self.token_grid, self.prefix_tokens = token_grid, prefix_tokens
         self.keep_activations = keep_activations
         self.strict = strict
         self.arg_name = arg_name
@@ -104,26 +96,37 @@ class ActivationsAndGradients:
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs, output):
-            if not isinstance(output, torch.Tensor) or output.dim() != 4 or not output.is_floating_point():
+            grid = None
+            if isinstance(output, torch.Tensor) and output.dim() == 3 and output.is_floating_point():
+                try:
+                    grid = token_grid_for(name, module, output.shape, self.token_grid, self.prefix_tokens,
+                                          "stated by the model")
+                except ValueError as error:
+                    if not self.strict:
+                        return
+                    raise ValueError(f"{self.arg_name}: {error}") from None
+            recorded = output if grid is None else grid.to_map(output)  # (N, C, H, W)
+            if not isinstance(output, torch.Tensor) or recorded.dim() != 4 or not output.is_floating_point():
                 if not self.strict:
                     return
                 got = (f"{tuple(output.shape)} {output.dtype}" if isinstance(output, torch.Tensor)
                        else type(output).__name__)
                 raise ValueError(f"{self.arg_name}: layer {name!r} ({type(module).__name__}) must "
-                                 f"output a 4-D floating-point tensor (N, C, H, W), got {got}")
+                                 f"output a 4-D floating-point tensor (N, C, H, W) or tokens (N, T, D), "
+                                 f"got {got}")
             index = len(self.names)
             self.names.append(name)
             # a copy: a later in-place op (ReLU(inplace=True) after a conv target) would rewrite it
-            self.activations.append(output.detach().clone() if self.keep_activations else None)
+            self.activations.append(recorded.detach().clone() if self.keep_activations else None)
             self.gradients.append(None)
-            self._shapes.append(output.shape)
+            self._shapes.append(recorded.shape)
             self._like.append(output.new_empty(0))
             if output.requires_grad:
-                output.register_hook(lambda grad: self._store(index, grad))
+                output.register_hook(lambda grad: self._store(index, grad, grid))
         return hook
 
-    def _store(self, index: int, grad: torch.Tensor) -> None:
-        self.gradients[index] = grad.detach()
+    def _store(self, index: int, grad: torch.Tensor, grid: Optional[TokenGrid]) -> None:
+        self.gradients[index] = (grad if grid is None else grid.to_map(grad)).detach()
 
     def filled_gradients(self) -> list[torch.Tensor]:
         """The gradients, zeros for a call whose output did not reach the score."""
@@ -164,6 +167,7 @@ class SaliencyMethod:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = unwrap_model(model)
         self.layers, self._strict = self._resolve(target_layers)
+        self._token_grid, self._prefix_tokens = declared_token_grid(self.model)
         self._recorder: Optional[ActivationsAndGradients] = None
 
     # -- configuration -------------------------------------------------------------------------
@@ -234,7 +238,8 @@ class SaliencyMethod:
         model = self.model
         try:
             with eval_mode(model), torch.enable_grad(), ActivationsAndGradients(
-                    self.layers, self.needs_activations, self._strict, self.layer_arg) as recorder:
+                    self.layers, self.needs_activations, self._strict, self.layer_arg,
+                    self._token_grid, self._prefix_tokens) as recorder:
                 self._recorder = recorder
                 x = images.detach().requires_grad_(True)
                 logits = model(x)

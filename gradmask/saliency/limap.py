@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..hooks import residual_blocks
 from ..laplacian import LoGFilter
 from .base import SaliencyMethod, relu_layers, resize
 
@@ -37,7 +38,10 @@ class LIMap(SaliencyMethod):
     - Default layers: the output of every ``nn.ReLU`` module, each *call* counted as one
       activation layer (a ``self.relu`` used twice in a block is two layers). Functional ``F.relu``
       calls are invisible to hooks: pass ``target_layers`` for such models. ReLU outputs that are
-      not 4-D (a fully connected head) are skipped.
+      not 4-D (a fully connected head) are skipped. A model without ``nn.ReLU`` modules (a vision
+      transformer with GELUs) uses the output of every residual block instead; token outputs
+      ``(N, T, D)`` are taken on their patch grid as ``(N, D, H, W)`` maps (prefix tokens dropped),
+      so ``K = 1`` is the norm over the embedding dimensions at each patch.
     - Maps too small for the window with reflect padding (a 5x5 kernel needs a side >= 3; a
       ResNet's last stage at 32x32 input is 4x4, 2x2 or 1x1): the window is shrunk to the largest
       odd size that fits, ``min(kernel_size, 2 * min(h, w) - 1)`` (for ``kernel="log"`` this is the
@@ -63,7 +67,7 @@ class LIMap(SaliencyMethod):
         super().__init__(model, target_layers)
 
     def default_layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        return relu_layers(model)
+        return relu_layers(model) or residual_blocks(model)
 
     def filter_for(self, height: int, width: int) -> LoGFilter:
         """The LoG used on an ``height x width`` map (the window shrunk to fit, see above)."""
