@@ -314,11 +314,14 @@ def token_grid_for(name: str, module: nn.Module, shape: torch.Size, token_grid: 
 
 
 class _TargetStats:
-    __slots__ = ("kept", "positions", "calls", "shape")
+    __slots__ = ("kept", "positions", "calls", "shape", "maps", "nonfinite_maps", "tied_maps")
 
     def __init__(self):
-        self.kept: Optional[torch.Tensor] = None  # device tensor: no host sync in the hook
+        self.kept: Optional[torch.Tensor] = None  # device tensors: no host sync in the hook
+        self.nonfinite_maps: Optional[torch.Tensor] = None
+        self.tied_maps: Optional[torch.Tensor] = None
         self.positions = 0
+        self.maps = 0
         self.calls = 0
         self.shape: Optional[tuple] = None
 
@@ -377,6 +380,10 @@ class MaskHandle:
                                  f"4-D floating-point tensor (N, C, H, W) or tokens (N, T, D), got {got}")
             grid = None if output.dim() == 4 else token_grid_for(
                 name, module, output.shape, self.token_grid, self.prefix_tokens, self.grid_source)
+            try:  # at the first forward, not at the first backward
+                self.gradient_mask.maps_per_sample(output.shape[1] if grid is None else output.shape[2])
+            except ValueError as error:
+                raise ValueError(f"gradmask target {name!r} ({type(module).__name__}): {error}") from None
             if self.enabled and output.requires_grad:
                 output.register_hook(functools.partial(self._eager_mask_map, name) if grid is None
                                      else functools.partial(self._eager_mask_tokens, name, grid))
@@ -392,19 +399,31 @@ class MaskHandle:
     def _mask_gradient(self, name: str, grad: torch.Tensor) -> Optional[torch.Tensor]:
         if not self.enabled:
             return None
-        masked, kept_fraction = self.gradient_mask.apply(grad)
+        result = self.gradient_mask.apply(grad)
         stats = self._stats[name]
-        kept = kept_fraction * grad.numel()  # float64 on the device: no host sync in the hook
-        stats.kept = kept if stats.kept is None else stats.kept + kept
+        kept = result.kept_fraction * grad.numel()  # float64 on the device: no host sync in the hook
+        if stats.kept is None:
+            stats.kept, stats.nonfinite_maps, stats.tied_maps = kept, result.nonfinite_maps, result.tied_maps
+        else:
+            stats.kept = stats.kept + kept
+            stats.nonfinite_maps = stats.nonfinite_maps + result.nonfinite_maps
+            stats.tied_maps = stats.tied_maps + result.tied_maps
         stats.positions += grad.numel()
+        stats.maps += result.maps
         stats.calls += 1
         stats.shape = tuple(grad.shape)
-        return masked
+        return result.gradient
 
     def stats(self) -> dict[str, dict]:
-        """``{target: {"kept_fraction", "calls", "shape"}}`` since attach or ``reset_stats()``."""
+        """``{target: {"kept_fraction", "calls", "shape", "maps", "nonfinite_maps", "tied_maps"}}``
+        since attach or ``reset_stats()``: ``maps`` counts the (sample, set) masks made,
+        ``nonfinite_maps`` those whose gradient held a NaN or inf (kept there unchanged: the
+        optimizer's or GradScaler's check sees it), ``tied_maps`` those where no position scored
+        above the threshold (kept at the maximum, e.g. an all-zero gradient); see GradientMask."""
         return {name: {"kept_fraction": (s.kept.item() / s.positions) if s.positions else None,
-                       "calls": s.calls, "shape": s.shape}
+                       "calls": s.calls, "shape": s.shape, "maps": s.maps,
+                       "nonfinite_maps": s.nonfinite_maps.item() if s.calls else 0,
+                       "tied_maps": s.tied_maps.item() if s.calls else 0}
                 for name, s in self._stats.items()}
 
     def reset_stats(self) -> None:

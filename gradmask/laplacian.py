@@ -37,22 +37,64 @@ PADDINGS = ("reflect", "zero")
 
 
 @functools.lru_cache(maxsize=None)
-def _banded_function():
-    """The compiled ``gradmask_banded_log`` (see ``gradmask/_banded.c``), or None if not built."""
+def compiled_library():
+    """The compiled ``gradmask/_banded.c`` (``gradmask_banded_log``, ``gradmask_finite_input``,
+    ``gradmask_mark_nonfinite``, ``gradmask_sample_scales``) as a ctypes library with its argument
+    types set, or None if it was not built."""
     try:
         from . import _banded
     except ImportError:
         return None
-    function = ctypes.CDLL(_banded.__file__).gradmask_banded_log
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-                         ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 6
-    return function  # ctypes releases the GIL during the call
+    library = ctypes.CDLL(_banded.__file__)  # ctypes releases the GIL during each call
+    library.gradmask_banded_log.restype = ctypes.c_int
+    library.gradmask_banded_log.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 7
+    library.gradmask_finite_input.restype = ctypes.c_int
+    library.gradmask_finite_input.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    library.gradmask_mark_nonfinite.restype = None
+    library.gradmask_mark_nonfinite.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                                ctypes.c_int]
+    library.gradmask_sample_scales.restype = None
+    library.gradmask_sample_scales.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                               ctypes.c_int, ctypes.c_void_p]
+    return library
 
 
 def banded_available() -> bool:
     """True when the compiled banded filter was built (it needs a C compiler at install time)."""
-    return _banded_function() is not None
+    return compiled_library() is not None
+
+
+def _block_input(source: torch.Tensor, abs_input: bool, isolate_nonfinite: bool,
+                 compiled: bool) -> tuple[torch.Tensor, int]:
+    """``(part, nonfinite)``: a block of maps as the matrix products read it, ``|source|`` or
+    ``source`` with non-finite values read as 0 under ``isolate_nonfinite``. ``compiled`` (float32
+    on CPU, ``source`` contiguous): one C pass that also says whether ``source`` held a non-finite
+    value (``nonfinite``, handed on to :func:`_block_output`; 1 elsewhere)."""
+    if compiled:
+        part = torch.empty_like(source)
+        return part, compiled_library().gradmask_finite_input(source.data_ptr(), part.data_ptr(),
+                                                              source.numel(), abs_input)
+    part = source.abs() if abs_input else source
+    if isolate_nonfinite:
+        part = torch.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0)
+    return part.contiguous(), 1
+
+
+def _block_output(source: torch.Tensor, result: torch.Tensor, abs_output: bool, isolate_nonfinite: bool,
+                  compiled: bool, nonfinite: int) -> None:
+    """Finish a filtered block in place: ``|result|`` with ``abs_output``, +inf where ``source`` is
+    not finite under ``isolate_nonfinite`` (``compiled``: one C pass, reading ``source`` only when
+    ``nonfinite``)."""
+    if compiled:
+        compiled_library().gradmask_mark_nonfinite(source.data_ptr(), result.data_ptr(), result.numel(),
+                                                   abs_output, nonfinite)
+        return
+    if abs_output:
+        result.abs_()
+    if isolate_nonfinite:  # + (source - finite source): + 0 where finite (exact), NaN or +-inf where not
+        marker = source - torch.nan_to_num(source, nan=0.0, posinf=0.0, neginf=0.0)
+        result.add_(marker).nan_to_num_(nan=math.inf, posinf=math.inf, neginf=math.inf)
 
 
 def default_kernel_size(sigma: float) -> int:
@@ -200,13 +242,15 @@ class LoGFilter:
         return self._cached("banded", height, width, "cpu", torch.float32, lambda: (
             np.stack([_crop(r, ry) for r, _ in self._factors]), np.stack([_crop(c, rx) for _, c in self._factors])))
 
-    def _banded(self, maps: torch.Tensor, out: torch.Tensor, abs_input: bool, abs_output: bool) -> None:
+    def _banded(self, maps: torch.Tensor, out: torch.Tensor, abs_input: bool, abs_output: bool,
+                isolate_nonfinite: bool) -> None:
         """Filter contiguous float32 ``maps`` ``(M, H, W)`` into ``out`` with the compiled filter."""
         _, height, width = maps.shape
         rows, cols = self.banded_taps(height, width)
-        status = _banded_function()(maps.data_ptr(), out.data_ptr(), maps.shape[0], height, width,
-                                    rows.data_ptr(), cols.data_ptr(), rows.shape[0], (rows.shape[1] - 1) // 2,
-                                    (cols.shape[1] - 1) // 2, self.padding == "reflect", abs_input, abs_output)
+        status = compiled_library().gradmask_banded_log(
+            maps.data_ptr(), out.data_ptr(), maps.shape[0], height, width, rows.data_ptr(), cols.data_ptr(),
+            rows.shape[0], (rows.shape[1] - 1) // 2, (cols.shape[1] - 1) // 2, self.padding == "reflect",
+            abs_input, abs_output, isolate_nonfinite)
         if status:
             raise RuntimeError(f"the compiled banded LoG filter failed (status {status}) on maps {tuple(maps.shape)}")
 
@@ -240,10 +284,13 @@ class LoGFilter:
         return self._cached("dense", height, width, device, dtype, build)[0]
 
     def __call__(self, maps: torch.Tensor, dtype: Optional[torch.dtype] = None, abs_input: bool = False,
-                 abs_output: bool = False) -> torch.Tensor:
+                 abs_output: bool = False, isolate_nonfinite: bool = False) -> torch.Tensor:
         """Filter ``maps`` ``(..., H, W)`` (floating point) -> same shape, in ``dtype`` (default:
         the maps' dtype). ``abs_input`` filters ``|maps|``, ``abs_output`` returns ``|result|``
         (the mask's ``|LoG(|g|)|``): both are done block by block while the block is in cache.
+        ``isolate_nonfinite`` reads every non-finite value (NaN, +-inf) as 0, so that it reaches no
+        neighbour's output, and returns +inf at its own position (the Gradient Mask's rule: such a
+        position ranks first and is kept); without it NaN and inf spread over the window.
 
         On CPU the maps go through in blocks of about ``CPU_BLOCK_BYTES`` so that both matrix
         products work in cache (3x faster than one large batch on a 1 MiB-L2 core).
@@ -256,7 +303,7 @@ class LoGFilter:
         flat = maps.reshape(-1, height, width)
         out = torch.empty(flat.shape, dtype=dtype, device=maps.device)
         if self.uses_banded_filter(height, width, maps.device, dtype):
-            self._banded(flat.to(dtype).contiguous(), out, abs_input, abs_output)
+            self._banded(flat.to(dtype).contiguous(), out, abs_input, abs_output, isolate_nonfinite)
             return out.view(*lead, height, width)
         if self.uses_dense_operator(height, width):
             dense = self.dense_matrix(height, width, maps.device, dtype)
@@ -271,12 +318,14 @@ class LoGFilter:
         block = len(flat)
         if maps.device.type == "cpu":
             block = max(1, CPU_BLOCK_BYTES // (height * width * out.element_size()))
+        compiled = (isolate_nonfinite and maps.device.type == "cpu" and dtype == torch.float32
+                    and banded_available())
         for start in range(0, len(flat), block):
-            part = flat[start:start + block].to(dtype)
-            if abs_input:
-                part = part.abs()
+            source = flat[start:start + block].to(dtype)
+            if compiled:
+                source = source.contiguous()
             result = out[start:start + block]
-            product(part.contiguous(), result)
-            if abs_output:
-                result.abs_()
+            part, nonfinite = _block_input(source, abs_input, isolate_nonfinite, compiled)
+            product(part, result)
+            _block_output(source, result, abs_output, isolate_nonfinite, compiled, nonfinite)
         return out.view(*lead, height, width)

@@ -2,15 +2,52 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .laplacian import LoGFilter
-from .selection import kth_smallest
+from .laplacian import CPU_BLOCK_BYTES, LoGFilter, compiled_library
+from .selection import kth_smallest_and_max
 
 MODES = ("lateral", "norm", "pixel")
 MASK_MODES = ("none", *MODES)  # the choices of a `mask` setting: no mask, or a mode
+NORM_SCALE_EXPONENT = 48  # before squaring, a sample's largest |g| is scaled into [2**47, 2**48)
+
+
+def _checked_rate(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
+        raise ValueError(f"inhibition_rate must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _sample_scales(grad: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """``(N,)`` powers of two in ``compute``: ``2**(NORM_SCALE_EXPONENT - e_n)`` with ``e_n`` the
+    exponent of sample ``n``'s largest ``|g|`` (``m 2**e_n``, ``0.5 <= m < 1``), at most
+    ``2**bias`` (a normal number); 1 for a sample holding a non-finite value, whose maximum says
+    nothing about its finite values. Multiplying by them is exact. (On CPU, float32 and bf16
+    samples laid out densely get the same numbers from one compiled pass per block of samples,
+    see :meth:`GradientMask._squared_norms`.)"""
+    dims = tuple(range(1, grad.dim()))
+    largest = torch.maximum(grad.amax(dim=dims), grad.amin(dim=dims).neg()).to(compute)
+    exponent = torch.where(torch.isfinite(largest), torch.frexp(largest).exponent, NORM_SCALE_EXPONENT)
+    bias, mantissa_bits, int_type = ((1023, 52, torch.int64) if compute == torch.float64
+                                     else (127, 23, torch.int32))
+    biased = (bias + NORM_SCALE_EXPONENT - exponent.to(int_type)).clamp_(max=2 * bias)
+    return (biased << mantissa_bits).view(compute)
+
+
+@dataclass(frozen=True)
+class MaskedGradient:
+    """What :meth:`GradientMask.apply` returns. ``G`` is the number of masks per sample
+    (``groups``, or ``C`` for ``mode="pixel"``); the tensors other than ``gradient`` are 0-d, on
+    the gradient's device (reading them is the caller's choice: nothing here waits for it)."""
+
+    gradient: torch.Tensor        # grad * mask (N, C, H, W): grad's dtype and memory layout
+    kept_fraction: torch.Tensor   # float64: kept positions / (N * G * H * W)
+    nonfinite_maps: torch.Tensor  # int64: (sample, set) maps holding a non-finite gradient value
+    tied_maps: torch.Tensor       # int64: maps with no position above the threshold (tie rule)
+    maps: int                     # N * G
 
 
 class GradientMask:
@@ -32,15 +69,34 @@ class GradientMask:
 
     The threshold follows ``torch.quantile`` (linear interpolation): with ``n = H*W`` positions
     exactly ``n - 1 - floor(q (n - 1))`` positions are kept (up to ties), found with an order
-    statistic (:func:`gradmask.selection.kth_smallest`) instead of ``quantile``. ``inhibition_rate=0`` keeps every position (a literal
-    ``> quantile(0)`` would drop the single minimum).
+    statistic (:func:`gradmask.selection.kth_smallest_and_max`) instead of ``quantile``.
+    ``inhibition_rate=0`` keeps every position (a literal ``> quantile(0)`` would drop the single
+    minimum).
+
+    Rules where the paper is silent (README, "Choices"):
+
+    - **Ties.** Positions equal to the threshold are dropped together, except in a map where no
+      position is above the threshold (the threshold is the map's maximum): there the positions
+      equal to it are kept. So a 1x1 map, a constant map and an all-zero map are kept whole
+      instead of wiped (an all-zero gradient is unchanged either way).
+    - **Non-finite gradients.** A minicolumn (``pixel``: a value) holding NaN or +-inf is read as 0
+      by the LoG, so it changes no neighbour's score, and scores +inf: it ranks first and is
+      kept, so the value leaves the mask unchanged (``GradScaler`` and anomaly detection see it)
+      and takes one of the map's kept places.
+    - **Range.** Norms are computed in float32 (float64 for float64 gradients) on each sample
+      scaled by a power of two that brings its largest ``|g|`` to ``2**47``-``2**48``, so squares
+      neither overflow (bf16 near 1e30, float32 near 1e20) nor underflow; scaling by a power of
+      two is exact, so masks are those of the unscaled arithmetic wherever that did not overflow.
+      A sample holding a non-finite value is not scaled. ``pixel`` mode squares nothing and is
+      not scaled (the default kernels' taps sum to less than 1: the LoG cannot overflow).
 
     Args:
         groups: number of channel sets ``K`` (paper: 16); must divide ``C``.
         sigma, kernel_size, kernel, padding: the LoG filter, see
             :class:`gradmask.laplacian.LoGFilter` (defaults: the authors' sigma=11, 5x5 window,
             reflect padding; kernel from eq. 2).
-        inhibition_rate: the quantile ``q`` in [0, 1) (paper: 0.5).
+        inhibition_rate: the quantile ``q`` in [0, 1) (paper: 0.5); may be set between steps
+            (schedules), validated alike.
         mode: ``"lateral"``, ``"norm"`` or ``"pixel"``.
 
     The mask is computed in float32 (float64 for float64 gradients) and carries no autograd.
@@ -51,13 +107,10 @@ class GradientMask:
                  mode: str = "lateral"):
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
-        if (isinstance(inhibition_rate, bool) or not isinstance(inhibition_rate, (int, float))
-                or not (0.0 <= inhibition_rate < 1.0)):
-            raise ValueError(f"inhibition_rate must be in [0, 1), got {inhibition_rate!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.groups = groups
-        self.inhibition_rate = float(inhibition_rate)
+        self.inhibition_rate = inhibition_rate
         self.mode = mode
         self.log_filter = LoGFilter(sigma=sigma, kernel_size=kernel_size, kernel=kernel,
                                     padding=padding)
@@ -72,6 +125,15 @@ class GradientMask:
         return cls(groups=settings.groups, sigma=settings.sigma, kernel_size=settings.kernel_size,
                    kernel=settings.kernel, padding=settings.padding, inhibition_rate=settings.inhibition_rate,
                    mode=settings.mask)
+
+    @property
+    def inhibition_rate(self) -> float:
+        """The quantile ``q`` in [0, 1); read at every call (nothing derived from it is cached)."""
+        return self._inhibition_rate
+
+    @inhibition_rate.setter
+    def inhibition_rate(self, value: float) -> None:
+        self._inhibition_rate = _checked_rate(value)
 
     @property
     def sigma(self) -> float:
@@ -95,52 +157,104 @@ class GradientMask:
                 f"padding={self.padding!r}, inhibition_rate={self.inhibition_rate}, "
                 f"mode={self.mode!r})")
 
+    def maps_per_sample(self, channels: int) -> int:
+        """``G``, the masks per sample of a gradient with ``channels`` channels: ``groups``
+        (``channels`` for ``mode="pixel"``). ValueError when ``groups`` does not divide it."""
+        if self.mode == "pixel":
+            return channels
+        if channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide the channel count C={channels}")
+        return self.groups
+
     def _check(self, grad: torch.Tensor) -> None:
         if not isinstance(grad, torch.Tensor) or grad.dim() != 4 or not grad.is_floating_point():
             shape = tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__
             raise ValueError(f"grad must be a floating-point tensor (N, C, H, W), got {shape}")
-        if self.mode != "pixel" and grad.shape[1] % self.groups:
-            raise ValueError(f"groups={self.groups} must divide the channel count C={grad.shape[1]}")
+        self.maps_per_sample(grad.shape[1])
 
     def scores(self, grad: torch.Tensor) -> torch.Tensor:
-        """Importance ``|delta|`` (or the norm, for ``mode="norm"``) per sample, set and pixel:
-        ``(N, G, H, W)`` with ``G = groups`` (``C`` for ``mode="pixel"``), float32/float64."""
+        """Importance per sample, set and pixel ``(N, G, H, W)``, float32 (float64 for float64
+        gradients): ``|delta|`` (eq. 14; ``lateral``, ``pixel``) or, for ``mode="norm"``, the
+        squared minicolumn norm (the squares select the same positions as the norms). +inf where
+        a minicolumn (``pixel``: a value) holds a non-finite gradient, and where the true score
+        exceeds the dtype's range (the mask is computed on scaled scores, unaffected by that)."""
         self._check(grad)
-        return self._scores(grad)
+        scores, scales = self._scores(grad)
+        if scales is None:
+            return scores
+        unscale = scales.reciprocal().view(-1, 1, 1, 1)  # exact: powers of two
+        return scores * unscale * unscale if self.mode == "norm" else scores * unscale
 
-    def _scores(self, grad: torch.Tensor) -> torch.Tensor:
-        """:meth:`scores` of a ``grad`` that :meth:`_check` has passed."""
-        n, c, h, w = grad.shape
+    def _scores(self, grad: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(scores, scales)`` of a ``grad`` that :meth:`_check` has passed: the :meth:`scores` of
+        sample ``n`` times ``scales[n]`` (``scales[n]**2`` for ``mode="norm"``); ``scales`` is
+        None for ``mode="pixel"`` (not scaled). Non-finite positions score +inf, nothing is NaN."""
         compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
         with torch.no_grad():
             if self.mode == "pixel":
-                return self.log_filter(grad, dtype=compute, abs_input=True, abs_output=True)
-            sets = grad.reshape(n, self.groups, c // self.groups, h, w)
-            squared = sets.to(compute).square().sum(dim=2)  # (N, K, H, W); squares of fp16 overflow
-            if self.mode == "norm":
-                return squared  # sqrt is monotone: thresholding squared norms selects the same set
-            return self.log_filter(squared.sqrt_(), abs_output=True)
+                return self.log_filter(grad, dtype=compute, abs_input=True, abs_output=True,
+                                       isolate_nonfinite=True), None
+            squared, scales = self._squared_norms(grad, compute)
+            if self.mode == "norm":  # sqrt is monotone: thresholding squared norms selects the same set
+                return squared.nan_to_num_(nan=math.inf, posinf=math.inf), scales
+            return self.log_filter(squared.sqrt_(), abs_output=True, isolate_nonfinite=True), scales
 
-    def _sets(self, grad: torch.Tensor) -> int:
-        return grad.shape[1] if self.mode == "pixel" else self.groups
+    def _squared_norms(self, grad: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(squared (N, K, H, W), scales (N,))`` in ``compute``: per sample, set and pixel the
+        sum over the set's channels of ``(scales[n] g)**2`` (eq. 12-13, squared), see
+        :func:`_sample_scales`; fp16 is not scaled (``scales`` 1: its squares fit float32).
 
-    def _kept_scores(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scores (N*G, H*W), threshold (N*G, 1))`` of a checked ``grad``: kept positions are
-        ``scores > threshold``."""
-        score = self._scores(grad)
-        n, g, h, w = score.shape
-        flat = score.view(n * g, h * w)
-        rank = math.floor(self.inhibition_rate * (h * w - 1)) + 1  # 1-based order statistic
-        return flat, kth_smallest(flat, rank, nonnegative=True)  # |delta| and norms are >= 0
+        On CPU samples go through in blocks whose scaled squares stay in cache
+        (``CPU_BLOCK_BYTES``; the sum is the same reduction as unblocked), and dense float32 / bf16
+        samples get their scales from one compiled pass per block, which also brings the block
+        into cache (``amax`` and ``amin`` over the whole gradient first cost two more passes).
+        """
+        n, c, h, w = grad.shape
+        sets = grad.reshape(n, self.groups, c // self.groups, h, w)  # a view, contiguous or channels_last
+        squared = torch.empty(n, self.groups, h, w, dtype=compute, device=grad.device)
+        compiled = (grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.bfloat16)
+                    and compiled_library() is not None
+                    and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)))
+        if grad.dtype == torch.float16:
+            scales = torch.ones(n, dtype=compute, device=grad.device)
+        elif compiled:
+            scales = torch.empty(n, dtype=compute)
+        else:
+            scales = _sample_scales(grad, compute)
+        block = n
+        if grad.device.type == "cpu":
+            block = max(1, CPU_BLOCK_BYTES // (sets[0].numel() * squared.element_size()))
+        for start in range(0, n, block):
+            if compiled:  # each sample is one dense run of C*H*W values
+                samples = min(block, n - start)
+                compiled_library().gradmask_sample_scales(
+                    grad[start].data_ptr(), samples, sets[0].numel(), grad.dtype == torch.bfloat16,
+                    NORM_SCALE_EXPONENT, scales[start:].data_ptr())
+            part = sets[start:start + block] * scales[start:start + block].view(-1, 1, 1, 1, 1)
+            torch.sum(part.square_(), dim=2, out=squared[start:start + block])
+        return squared, scales
+
+    def _threshold(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores ``flat`` ``(R, n)`` -> ``(keep_above, tied, nonfinite)``, each ``(R, 1)``: a
+        position is kept where its score is ``> keep_above``; ``tied``: no score is above the
+        threshold, so ``keep_above`` is the number just below it (the tie rule keeps the positions
+        equal to the threshold, the maximum); ``nonfinite``: the map holds a +inf score."""
+        rank = math.floor(self.inhibition_rate * (flat.shape[1] - 1)) + 1  # 1-based order statistic
+        threshold, largest = kth_smallest_and_max(flat, rank, nonnegative=True)  # scores are >= 0
+        tied = largest <= threshold
+        below = torch.nextafter(threshold, threshold.new_full((), -math.inf))
+        return torch.where(tied, below, threshold), tied, largest == math.inf
 
     def keep_map(self, grad: torch.Tensor) -> torch.Tensor:
         """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
         self._check(grad)
-        n, _, h, w = grad.shape
+        n, c, h, w = grad.shape
         if self.inhibition_rate == 0.0:  # keeps everything: no scores needed
-            return torch.ones(n, self._sets(grad), 1, h, w, dtype=torch.bool, device=grad.device)
-        flat, threshold = self._kept_scores(grad)
-        return (flat > threshold).view(n, -1, 1, h, w)
+            return torch.ones(n, self.maps_per_sample(c), 1, h, w, dtype=torch.bool, device=grad.device)
+        scores, _ = self._scores(grad)
+        flat = scores.view(-1, h * w)
+        keep_above, _, _ = self._threshold(flat)
+        return (flat > keep_above).view(n, -1, 1, h, w)
 
     def mask(self, grad: torch.Tensor) -> torch.Tensor:
         """The {0, 1} mask, same shape and dtype as ``grad`` ``(N, C, H, W)``."""
@@ -148,10 +262,15 @@ class GradientMask:
         n, c, h, w = grad.shape
         return keep.to(grad.dtype).expand(n, keep.shape[1], c // keep.shape[1], h, w).reshape(n, c, h, w)
 
-    def apply(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(grad * mask, kept_fraction)``: the masked gradient ``(N, C, H, W)`` and the fraction
-        of positions kept, a 0-d float64 tensor on ``grad``'s device (reading it is the caller's
-        choice: nothing here waits for the device).
+    def _nonfinite_maps(self, grad: torch.Tensor) -> torch.Tensor:
+        """0-d int64: the ``(sample, set)`` maps of ``grad`` holding a non-finite value."""
+        n, c, _, _ = grad.shape
+        finite = torch.isfinite(grad.amax(dim=(2, 3))) & torch.isfinite(grad.amin(dim=(2, 3)))  # (N, C)
+        return (~finite.view(n, self.maps_per_sample(c), -1).all(dim=2)).sum()
+
+    def apply(self, grad: torch.Tensor) -> MaskedGradient:
+        """The masked gradient ``grad * mask`` ``(N, C, H, W)`` with the fraction of positions
+        kept and the counts of non-finite and tied maps (:class:`MaskedGradient`).
 
         The hot path of the hooks: the scores become the {0, 1} mask in place (``gt_``), and for
         one mask per channel (``mode="pixel"``) the masked gradient is written into that same
@@ -159,19 +278,26 @@ class GradientMask:
         """
         self._check(grad)
         n, c, h, w = grad.shape
+        maps = n * self.maps_per_sample(c)
         with torch.no_grad():
             if self.inhibition_rate == 0.0:
-                return grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device)
-            flat, threshold = self._kept_scores(grad)
-            flat.gt_(threshold)  # (N*G, H*W) of 0.0 / 1.0
+                return MaskedGradient(grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device),
+                                      self._nonfinite_maps(grad),
+                                      torch.zeros((), dtype=torch.int64, device=grad.device), maps)
+            scores, _ = self._scores(grad)
+            flat = scores.view(maps, h * w)
+            keep_above, tied, nonfinite = self._threshold(flat)
+            flat.gt_(keep_above)  # (N*G, H*W) of 0.0 / 1.0
             # per-row sums are exact integers (< 2**24 per row), their total is summed in float64
             kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
-            g = flat.shape[0] // n
+            counts = dict(kept_fraction=kept_fraction, nonfinite_maps=nonfinite.sum(), tied_maps=tied.sum(),
+                          maps=maps)
+            g = maps // n
             if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
-                return flat.view(n, c, h, w).mul_(grad), kept_fraction
+                return MaskedGradient(flat.view(n, c, h, w).mul_(grad), **counts)
             keep = flat.view(n, g, 1, h, w).to(grad.dtype)
-            return (grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w), kept_fraction
+            return MaskedGradient((grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w), **counts)
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         """The masked gradient ``grad * mask`` ``(N, C, H, W)``."""
-        return self.apply(grad)[0]
+        return self.apply(grad).gradient

@@ -168,7 +168,8 @@ def test_apply_returns_the_masked_gradient_and_the_kept_fraction(mode, dtype, ra
     grad = torch.randn(3, 8, 9, 7).to(dtype).to(device)
     gm = GradientMask(groups=4, mode=mode, inhibition_rate=rate)
     before = grad.clone()
-    masked, kept_fraction = gm.apply(grad)
+    result = gm.apply(grad)
+    masked, kept_fraction = result.gradient, result.kept_fraction
     assert torch.equal(grad, before)  # the input is not written to
     assert masked.dtype == dtype and masked.data_ptr() != grad.data_ptr()
     assert torch.equal(masked, grad * gm.mask(grad))

@@ -10,7 +10,7 @@ def _reference(values, k):
     return values.kthvalue(k, dim=1, keepdim=True).values
 
 
-# 513..1024 take the sorted-halves path (odd and even lengths), the others numpy.partition;
+# up to 512 are sorted, 513..1024 take the sorted-halves path (odd and even lengths), longer ones numpy.partition;
 # 300 and 1000 rows spread over the thread pool when torch has 2 threads
 @pytest.mark.parametrize("rows,n", [(1, 7), (3, 64), (300, 100), (1000, 17), (5, 512), (7, 513), (130, 1024),
                                     (9, 777), (4, 1025), (2, 2048)])
