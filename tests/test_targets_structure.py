@@ -346,6 +346,7 @@ TIMM = [("resnet50", {}, 16, "Bottleneck", 128), ("convnext_tiny", {}, 18, "Conv
         ("vit_small_patch16_224", {"img_size": 64}, 12, "Block", 64)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,blocks,block_type,size", TIMM, ids=[t[0] for t in TIMM])
 def test_timm_families(name, kwargs, blocks, block_type, size):
     timm = pytest.importorskip("timm")
@@ -365,6 +366,7 @@ TORCHVISION = [("resnet50", {}, 16, "Bottleneck", 128), ("convnext_tiny", {}, 18
                ("efficientnet_b0", {}, 9, "MBConv", 128), ("vit_b_16", {"image_size": 64}, 12, "EncoderBlock", 64)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,blocks,block_type,size", TORCHVISION, ids=[t[0] for t in TORCHVISION])
 def test_torchvision_families(name, kwargs, blocks, block_type, size):
     try:

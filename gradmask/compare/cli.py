@@ -29,7 +29,7 @@ class _Replaced(argparse.Action):
 
 def configure(parser: argparse.ArgumentParser) -> None:
     _train_cli.add_train_arguments(parser)
-    # declared after the training flags and overriding them where they clash (--out, --mask, --seed)
+    # declared after the training flags and overriding them where they clash (--out, --mask, --seed, --overwrite)
     group = parser.add_argument_group("comparison", conflict_handler="resolve")
     group.add_argument("--variants", default=",".join(VARIANTS),
                        help=f"comma-separated mask variants among {', '.join(VARIANTS)} (default: all)")
@@ -50,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             f"(default {DEFAULT_VAL_FRACTION})")
     group.add_argument("--report-only", action="store_true",
                        help="train nothing: rewrite the report from the runs already in --out")
+    group.add_argument("--overwrite", action="store_true", default=None,
+                       help="train again the runs in --out whose settings differ from these options "
+                            "(default: refuse them, naming the fields that differ)")
     group.add_argument("--mask", action=_Replaced, instead="--variants", default="none", help=argparse.SUPPRESS)
     group.add_argument("--seed", action=_Replaced, instead="--seeds and --seed-offset", default=0,
                        help=argparse.SUPPRESS)

@@ -18,6 +18,7 @@ import html
 import json
 import math
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -450,13 +451,15 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
     model = _common(runs, "model") or "?"
     blocks: list[tuple] = [("h1", f"Gradient Mask comparison: {model} on {dataset}")]
     devices = sorted({str(r.final["device"]) for r in runs if r.final and r.final.get("device")})
-    intro = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {out.name}/ "
+    intro = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} in `{out.name}/` "
              f"({sum(r.finished for r in runs)} finished): variants "
              f"{', '.join(s.variant for s in summaries)}; {_epoch_text(runs)}; {_seed_text(summaries)}"
              + (f"; device {', '.join(devices)}" if devices else "") + ".")
     blocks.append(("p", intro))
 
-    blocks.append(("h2", "Results"))
+    differ = [k for k, v in setting(runs) if v.startswith("differs between runs")]
+    # runs trained with other settings are averaged together only under a title that says so
+    blocks.append(("h2", "Results" + (f" (runs differ in {', '.join(differ)}: see Setting)" if differ else "")))
     headers = ["variant", "seeds", "final top-1 (%) mean ± std", "top-5 (%)", f"Δ vs {BASELINE} (pp)",
                f"{CI_LEVEL:.0%} CI of Δ (pp)", "train time per run"]
     rows = []
@@ -506,7 +509,7 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
     blocks.append(("h2", "Raw data"))
     blocks.append(("p", "results.csv and results.json hold one row per run (accuracies as fractions); each run "
                         "folder keeps config.json, metrics.jsonl (one line per epoch) and final.json. "
-                        f"`gradmask compare --report-only --out {out}` rewrites this report."))
+                        f"`gradmask compare --report-only --out {shlex.quote(str(out))}` rewrites this report."))
     return blocks
 
 

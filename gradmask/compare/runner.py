@@ -70,6 +70,21 @@ def _status(path: str) -> str:
     return "new"
 
 
+def changed_runs(base_config, runs: list[tuple[str, int, str]], tuned: Iterable[str] = ()) -> dict[str, dict]:
+    """``{run dir: {field: (run's value, requested value)}}`` for the runs already in their folders
+    whose settings differ from ``base_config`` (fields ``tuned`` aside: a tuned point sets them)."""
+    from ..train.config import RESUME_FREE_FIELDS
+    from ..train.rundir import RunDir
+    ignore = RESUME_FREE_FIELDS + tuple(tuned)
+    changed = {}
+    for variant, seed, path in runs:
+        diff = RunDir(path).differences(dataclasses.replace(base_config, mask=variant, seed=seed, out=path,
+                                                            resume=False, overwrite=False), ignore)
+        if diff:
+            changed[path] = diff
+    return changed
+
+
 def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: int = 3,
             out: str | os.PathLike = "runs/compare", seed_offset: int = 0,
             train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
@@ -80,7 +95,9 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     Each run is ``train_fn(dataclasses.replace(base_config, mask=variant, seed=s,
     out=f"{out}/{variant}-seed{s}", resume=True))`` with ``s`` in ``seed_offset .. seed_offset+seeds-1``.
     ``train_fn`` defaults to :func:`gradmask.train.train`. ``log`` gets one line per run (``None``:
-    silent). Returns the run directories in training order.
+    silent). Returns the run directories in training order. Runs already in ``out`` whose settings
+    differ from the request are refused before anything trains (``ValueError`` naming them and the
+    fields), or trained again from scratch when ``base_config.overwrite`` (the others resume).
 
     ``tune={"lr": [0.05, 0.1, 0.2], ...}`` (a grid over ``TrainConfig`` fields) first tunes each
     variant on a validation split (``val_fraction`` of the training images; ``tune_seeds`` runs of
@@ -95,18 +112,30 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
         for variant in variants:
             for point in grid_points(tuning, variant):
                 checked_replace(base_config, {**point, "mask": variant}, "tune")
+    # runs already there with other settings: refused before anything trains, or (overwrite) trained again
+    changed = changed_runs(base_config, runs, tuning.grid if tuning is not None else ())
+    if changed and not base_config.overwrite:
+        raise ValueError(f"{len(changed)} run(s) in {out} were trained with other settings than requested: "
+                         + "; ".join(f"{Path(p).name}: " + ", ".join(f"{k} (run {a!r}, now {b!r})"
+                                                                      for k, (a, b) in d.items())
+                                     for p, d in changed.items())
+                         + "; use the settings they were trained with, choose another out, or pass "
+                           "overwrite=True (--overwrite) to train those runs again")
     if train_fn is None:
         from gradmask.train import train as train_fn
     chosen: dict[str, dict] = {}
     if tuning is not None:
-        chosen = run_tuning(base_config, variants, tuning, out, seed_offset, train_fn, log).chosen
+        chosen = run_tuning(dataclasses.replace(base_config, overwrite=False), variants, tuning, out, seed_offset,
+                            train_fn, log).chosen
     for k, (variant, seed, path) in enumerate(runs, 1):
         point = chosen.get(variant, {})
+        again = path in changed
         if log is not None:
             at = f" at {', '.join(f'{n}={v!r}' for n, v in point.items())}" if point else ""
-            log(f"[{k}/{len(runs)}] {variant} seed {seed}{at} -> {path} ({_status(path)})")
-        train_fn(checked_replace(base_config, {**point, "mask": variant, "seed": seed, "out": path, "resume": True},
-                          "compare"))
+            status = f"trained again: {', '.join(changed[path])} changed" if again else _status(path)
+            log(f"[{k}/{len(runs)}] {variant} seed {seed}{at} -> {path} ({status})")
+        train_fn(checked_replace(base_config, {**point, "mask": variant, "seed": seed, "out": path,
+                                               "resume": not again, "overwrite": again}, "compare"))
     if is_main_process():  # under torchrun every process trains, one writes the report
         write_report(out)
     return [Path(path) for _, _, path in runs]

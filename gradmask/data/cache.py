@@ -2,13 +2,16 @@
 
 A cache entry is ``<cache_dir>/<name>-<split>-<fingerprint>.pt`` holding a dict
 ``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "classes": list[str],
-"fingerprint": str, "format": int}``.  The fingerprint hashes the source's
-identity (resolved path, size and mtime of the archive, or of every file of a
-directory tree) plus the decode parameters, so a changed source gets a new file
-name and is rebuilt -- a stale cache is never used.
+"fingerprint": str, "format": int, "checksum": str}``.  The fingerprint (the cache key) hashes
+the source's identity -- the resolved path, and for the archive or for every file of a directory
+tree its size, mtime and a SHA-256 of its content (the whole content up to
+:data:`ARCHIVE_WHOLE_LIMIT` / :data:`FILE_WHOLE_LIMIT`, else its first and last
+:data:`SAMPLE_BYTES` and evenly spaced blocks between) -- plus the decode parameters, so a changed
+source, even one replaced by a file of the same size and time, gets a new file name and is
+rebuilt.  ``checksum`` (:func:`gradmask.files.digest` of the rest) is verified on every read.
 
 Policy for a damaged entry (unreadable / truncated / wrong keys, shapes or
-dtypes / fingerprint mismatch): warn naming the file and rebuild it.
+dtypes / fingerprint or checksum mismatch): warn naming the file and rebuild it.
 Writes are atomic: temp file in the same directory, fsync, ``os.replace``.
 If the cache directory is not writable the data are returned uncached with a warning.
 """
@@ -24,7 +27,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..files import write_atomic
+from ..files import ChecksumError, load_torch, verify, with_checksum, write_atomic
 from .dataset import ImageDataset
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "default_cache_dir",
     "fingerprint",
     "file_signature",
+    "content_hash",
     "signatures_of",
     "cache_path",
     "load_cached",
@@ -41,7 +45,11 @@ __all__ = [
 ]
 
 CACHE_ENV = "GRADMASK_CACHE"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a checksum; the key includes the sources' content hashes
+ARCHIVE_WHOLE_LIMIT = 512 << 20  # archives up to this size are hashed whole (about 0.6 s at most)
+FILE_WHOLE_LIMIT = 256 << 10  # so are the files of a directory tree up to this size
+SAMPLE_BYTES = 64 << 10  # larger ones: their first and last SAMPLE_BYTES and 30 blocks between
+_SAMPLE_BLOCKS = 32
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -54,11 +62,27 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "gradmask"
 
 
-def file_signature(path: str | os.PathLike) -> tuple[str, int, int]:
-    """(resolved path, size in bytes, mtime in ns) of one file."""
+def content_hash(path: str | os.PathLike, whole_limit: int = ARCHIVE_WHOLE_LIMIT) -> str:
+    """16 hex digits of the SHA-256 of a file's content: all of it up to ``whole_limit`` bytes,
+    else :data:`SAMPLE_BYTES` blocks at its start, its end and evenly spaced between."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= whole_limit:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            for k in range(_SAMPLE_BLOCKS):
+                f.seek(k * (size - SAMPLE_BYTES) // (_SAMPLE_BLOCKS - 1))
+                h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
+def file_signature(path: str | os.PathLike) -> tuple[str, int, int, str]:
+    """(resolved path, size in bytes, mtime in ns, :func:`content_hash`) of one file."""
     p = Path(path).resolve()
     st = p.stat()
-    return (str(p), int(st.st_size), int(st.st_mtime_ns))
+    return (str(p), int(st.st_size), int(st.st_mtime_ns), content_hash(p))
 
 
 def fingerprint(*parts: Any) -> str:
@@ -105,13 +129,18 @@ def load_cached(path: str | os.PathLike, fp: str) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage bytes, unpickling error, ...
-        warnings.warn(f"gradmask cache file {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=3)
+        obj = load_torch(path, "gradmask cache file")
+    except ValueError as e:  # truncated zip, garbage bytes, refused objects, ...
+        warnings.warn(f"{e}; rebuilding it", stacklevel=3)
         return None
     problem = _check_entry(obj, fp)
     if problem is not None:
         warnings.warn(f"gradmask cache file {path} is invalid ({problem}); rebuilding it", stacklevel=3)
+        return None
+    try:
+        verify(obj, path, "gradmask cache file")
+    except ChecksumError as e:
+        warnings.warn(f"{e}; rebuilding it", stacklevel=3)
         return None
     return obj
 
@@ -159,16 +188,17 @@ def cached(
     if problem is not None:  # a bug in the builder, not in the file
         raise ValueError(f"builder for {name}-{split} produced invalid data: {problem}")
     if use_cache:
-        save_cached(path, entry)
+        save_cached(path, with_checksum(entry))
     return (images, labels, list(classes)), path, False
 
 
-def signatures_of(files: Iterable[str | os.PathLike], root: str | os.PathLike) -> list[tuple[str, int, int]]:
-    """[(path relative to root, size, mtime_ns)] for the given files (order kept)."""
+def signatures_of(files: Iterable[str | os.PathLike], root: str | os.PathLike) -> list[tuple[str, int, int, str]]:
+    """[(path relative to root, size, mtime_ns, :func:`content_hash`)] for the given files (order kept)."""
     root = Path(root)
     out = []
     for f in files:
         st = os.stat(f)
-        out.append((os.path.relpath(f, root), int(st.st_size), int(st.st_mtime_ns)))
+        out.append((os.path.relpath(f, root), int(st.st_size), int(st.st_mtime_ns),
+                    content_hash(f, FILE_WHOLE_LIMIT)))
     return out
 

@@ -284,7 +284,8 @@ def decode_images(
         if a.shape != shape0:
             raise ValueError(
                 f"image {name} has size {a.shape[1]}x{a.shape[0]} (WxH) but {names[0]} has "
-                f"{shape0[1]}x{shape0[0]}; pass image_size=... to resize all images to one size"
+                f"{shape0[1]}x{shape0[0]}; resize all images to one size N x N: image_size=N "
+                f"(gradmask train / compare: --image-size N)"
             )
     out = torch.from_numpy(np.stack(arrays))  # (N,H,W,3)
     return out.permute(0, 3, 1, 2).contiguous()

@@ -1,11 +1,17 @@
 """``reproduce(plan, out)``: run every experiment the plan allows, resuming what already finished,
 then write the report.
 
-Each step's result goes to ``{out}/steps/{name}.json`` (atomically) with the settings it was
-measured under; a step whose file exists with the same settings is skipped, so re-running the same
-command after an interruption continues where it stopped (training runs resume from their last
-epoch checkpoint). All training comes first; under ``torchrun`` every process trains (DDP) and only
-rank 0 evaluates and writes the report.
+Each step's result goes to ``{out}/steps/{name}.json`` (atomically, with a checksum) with the
+settings it was measured under and what it depends on: a training step the checkpoint checksums
+of the runs it produced (``outputs``), a measurement step those of the checkpoints it read
+(``inputs``). A step is skipped only when its file verifies, its settings are the same, and its
+outputs / inputs are still there, unchanged (and its figures exist); otherwise it runs again --
+so re-running the same command after an interruption continues where it stopped (training runs
+resume from their last epoch checkpoint; finished runs are not trained again), and a deleted or
+retrained run is trained / measured again rather than reported from stale results. Step files
+written before checksums are accepted (unverified): their training runs must still be finished
+and readable, their measurements no older than those runs. All training comes first; under
+``torchrun`` every process trains (DDP) and only rank 0 evaluates and writes the report.
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ from typing import Callable
 
 import torch
 
-from ..files import write_atomic
+from ..files import ChecksumError, json_digest, verify, with_checksum, write_atomic
+from ..train.checkpoint import read_checkpoint, recording_reads
+from ..train.rundir import FINAL
 from ..train.distributed import is_main_process
 from . import experiments
 from .presets import ABLATION_VARIANTS, Plan
@@ -51,14 +59,107 @@ def read_state(out) -> dict:
 
 
 def read_step(out, name: str) -> dict | None:
-    """The stored record of step ``name`` (``{"settings", "result", "wall_seconds", ...}``) or None."""
+    """The stored record of step ``name`` (``{"settings", "result", "wall_seconds", ...}``) or None.
+    A record whose content does not match its checksum raises :class:`gradmask.files.ChecksumError`
+    naming the file; one that is not JSON (a damaged write) counts as absent (measured again)."""
     path = Path(out) / STEPS / f"{name}.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None  # a damaged record is measured again
+    verify(record, path, "step result", json_digest)
+    return record
+
+
+def write_step(out, name: str, record: dict) -> Path:
+    """Store step ``name``'s record (JSON values) with its checksum, atomically."""
+    path = Path(out) / STEPS / f"{name}.json"
+    _write_json(path, with_checksum(record, json_digest))
+    return path
+
+
+class _Runs:
+    """The checkpoints of the runs under ``out`` as the step files name them (paths relative to
+    ``out``), each read and verified at most once per invocation."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self._ids = out, {}
+
+    def relative(self, path) -> str:
+        path = Path(path)
+        if not path.is_absolute():
+            path = Path.cwd() / path
+        try:
+            return path.resolve().relative_to(self.out.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    def locate(self, stored: str) -> Path:
+        """A run path of a step file (relative to ``out``; older files: as given on the command line,
+        tried also as ``out`` + its last three parts, so a moved folder is still found)."""
+        p = Path(stored)
+        if not p.is_absolute() and (self.out / p).exists():
+            return self.out / p
+        if p.exists():
+            return p
+        return self.out / Path(*p.parts[-3:]) if len(p.parts) >= 3 else self.out / p
+
+    def identity(self, checkpoint: Path) -> str | None:
+        """The checkpoint's checksum (verified), ``legacy:<size>:<mtime>`` for one written before
+        checksums, None when absent. A damaged checkpoint raises ChecksumError."""
+        try:
+            st = checkpoint.stat()
+        except FileNotFoundError:
+            return None
+        key = (str(checkpoint.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in self._ids:
+            state = read_checkpoint(checkpoint)
+            self._ids[key] = state.get("checksum") or f"legacy:{st.st_size}:{st.st_mtime_ns}"
+        return self._ids[key]
+
+    def run_identity(self, run: Path) -> str | None:
+        """A finished run's checkpoint identity; None when the run is not finished or has no checkpoint."""
+        return self.identity(run / "checkpoint.pt") if (run / FINAL).is_file() else None
+
+
+def _figures(result) -> list[str]:
+    """The figure files (relative to ``out``) a step result names."""
+    if not isinstance(result, dict):
+        return []
+    found = [result["figure"]] if isinstance(result.get("figure"), str) else []
+    return found + [f for f in result.get("figures", []) if isinstance(f, str)]
+
+
+def _stale(step: "Step", stored: dict, runs: _Runs, trained: list[Path]) -> str | None:
+    """None when ``stored`` (a verified record with the step's settings) can stand; else why it
+    must run again."""
+    try:
+        if step.training:
+            outputs = stored.get("outputs")
+            names = outputs if outputs is not None else (stored.get("result") or {}).get("runs", [])
+            for name in names:
+                current = runs.run_identity(runs.locate(name))
+                if current is None:
+                    return f"its run {name} is missing or unfinished"
+                if outputs is not None and current != outputs[name]:
+                    return f"its run {name} changed since"
+            return None
+        for name in _figures(stored.get("result")):
+            if not (runs.out / name).is_file():
+                return f"its figure {name} is missing"
+        inputs = stored.get("inputs")
+        if inputs is None:  # written before inputs were recorded: no older than the runs it may have read
+            written = (runs.out / STEPS / f"{step.name}.json").stat().st_mtime_ns
+            newer = [r for r in trained if (r / FINAL).is_file() and (r / FINAL).stat().st_mtime_ns > written]
+            return f"run {runs.relative(newer[0])} was trained after it" if newer else None
+        for name, identity in inputs.items():
+            if runs.identity(runs.locate(name)) != identity:
+                return f"its input {name} changed or is missing"
+        return None
+    except ChecksumError as exc:
+        return f"a checkpoint it depends on is damaged ({exc})"
 
 
 def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = None,
@@ -145,24 +246,38 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
                  command=command or " ".join(["gradmask"] + sys.argv[1:]))
     state.setdefault("steps", {})
     ran, done = [], []
+    runs = _Runs(out)
+    trained: list[Path] = []  # the run folders of the training steps so far
     all_steps = steps(plan, out, progress, train_fn, log)
     for k, step in enumerate(all_steps, 1):
         if not main and not step.training:
             continue
         settings = _json_safe(step.settings)
         stored = read_step(out, step.name)
-        if stored is not None and stored.get("settings") == settings:
+        why = "new" if stored is None else ("other settings" if stored.get("settings") != settings
+                                            else _stale(step, stored, runs, trained))
+        if why is None:
             log(f"[{k}/{len(all_steps)}] {step.title}: finished earlier")
             done.append(step.name)
+            if step.training:
+                trained += [runs.locate(r) for r in stored.get("outputs") or stored["result"].get("runs", [])]
             continue
-        log(f"[{k}/{len(all_steps)}] {step.title} ...")
+        log(f"[{k}/{len(all_steps)}] {step.title} ..." + ("" if why in ("new", "other settings")
+                                                         else f" (again: {why})"))
         start = time.perf_counter()
-        result = step.run()
+        with recording_reads() as reads:
+            result = step.run()
         wall = time.perf_counter() - start
         if main:
-            _write_json(out / STEPS / f"{step.name}.json",
-                        {"settings": settings, "result": _json_safe(result), "wall_seconds": wall,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            record = {"settings": settings, "result": _json_safe(result), "wall_seconds": wall,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if step.training:
+                produced = [Path(r) for r in result.get("runs", [])]
+                record["outputs"] = {runs.relative(r): runs.run_identity(r) for r in produced}
+                trained += produced
+            else:
+                record["inputs"] = {runs.relative(p): identity for p, identity in reads.items()}
+            write_step(out, step.name, record)
             state["steps"][step.name] = {"title": step.title, "wall_seconds": wall}
             _write_json(state_path, state)
         ran.append(step.name)

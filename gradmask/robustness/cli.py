@@ -51,6 +51,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                       help="synthetic, cifar10, cifar100, folder or imagenet (default: the runs' config)")
     data.add_argument("--test-limit", type=int, default=None,
                       help="evaluate on N test images (default: the whole test split)")
+    data.add_argument("--image-size", type=int, default=None,
+                      help="evaluate at this image side (default: the side the runs were trained at)")
     data.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     what = parser.add_argument_group("measurements")
     what.add_argument("--epsilons", default=DEFAULT_EPSILONS,
@@ -146,11 +148,32 @@ def _gradient_mask(config):
     return gm, (list(config.targets) if config.targets else None), config.skip_last
 
 
+def _evaluation_size(args: argparse.Namespace, loaded: list[dict]):
+    """The side the images are evaluated at, passed to the loader (None: the data's own side,
+    which is the training side when the runs' own data are used), said on stderr."""
+    sizes = sorted({e["trained"].image_size for e in loaded}, key=str)
+    if len(sizes) > 1 and args.image_size is None:
+        raise ValueError(f"the runs were trained at different image sizes "
+                         f"({', '.join(str(e['name']) + ': ' + str(e['trained'].image_size) for e in loaded)} px); "
+                         f"pass --image-size to evaluate them at one")
+    trained = sizes[0]
+    if args.image_size is not None:
+        print(f"evaluating at {args.image_size} px (--image-size; the runs trained at {trained} px)", file=sys.stderr)
+        return args.image_size
+    if trained is None:
+        print("the checkpoints do not record their training image size (written by an older gradmask): evaluating "
+              "at the data's own size; pass --image-size to choose", file=sys.stderr)
+        return None
+    print(f"evaluating at {trained} px, the runs' training image size (--image-size overrides)", file=sys.stderr)
+    # the runs' own data give that size as they are; other data (--data) are resized to it
+    return trained if args.data or args.dataset else None
+
+
 # --------------------------------------------------------------------------------------- command
 
 def measure(args: argparse.Namespace) -> dict:
     """Load the runs, measure, return the results dict :func:`write_report` takes."""
-    from ..train import load_checkpoint  # inside: the command module imports without the engine
+    from ..train.checkpoint import load_trained  # inside: the command module imports without the engine
 
     epsilons = check_epsilons(_numbers(args.epsilons, "--epsilons"))
     sparsities = check_sparsities(_numbers(args.sparsities, "--sparsities"))
@@ -158,6 +181,7 @@ def measure(args: argparse.Namespace) -> dict:
     if not schemes or any(s not in SCHEMES for s in schemes):
         raise ValueError(f"--schemes must be a comma-separated subset of {', '.join(SCHEMES)}, got {args.schemes!r}")
     for option, value, lo in (("--test-limit", args.test_limit, 1), ("--batch-size", args.batch_size, 1),
+                              ("--image-size", args.image_size, 1),
                               ("--gsnr-samples", args.gsnr_samples, 0), ("--gsnr-chunk", args.gsnr_chunk, 1),
                               ("--recalibrate-bn", args.recalibrate_bn, 0)):
         if value is not None and value < lo:
@@ -171,9 +195,9 @@ def measure(args: argparse.Namespace) -> dict:
     loaded = []
     for name, run in zip(names, args.runs):
         path = _checkpoint_file(run)
-        model, config = load_checkpoint(path, map_location=device)
-        loaded.append({"name": name, "path": str(path), "model": model, "config": config,
-                       "arch": _architecture(model)})
+        trained = load_trained(path, map_location=device)
+        loaded.append({"name": name, "path": str(path), "model": trained.model, "config": trained.config,
+                       "arch": _architecture(trained.model), "trained": trained})
     config = loaded[0]["config"]
     if args.data == "synthetic" and args.dataset not in (None, "synthetic"):
         raise ValueError(f"--data synthetic contradicts --dataset {args.dataset}")
@@ -184,8 +208,10 @@ def measure(args: argparse.Namespace) -> dict:
     if dataset != "synthetic" and not Path(root).exists():
         raise FileNotFoundError(f"--data {root} does not exist")
 
+    image_size, classes = _evaluation_size(args, loaded), loaded[0]["trained"].classes
     print(f"loading the {dataset} test images ...", file=sys.stderr)
-    loader, n_eval, source = evaluation_loader(dataset, root, "test", args.test_limit, config, args.batch_size, device)
+    loader, n_eval, source = evaluation_loader(dataset, root, "test", args.test_limit, config, args.batch_size, device,
+                                               classes, image_size)
     first_x, first_y = _first_images(loader, 1)
     for entry in loaded:
         with torch.no_grad():
@@ -199,7 +225,8 @@ def measure(args: argparse.Namespace) -> dict:
 
     recal = None
     if args.recalibrate_bn:
-        recal_loader, _, _ = evaluation_loader(dataset, root, "train", args.recalibrate_bn, config, args.batch_size, device)
+        recal_loader, _, _ = evaluation_loader(dataset, root, "train", args.recalibrate_bn, config, args.batch_size,
+                                               device, classes, image_size)
         recal = recal_loader
 
     results: dict = {
@@ -226,7 +253,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     if args.gsnr_samples:
         g_loader, _, _ = evaluation_loader(dataset, root, args.gsnr_split, args.gsnr_samples, config,
-                                       args.batch_size, device)
+                                           args.batch_size, device, classes, image_size)
         images, labels = _first_images(g_loader, args.gsnr_samples)
         for e in loaded:
             gm, targets, skip_last = _gradient_mask(e["config"]) if args.gsnr_mask == "run" else (None, None, 2)

@@ -1,15 +1,19 @@
 """The saliency commands: ``gradmask saliency`` (Table 3), ``gradmask sanity`` (Appendix A,
 cascading randomization) and ``gradmask blur-eval`` (Figure 10).
 
-Each loads trained models with :func:`gradmask.train.load_checkpoint` (a run directory or a
-``checkpoint.pt``) and images with boxes with :func:`~gradmask.saliency.boxes.load_box_dataset`:
-``--data synthetic`` (default: the synthetic test split the training engine uses, nothing from
-outside), a VOC 2007 tree or an ImageFolder tree with box XMLs (``--dataset`` is inferred from
-the path when not given).
+Each loads trained models with :func:`gradmask.train.checkpoint.load_trained` (a run directory
+or a ``checkpoint.pt``) and images with boxes with
+:func:`~gradmask.saliency.boxes.load_box_dataset`: ``--data synthetic`` (default: the synthetic
+test split the training engine uses, nothing from outside), a VOC 2007 tree or an ImageFolder
+tree with box XMLs (``--dataset`` is inferred from the path when not given). The images are
+resized to the side the model was trained at (recorded in its checkpoint) unless
+``--image-size`` says otherwise; the command says which it used. The labels of an ImageFolder
+tree are matched to the model's training classes by name.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -34,7 +38,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, im
     group.add_argument("--split", default=None,
                        help="split to read (default: test for synthetic / voc2007, val for xml)")
     group.add_argument("--image-size", type=int, default=None,
-                       help="resize images to this side (default: 32 synthetic, 224 otherwise)")
+                       help="resize images to this side (default: the side the model was trained at)")
     group.add_argument("--images", type=int, default=images_default,
                        help=images_help or "use the first N images (default: all; synthetic: 1000)")
     group.add_argument("--batch-size", type=int, default=64, help="images per forward/backward (default 64)")
@@ -56,17 +60,63 @@ def _dataset_name(args: argparse.Namespace) -> str:
         return "xml"
 
 
-def _load_data(args: argparse.Namespace) -> tuple[str, "_boxes.BoxDataset"]:
+def _check_options(args: argparse.Namespace) -> None:
+    """Options every command takes, checked before anything is loaded."""
+    for option, value in (("--batch-size", args.batch_size), ("--images", args.images),
+                          ("--image-size", args.image_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be an integer >= 1, got {value}")
+
+
+def _image_size(args: argparse.Namespace, trained: list) -> int:
+    """The side the images are evaluated at: ``--image-size``, else the one the models were trained
+    at (they must agree), else the dataset's default; says on stderr which and why."""
+    sizes = {t.image_size for t in trained}
+    if args.image_size is not None:
+        known = sorted(s for s in sizes if s)
+        note = f"; the model{'s' if len(trained) > 1 else ''} trained at {'/'.join(map(str, known))} px" if known else ""
+        print(f"evaluating at {args.image_size} px (--image-size{note})", file=sys.stderr)
+        return args.image_size
+    if None in sizes:
+        name = _dataset_name(args)
+        side = 32 if name == "synthetic" else _boxes.DEFAULT_IMAGE_SIZE
+        print(f"evaluating at {side} px, the default of {name} data: the checkpoint does not record its training "
+              f"image size (written by an older gradmask); pass --image-size to choose", file=sys.stderr)
+        return side
+    if len(sizes) > 1:
+        raise ValueError(f"the runs were trained at different image sizes "
+                         f"({', '.join(f'{t.path.parent.name}: {t.image_size} px' for t in trained)}); "
+                         f"pass --image-size to evaluate them at one")
+    side = sizes.pop()
+    print(f"evaluating at {side} px, the training image size of the model{'s' if len(trained) > 1 else ''} "
+          f"(--image-size overrides)", file=sys.stderr)
+    return side
+
+
+def _match_classes(data: "_boxes.BoxDataset", classes) -> "_boxes.BoxDataset":
+    """An ImageFolder box set labelled by the model's training classes (matched by name)."""
+    if data.name != "xml" or not classes or list(data.classes) == list(classes):
+        return data
+    from ..data import class_mapping
+    index, _ = class_mapping(list(data.classes), list(classes), f"box data {data.source}")
+    to_model = torch.tensor(index + [-1], dtype=torch.int64)  # position -1 keeps an unknown object -1
+    return _boxes.BoxDataset(data.images, to_model[data.labels], data.boxes, list(classes),
+                             [to_model[o] for o in data.object_labels], data.names, data.name, data.split,
+                             data.source)
+
+
+def _load_data(args: argparse.Namespace, trained: list) -> tuple[str, "_boxes.BoxDataset"]:
     name = _dataset_name(args)
     root = None if name == "synthetic" else args.data
-    data = _boxes.load_box_dataset(name, root=root, split=args.split, image_size=args.image_size,
+    data = _boxes.load_box_dataset(name, root=root, split=args.split, image_size=_image_size(args, trained),
                                    limit=args.images)
-    return name, data
+    return name, _match_classes(data, trained[0].classes)
 
 
 def _load_model(path: str, device: torch.device):
-    from ..train import load_checkpoint  # imported here: the saliency package works without it
-    return load_checkpoint(path, map_location=device)
+    """The :class:`~gradmask.train.checkpoint.TrainedModel` of a run directory or checkpoint."""
+    from ..train.checkpoint import load_trained  # imported here: the saliency package works without it
+    return load_trained(path, map_location=device)
 
 
 def _check_classes(model, data, where: str) -> None:
@@ -116,10 +166,12 @@ def _saliency_arguments(parser: argparse.ArgumentParser) -> None:
 @register("saliency", "localisation of LI-Map, Grad-CAM, Grad-CAM++ against object boxes (Table 3)",
           _saliency_arguments)
 def saliency_command(args: argparse.Namespace) -> int:
+    _check_options(args)
     device = resolve_device(args.device)
     methods = _methods(args.methods)
-    model, config = _load_model(args.checkpoint, device)
-    name, data = _load_data(args)
+    trained = _load_model(args.checkpoint, device)
+    model, config = trained.model, trained.config
+    name, data = _load_data(args, [trained])
     _check_classes(model, data, args.checkpoint)
     out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "saliency"
     results = evaluate_localization(model, data.images, data.labels, data.boxes, methods=methods,
@@ -160,12 +212,14 @@ def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
 @register("sanity", "cascading randomization test of the saliency maps (Adebayo et al. 2018; Appendix A)",
           _sanity_arguments)
 def sanity_command(args: argparse.Namespace) -> int:
+    _check_options(args)
     device = resolve_device(args.device)
     methods = _methods(args.methods)
-    if args.images is None or args.images < 1:
-        raise ValueError(f"--images must be >= 1, got {args.images}")
-    model, config = _load_model(args.checkpoint, device)
-    name, data = _load_data(args)
+    if args.images is None:
+        raise ValueError("--images must be an integer >= 1 (sanity maps are drawn for each image)")
+    trained = _load_model(args.checkpoint, device)
+    model, config = trained.model, trained.config
+    name, data = _load_data(args, [trained])
     out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "sanity"
     layer = args.target_layer
     if layer is None and any(m != "limap" for m in methods):
@@ -210,19 +264,23 @@ def _sigmas(text: str) -> list[float]:
 @register("blur-eval", "accuracy with the background outside the object boxes blurred, per model (Figure 10)",
           _blur_arguments)
 def blur_eval_command(args: argparse.Namespace) -> int:
+    _check_options(args)
     device = resolve_device(args.device)
     sigmas = _sigmas(args.sigmas)
-    name, data = _load_data(args)
     labels = [_run_dir(r).name for r in args.runs]
     if len(set(labels)) != len(labels):
         labels = [str(r) for r in args.runs]
+    trained = [_load_model(run, device) for run in args.runs]
+    if len({tuple(t.classes) if t.classes else None for t in trained}) > 1:
+        raise ValueError("the runs were trained on different classes; blur-eval scores them on one image set: "
+                         "run it separately for each")
+    name, data = _load_data(args, trained)
     curves, models = {}, {}
-    for label, run in zip(labels, args.runs):
-        model, config = _load_model(run, device)
-        _check_classes(model, data, run)
-        curves[label] = blurred_background_accuracy(model, data.images, data.labels, data.boxes, sigmas,
-                                                    batch_size=max(args.batch_size, 1), progress=True)
-        models[label] = f"{config.model}, mask {config.mask}"
+    for label, run, t in zip(labels, args.runs, trained):
+        _check_classes(t.model, data, run)
+        curves[label] = blurred_background_accuracy(t.model, data.images, data.labels, data.boxes, sigmas,
+                                                    batch_size=args.batch_size, progress=True)
+        models[label] = f"{t.config.model}, mask {t.config.mask}"
     out = Path(args.out) if args.out else _run_dir(args.runs[0]).parent / "blur-eval"
     setting = {"data": _describe(args, name, data), "models": models}
     paths = write_blur_report(out, curves, setting)

@@ -6,19 +6,24 @@ Contents (tensors and plain Python values only: loadable with ``torch.load(weigh
 numpy / python states, :mod:`gradmask.train.rng`), ``loader`` (the training loader's epoch and
 generator state; ``rank_states``: every process's ``{"rng", "loader"}`` under DDP, else None),
 ``config`` (``dataclasses.asdict``), ``model_args`` (``name``, ``num_classes``,
-``stem``, ``mean``, ``std``: what :func:`gradmask.create_model` needs), ``history`` (the
-``metrics.jsonl`` records so far) and ``train_seconds``.
+``stem``, ``mean``, ``std``: what :func:`gradmask.create_model` needs; since checksums also
+``image_size``, the side of the training images, and ``classes``, the training split's class
+names in label order), ``history`` (the ``metrics.jsonl`` records so far), ``train_seconds`` and
+``checksum`` (:func:`gradmask.files.digest` of everything else, verified on every read; a
+checkpoint written before has none and is read unverified, with a warning).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from ..files import write_atomic
+from ..files import load_torch, verify, with_checksum, write_atomic
 from ..models import create_model
 from .config import TrainConfig
 
@@ -28,10 +33,28 @@ REQUIRED_KEYS = ("format", "epoch", "model", "optimizer", "scheduler", "rng", "c
                  "history")
 
 
+_RECORDERS: list[dict] = []  # active recording_reads() dicts
+
+
+@contextlib.contextmanager
+def recording_reads():
+    """Within the block, every checkpoint read is recorded in the yielded dict as
+    ``{resolved path: its checksum}`` (``"legacy:<size>:<mtime_ns>"`` for one written before
+    checksums): what a measurement depended on."""
+    reads: dict[Path, str] = {}
+    _RECORDERS.append(reads)
+    try:
+        yield reads
+    finally:
+        _RECORDERS.remove(reads)
+
+
 def save_checkpoint(path: Union[str, os.PathLike], state: dict) -> None:
-    """``torch.save(state)`` to a temporary file beside ``path``, then ``os.replace``: a reader
-    (or a kill mid-write) never sees a partial checkpoint."""
-    write_atomic(path, lambda f: torch.save(state, f))
+    """``torch.save(state + its checksum)`` to a temporary file beside ``path``, then
+    ``os.replace``: a reader (or a kill mid-write) never sees a partial checkpoint, and a failed
+    write (a full disk: ``OSError`` saying so) leaves the previous checkpoint as it was."""
+    checked = with_checksum(state)
+    write_atomic(path, lambda f: torch.save(checked, f))
 
 
 def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:
@@ -44,14 +67,12 @@ def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:
 
 
 def read_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu") -> dict:
-    """The checkpoint's dict. A truncated / corrupted file, or one lacking keys, raises
-    ``ValueError`` naming the file."""
+    """The checkpoint's dict (with its ``checksum``, verified). A truncated / corrupted file, one
+    whose content does not match its checksum (:class:`gradmask.files.ChecksumError`), one that
+    holds other objects than tensors and values, or one lacking keys raises ``ValueError`` naming
+    the file."""
     path = _checkpoint_path(path_or_run_dir)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - zip / pickle / EOF errors of a damaged file
-        raise ValueError(f"checkpoint {path} is corrupted or truncated and cannot be read "
-                         f"({type(exc).__name__}: {exc})") from exc
+    state = load_torch(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} does not hold a gradmask training state "
                          f"(got {type(state).__name__})")
@@ -60,7 +81,30 @@ def read_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu"
         raise ValueError(f"checkpoint {path} is missing keys {missing}; not a gradmask training checkpoint")
     if state["format"] != FORMAT:
         raise ValueError(f"checkpoint {path} has format {state['format']!r}; this gradmask reads {FORMAT}")
+    checksum = verify(state, path, "checkpoint")
+    if _RECORDERS:
+        st = path.stat()
+        for reads in _RECORDERS:
+            reads[path.resolve()] = checksum or f"legacy:{st.st_size}:{st.st_mtime_ns}"
     return state
+
+
+def load_model_state(model: nn.Module, weights: dict, path: Union[str, os.PathLike]) -> None:
+    """``model.load_state_dict(weights)``, or ``ValueError`` naming the checkpoint and the
+    parameters that are missing, unexpected or of another shape."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in weights and hasattr(weights[k], "shape")
+              and tuple(weights[k].shape) != tuple(v.shape)]
+    problems = ([f"of another shape: {'; '.join(shapes[:8])}{' ...' if len(shapes) > 8 else ''}"] if shapes else []) + \
+               ([f"missing: {missing[:8]}{' ...' if len(missing) > 8 else ''}"] if missing else []) + \
+               ([f"unexpected: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"] if unexpected else [])
+    if problems:
+        raise ValueError(f"checkpoint {path} has weights that do not fit the model: parameters "
+                         + "; ".join(problems) + " (was it written for another model, dataset or number of classes?)")
+    model.load_state_dict(weights)
 
 
 def build_model(model_args: dict) -> nn.Module:
@@ -69,12 +113,35 @@ def build_model(model_args: dict) -> nn.Module:
                         mean=tuple(model_args["mean"]), std=tuple(model_args["std"]))
 
 
-def load_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu"
-                    ) -> tuple[nn.Module, TrainConfig]:
-    """``(model, config)`` of a run directory or a ``checkpoint.pt``: the model rebuilt from the
-    config and loaded with the trained weights, on ``map_location``, in eval mode, without gradient
-    mask hooks. A damaged checkpoint or one whose weights do not fit the model raises
-    ``ValueError`` naming the file."""
+def trained_image_size(config: TrainConfig, model_args: dict) -> Optional[int]:
+    """The side of the images a run was trained on: recorded in ``model_args`` (checkpoints since
+    checksums), else known from the dataset (synthetic / CIFAR 32, ImageNet 224) or from
+    ``config.image_size``; None when a checkpoint of an ImageFolder run does not say."""
+    if model_args.get("image_size"):
+        return int(model_args["image_size"])
+    if getattr(config, "image_size", None):
+        return int(config.image_size)
+    return {"synthetic": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224}.get(config.dataset)
+
+
+@dataclass
+class TrainedModel:
+    """A trained run as :func:`load_trained` returns it: ``model`` (eval mode, no mask hooks),
+    its ``config``, ``image_size`` (side of the training images; None: not recorded) and
+    ``classes`` (the training split's class names in label order; None: not recorded)."""
+
+    model: nn.Module
+    config: TrainConfig
+    image_size: Optional[int]
+    classes: Optional[list]
+    path: Path
+
+
+def load_trained(path_or_run_dir: Union[str, os.PathLike], map_location="cpu") -> TrainedModel:
+    """The model of a run directory or a ``checkpoint.pt`` rebuilt from its config and loaded with
+    the trained weights, on ``map_location``, in eval mode, without gradient mask hooks, with what
+    evaluations need to know of its training data. A damaged checkpoint or one whose weights do not
+    fit the model raises ``ValueError`` naming the file."""
     path = _checkpoint_path(path_or_run_dir)
     state = read_checkpoint(path, map_location=map_location)
     try:
@@ -82,14 +149,20 @@ def load_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu"
         model = build_model(state["model_args"])
     except (TypeError, KeyError, ValueError) as exc:
         raise ValueError(f"checkpoint {path} holds an unusable config / model description: {exc}") from exc
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise ValueError(f"checkpoint {path} has weights that do not fit {state['model_args']['name']}: "
-                         f"{exc}") from exc
+    load_model_state(model, state["model"], path)
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
-    return model.eval(), config
+    classes = state["model_args"].get("classes")
+    return TrainedModel(model.eval(), config, trained_image_size(config, state["model_args"]),
+                        list(classes) if classes else None, path)
 
 
-__all__ = ["CHECKPOINT", "build_model", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+def load_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu"
+                    ) -> tuple[nn.Module, TrainConfig]:
+    """``(model, config)`` of :func:`load_trained`."""
+    trained = load_trained(path_or_run_dir, map_location)
+    return trained.model, trained.config
+
+
+__all__ = ["CHECKPOINT", "TrainedModel", "build_model", "load_checkpoint", "load_model_state", "load_trained",
+           "read_checkpoint", "recording_reads", "save_checkpoint", "trained_image_size"]

@@ -50,6 +50,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--synthetic-test", type=int, help="synthetic test set size (default 5000)")
     data.add_argument("--augment", choices=sorted(AUGMENTS), help="default: crop-flip")
     data.add_argument("--num-workers", type=int, help="decoding processes of the streamed ImageNet loader")
+    data.add_argument("--image-size", type=int, help="--dataset folder: resize every image to N x N when decoding "
+                                                     "(default: keep their size, which must be one for all)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="a gradmask model name, or torchvision:NAME / timm:NAME "
                                        "(default: resnet18_narrow)")

@@ -59,7 +59,9 @@ class TrainConfig:
     test split (tuning); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
     ``augment`` a name in ``gradmask.train.augment.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
-    ``num_workers`` decoding processes of the streamed ImageNet loader.
+    ``num_workers`` decoding processes of the streamed ImageNet loader; ``image_size``
+    (dataset "folder" only) resize every image to ``image_size`` x ``image_size`` when decoding
+    (None: keep their size, which must then be one for all).
 
     Model: ``model`` any :func:`gradmask.create_model` name (incl. "torchvision:NAME" /
     "timm:NAME"); ``stem`` "cifar" / "imagenet" (None: "imagenet" for ImageNet or images larger
@@ -98,6 +100,7 @@ class TrainConfig:
     synthetic_test: int = 5000
     augment: str = "crop-flip"
     num_workers: int = 8
+    image_size: Optional[int] = None
     # model
     model: str = "resnet18_narrow"
     stem: Optional[str] = None
@@ -236,6 +239,10 @@ class TrainConfig:
         choice("augment", sorted(AUGMENTS))
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise bad("num_workers", "an integer >= 0")
+        positive_int("image_size", optional=True)
+        if self.image_size is not None and self.dataset != "folder":
+            raise ValueError(f"image_size applies to dataset 'folder' (ImageFolder trees decoded to memory); "
+                             f"{self.dataset!r} images keep their own size, got image_size={self.image_size!r}")
         # model
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "a model name")

@@ -47,6 +47,7 @@ class RunData:
     world_size: int = 1
     streamed: bool = False
     train_steps: int = 0  # batches per epoch on each process
+    classes: tuple = ()  # the training split's class names, in label order
     eval_split: str = "test"
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,11 +119,12 @@ def _small_splits(config: TrainConfig):
             return train, None
         test = load_dataset("synthetic", split="test", n=n_test, seed=SYNTHETIC_DATA_SEED)
         return train, test
-    train = load_dataset(config.dataset, root=config.data, split="train")
+    decode = {"image_size": config.image_size} if config.image_size is not None else {}  # folder only
+    train = load_dataset(config.dataset, root=config.data, split="train", **decode)
     if config.val_fraction:
         return train, None
     if config.dataset == "folder":
-        test = load_test_split("folder", root=config.data)  # "val" if the tree has no test/
+        test = load_test_split("folder", root=config.data, **decode)  # "val" if the tree has no test/
     else:
         test = load_dataset(config.dataset, root=config.data, split="test")
     return train, test
@@ -200,7 +202,7 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
                         world_size=world_size, device=device)
     return RunData(train, test, num_classes, image_size, mean, std, train_size=int(train_images.shape[0]),
                    test_size=int(test_images.shape[0]), device=device, rank=rank, world_size=world_size,
-                   streamed=False, train_steps=len(train), eval_split=eval_split)
+                   streamed=False, classes=tuple(train_ds.classes), train_steps=len(train), eval_split=eval_split)
 
 
 def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch) -> RunData:
@@ -221,10 +223,14 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
         n_test = min(n_test, config.test_limit)
     # train_limit on a stream: a random ``train_limit`` images per epoch (the first batches)
     steps = min(len(train), max(1, math.ceil(n_train / (batch * world_size))))
+    if steps < 1:  # the loader drops the last partial batch
+        raise ValueError(f"the training split of {config.data} has {len(train.dataset)} training images, fewer "
+                         f"than one batch (batch_size {config.batch_size} over {world_size} process(es); the last "
+                         f"partial batch is dropped): lower batch_size or add images")
     stats = dataset_stats("imagenet")
     return RunData(train, test, len(train.dataset.classes), 224, tuple(stats.mean), tuple(stats.std),
                    train_size=n_train, test_size=n_test, device=device, rank=rank, world_size=world_size,
-                   streamed=True, train_steps=steps)
+                   streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
 
 
 __all__ = ["RunData", "SYNTHETIC_DATA_SEED", "VALIDATION_SEED", "build_data", "validation_split"]

@@ -32,8 +32,8 @@ from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
 from .augment import build_augment
-from .checkpoint import FORMAT, build_model, read_checkpoint, save_checkpoint
-from .config import TrainConfig, config_differences
+from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
+from .config import TrainConfig
 from .data import RunData, build_data, random_subset
 from .distributed import DistContext, setup_distributed
 from .rng import rng_state, seed_everything, set_rng_state
@@ -155,16 +155,10 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
     run.check_start(config.resume, config.overwrite)
+    # verified checkpoint; a run of another config is refused, finished or not
+    resume = run.resume_state(config) if config.resume else None
     if config.resume and run.finished:
         return run.read_final()
-    resume = None
-    if config.resume and run.checkpoint.is_file():
-        resume = read_checkpoint(run.checkpoint, map_location="cpu")
-        diff = config_differences(TrainConfig.from_dict(dict(resume["config"])), config)
-        if diff:
-            raise ValueError(f"cannot resume from {run.checkpoint}: the config differs in "
-                             + ", ".join(f"{k} (run {a!r}, now {b!r})" for k, (a, b) in diff.items())
-                             + "; use the run's settings, or overwrite=True to start again")
     if dist_ctx.is_main and resume is None:
         run.clear()  # overwrite, or a resume with nothing to resume from
     dist_ctx.barrier()
@@ -176,7 +170,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     data = build_data(config, augment, device, dist_ctx.rank, dist_ctx.world_size)
     stem = config.stem or ("imagenet" if config.dataset == "imagenet" or data.image_size > 64 else "cifar")
     model_args = {"name": config.model, "num_classes": data.num_classes, "stem": stem,
-                  "mean": list(data.mean), "std": list(data.std)}
+                  "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
+                  "classes": list(data.classes)}
     model = build_model(model_args).to(device)  # same initial weights on every process
     if dist_ctx.enabled:  # then independent random streams per process (batch augmentation, dropout)
         seed_everything(config.seed + 1_000_003 * dist_ctx.rank)
@@ -194,7 +189,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     history: list[dict] = []
     start_epoch = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        load_model_state(model, resume["model"], run.checkpoint)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if resume.get("scaler"):

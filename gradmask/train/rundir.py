@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..files import write_atomic, write_csv
-from .checkpoint import CHECKPOINT
+from .checkpoint import CHECKPOINT, read_checkpoint
+from .config import RESUME_FREE_FIELDS, TrainConfig, config_differences
 
 CONFIG = "config.json"
 LOCK = ".gradmask.lock"
@@ -281,6 +282,45 @@ class RunDir:
             return []
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
+
+    def read_config(self) -> Optional[TrainConfig]:
+        """The run's ``config.json`` as a TrainConfig, or None without one."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return TrainConfig.from_dict(json.load(f))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"run config {path} cannot be read ({exc})") from exc
+
+    def _stored(self) -> tuple[Optional[dict], Optional[TrainConfig]]:
+        """``(checkpoint state (verified) or None, the run's config or None)``."""
+        if self.checkpoint.is_file():
+            state = read_checkpoint(self.checkpoint)
+            return state, TrainConfig.from_dict(dict(state["config"]))
+        return None, self.read_config()
+
+    def differences(self, config: TrainConfig, ignore: tuple = RESUME_FREE_FIELDS) -> dict[str, tuple]:
+        """``{field: (the run's value, config's value)}`` for the settings that change results
+        (:func:`gradmask.train.config.config_differences`, fields ``ignore`` aside) where the run
+        in this folder (its checkpoint, else its ``config.json``) differs from ``config``; ``{}``
+        for an empty folder."""
+        stored = self._stored()[1]
+        return {} if stored is None else config_differences(stored, config, ignore)
+
+    def resume_state(self, config: TrainConfig) -> Optional[dict]:
+        """The checkpoint (verified) to continue ``config`` from, or None when there is none. A run
+        here of another config, finished or not, raises ``ValueError`` naming the fields that differ."""
+        state, stored = self._stored()
+        diff = {} if stored is None else config_differences(stored, config)
+        if diff:
+            what = "the finished run" if self.finished else "the run"
+            raise ValueError(f"cannot resume {what} in {self.path}: its config differs in "
+                             + ", ".join(f"{k} (run {a!r}, now {b!r})" for k, (a, b) in diff.items())
+                             + "; use the run's settings, overwrite=True (--overwrite) to train it again, "
+                               "or choose another out")
+        return state
 
 
 __all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
