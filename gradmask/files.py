@@ -182,10 +182,20 @@ def verify(content: dict, path: Union[str, os.PathLike], what: str, fn: Callable
     return stored
 
 
+class UnreadableFileError(ValueError):
+    """A file torch cannot read, or one holding objects gradmask will not load; ``reason`` says
+    which (the message names the file too)."""
+
+    def __init__(self, what: str, path, reason: str) -> None:
+        super().__init__(f"{what} {path} {reason}")
+        self.reason = reason
+
+
 def load_torch(path: Union[str, os.PathLike], what: str, map_location="cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with errors naming the file: ``ValueError`` when it
-    is not a file torch can read (corrupted or truncated) or holds objects other than tensors and
-    plain values (the safe loader refuses them; gradmask never loads such a file unsafely)."""
+    """``torch.load(path, weights_only=True)`` with errors naming the file
+    (:class:`UnreadableFileError`, a ``ValueError``): a file that is not one torch can read
+    (corrupted or truncated), or that holds objects other than tensors and plain values (the safe
+    loader refuses them; gradmask never loads such a file unsafely)."""
     import pickle
     import re
 
@@ -194,17 +204,17 @@ def load_torch(path: Union[str, os.PathLike], what: str, map_location="cpu") -> 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
-            raise ValueError(f"{what} {path} is corrupted or truncated and cannot be read ({exc})") from None
+            raise UnreadableFileError(what, path, f"is corrupted or truncated and cannot be read ({exc})") from None
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         if found is None:  # not a pickle / torch file at all, or damaged beyond its header
-            raise ValueError(f"{what} {path} is not a gradmask file, or is corrupted (its bytes are not a file "
-                             f"of tensors and plain values)") from None
-        raise ValueError(f"{what} {path} is not a gradmask file or contains objects gradmask will not load "
-                         f"(it holds a {found.group(1)} object); gradmask reads only files of tensors and plain "
-                         f"values") from None
+            raise UnreadableFileError(what, path, "is not a gradmask file, or is corrupted (its bytes are not a "
+                                                  "file of tensors and plain values)") from None
+        raise UnreadableFileError(what, path, f"is not a gradmask file or contains objects gradmask will not load "
+                                              f"(it holds a {found.group(1)} object); gradmask reads only files of "
+                                              f"tensors and plain values") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"{what} {path} is corrupted or truncated and cannot be read "
-                         f"({type(exc).__name__}: {first})") from None
+        raise UnreadableFileError(what, path, f"is corrupted or truncated and cannot be read "
+                                              f"({type(exc).__name__}: {first})") from None

@@ -310,3 +310,17 @@ def test_reproduce_tunes_table1_then_trains_seed_by_seed_and_resumes(tmp_path, m
     results = json.loads((tmp_path / "results.json").read_text())["sections"]
     assert len(results["table2"]["numbers"]["norm"]["accuracy"]) == 2
     assert "own, smaller scale" in (tmp_path / "report.md").read_text()
+
+
+def test_the_inhibition_schedule_is_tuned_like_any_field(tmp_path):
+    fake = FakeTrain(lambda c: 0.6 if c.inhibition_schedule == "warmup" else 0.5)
+    base = tiny(epochs=10, inhibition_warmup=5.0)
+    result = run_tuning(base, ("none", "lateral"), make_tuning({"inhibition_schedule": ["constant", "warmup"]},
+                                                                 epochs=2), tmp_path, train_fn=fake, log=None)
+    assert result.chosen == {"none": {}, "lateral": {"inhibition_schedule": "warmup"}}
+    assert [(c.mask, c.inhibition_schedule, c.inhibition_warmup) for c in fake.calls] == [
+        ("lateral", "constant", 1.0), ("lateral", "warmup", 1.0)]         # warm-up scaled with the epochs
+    with pytest.raises(ValueError, match=r"inhibition_schedule='warmup'.*inhibition_warmup \(--inhibition-warmup\) "
+                                         r"must be > 0"):
+        compare(tiny(), ("none", "lateral"), 1, tmp_path / "x", train_fn=fake, log=None,
+                tune={"inhibition_schedule": ["constant", "warmup"]})

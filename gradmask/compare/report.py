@@ -27,6 +27,7 @@ from ..files import write_atomic, write_csv
 from ..plotting import save_figure
 from ..mask import MASK_MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
+from .tuning import point_label, read_tuning
 
 VARIANTS = MASK_MODES
 """The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
@@ -349,8 +350,21 @@ def _epoch_text(runs: list[Run]) -> str:
     return "/".join(map(str, epochs)) + " epochs (runs differ)"
 
 
-def conclusions(runs: list[Run], summaries: list[VariantSummary]) -> list[str]:
-    """The sentences under the table: seeds and epochs, then one verdict per variant vs none."""
+def tuning_text(tuning: dict | None, variants: Iterable[str]) -> str:
+    """Whether and how the arms ``variants`` were tuned (``tuning``: the comparison's tuning.json)."""
+    if tuning is None:
+        return "arms not tuned: every variant at the same settings"
+    chosen = []
+    for v in variants:
+        record = tuning["variants"].get(v)
+        chosen.append(f"{v} at {point_label(record['chosen'])}" if record and record["tuned"]
+                      else f"{v} not tuned (no tuned field applies)")
+    return f"arms tuned on a {tuning['val_fraction']:.0%} validation split: " + ", ".join(chosen)
+
+
+def conclusions(runs: list[Run], summaries: list[VariantSummary], tuning: dict | None = None) -> list[str]:
+    """The sentences under the table: seeds and epochs, then one verdict per variant vs none, each
+    saying whether the arms were tuned (``tuning``: the comparison's tuning.json, or None)."""
     level = f"{CI_LEVEL:.0%}"
     trained = (f"Each variant was trained for {_epoch_text(runs)}; {_seed_text(summaries)}."
                if any(r.finished for r in runs) else
@@ -371,7 +385,7 @@ def conclusions(runs: list[Run], summaries: list[VariantSummary]) -> list[str]:
             lines.append(f"{s.variant}: no finished runs yet, so the difference is not established.")
             continue
         d = s.delta
-        head = f"{s.variant} vs {BASELINE}: Δ = {d.diff:+.2f} pp"
+        head = f"{s.variant} vs {BASELINE} ({tuning_text(tuning, (BASELINE, s.variant))}): Δ = {d.diff:+.2f} pp"
         contains = interval_contains_zero(d)
         if contains is None:
             lines.append(f"{head}; {level} CI not established (n < 2: {len(s.finished)} vs "
@@ -469,8 +483,11 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
         rows.append([s.variant, seeds, fmt_mean_std(s.top1), fmt_mean_std(s.top5), delta, fmt_ci(s.delta),
                      fmt_duration(s.train_seconds.mean)])
     blocks.append(("table", headers, rows, "lrrrrrr"))
-    for line in conclusions(runs, summaries):
+    tuning = read_tuning(out)
+    for line in conclusions(runs, summaries, tuning):
         blocks.append(("p", line))
+    if tuning is not None:
+        blocks += tuning_blocks(tuning, runs)
 
     unfinished = [r for r in runs if not r.finished]
     if unfinished:
@@ -510,6 +527,37 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
     blocks.append(("p", "results.csv and results.json hold one row per run (accuracies as fractions); each run "
                         "folder keeps config.json, metrics.jsonl (one line per epoch) and final.json. "
                         f"`gradmask compare --report-only --out {shlex.quote(str(out))}` rewrites this report."))
+    return blocks
+
+
+def tuning_blocks(tuning: dict, runs: list[Run]) -> list[tuple]:
+    """The sweep (variant x grid point -> validation accuracy), the chosen points and the training
+    time of the tuning runs beside that of the final ``runs``."""
+    grid = "; ".join(f"{k} {', '.join(_fmt_value(v) for v in values)}" for k, values in tuning["grid"].items())
+    n = tuning["epochs"]
+    epochs = f"{n} epoch{'s' if n != 1 else ''}" if n else "the final runs' epochs"
+    seeds = tuning["seeds"]
+    blocks: list[tuple] = [("h2", "Tuning on a validation split"), (
+        "p", f"Before the final runs every variant was tuned on a validation split: "
+             f"{tuning['val_fraction']:.0%} of the training images (a fixed seeded draw, the same for every run; "
+             f"the test split was not read), {epochs} per tuning run (warm-up scaled alike), "
+             f"{seeds} seed{'s' if seeds != 1 else ''} per grid point; grid: {grid}. Each variant's final runs use "
+             f"its point with the best mean validation accuracy (ties: the first); a field that does not apply to a "
+             f"variant (e.g. inhibition_rate for none) is not swept for it.")]
+    rows = []
+    for variant, record in tuning["variants"].items():
+        if not record["tuned"]:
+            rows.append([variant, "– (not tuned)", "–", "0", ""])
+        for p in record["points"]:
+            acc = [100.0 * a for a in p["val_acc"]]
+            rows.append([variant, p["label"], fmt_mean_std(summarize(acc)), str(len(acc)),
+                         "chosen" if p["point"] == record["chosen"] else ""])
+    blocks.append(("table", ["variant", "grid point", "validation top-1 (%) mean ± std", "seeds", ""], rows,
+                   "llrrl"))
+    final = [r.train_seconds for r in runs if r.finished and r.train_seconds is not None]
+    n_tuning = sum(len(p["runs"]) for record in tuning["variants"].values() for p in record["points"])
+    blocks.append(("p", f"Training time (sum over runs): tuning {fmt_duration(tuning['train_seconds'])} "
+                        f"({n_tuning} runs), final runs {fmt_duration(sum(final))} ({len(final)} finished runs)."))
     return blocks
 
 
@@ -617,8 +665,8 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     rows = result_rows(runs)
     write_csv(paths["csv"], RESULT_FIELDS,
               ([repr(v) if isinstance(v, float) else v for v in (row[k] for k in RESULT_FIELDS)] for row in rows))
-    write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries]},
-                                          indent=2) + "\n")
+    write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries],
+                                           "tuning": read_tuning(out)}, indent=2) + "\n")
 
     dataset = _common(runs, "dataset") or "?"
     model = _common(runs, "model") or "?"
@@ -644,4 +692,4 @@ def summary_text(out_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"no runs in {out_dir}")
     summaries = summarize_runs(runs)
     blocks = [b for b in _report_blocks(Path(out_dir), runs, summaries) if b[0] == "table"][:1]
-    return render_markdown(blocks) + "\n" + "\n".join(conclusions(runs, summaries)) + "\n"
+    return render_markdown(blocks) + "\n" + "\n".join(conclusions(runs, summaries, read_tuning(out_dir))) + "\n"

@@ -72,14 +72,16 @@ def _status(path: str) -> str:
 
 def changed_runs(base_config, runs: list[tuple[str, int, str]], tuned: Iterable[str] = ()) -> dict[str, dict]:
     """``{run dir: {field: (run's value, requested value)}}`` for the runs already in their folders
-    whose settings differ from ``base_config`` (fields ``tuned`` aside: a tuned point sets them)."""
-    from ..train.config import RESUME_FREE_FIELDS
+    whose settings differ from ``base_config`` (fields ``tuned`` aside: a tuned point sets them);
+    ``{}`` when ``base_config`` is not a TrainConfig (a stand-in whose ``train_fn`` keeps its own books)."""
+    from ..train.config import RESUME_FREE_FIELDS, TrainConfig
     from ..train.rundir import RunDir
+    if not isinstance(base_config, TrainConfig):
+        return {}
     ignore = RESUME_FREE_FIELDS + tuple(tuned)
     changed = {}
     for variant, seed, path in runs:
-        diff = RunDir(path).differences(dataclasses.replace(base_config, mask=variant, seed=seed, out=path,
-                                                            resume=False, overwrite=False), ignore)
+        diff = RunDir(path).differences(dataclasses.replace(base_config, mask=variant, seed=seed, out=path), ignore)
         if diff:
             changed[path] = diff
     return changed
@@ -114,7 +116,7 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
                 checked_replace(base_config, {**point, "mask": variant}, "tune")
     # runs already there with other settings: refused before anything trains, or (overwrite) trained again
     changed = changed_runs(base_config, runs, tuning.grid if tuning is not None else ())
-    if changed and not base_config.overwrite:
+    if changed and not getattr(base_config, "overwrite", False):
         raise ValueError(f"{len(changed)} run(s) in {out} were trained with other settings than requested: "
                          + "; ".join(f"{Path(p).name}: " + ", ".join(f"{k} (run {a!r}, now {b!r})"
                                                                       for k, (a, b) in d.items())
@@ -125,8 +127,10 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
         from gradmask.train import train as train_fn
     chosen: dict[str, dict] = {}
     if tuning is not None:
-        chosen = run_tuning(dataclasses.replace(base_config, overwrite=False), variants, tuning, out, seed_offset,
-                            train_fn, log).chosen
+        # tuning runs resume; one of other settings is refused by the engine, naming the fields
+        tuning_base = dataclasses.replace(base_config, overwrite=False) if getattr(base_config, "overwrite", False) \
+            else base_config
+        chosen = run_tuning(tuning_base, variants, tuning, out, seed_offset, train_fn, log).chosen
     for k, (variant, seed, path) in enumerate(runs, 1):
         point = chosen.get(variant, {})
         again = path in changed
@@ -134,8 +138,10 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             at = f" at {', '.join(f'{n}={v!r}' for n, v in point.items())}" if point else ""
             status = f"trained again: {', '.join(changed[path])} changed" if again else _status(path)
             log(f"[{k}/{len(runs)}] {variant} seed {seed}{at} -> {path} ({status})")
-        train_fn(checked_replace(base_config, {**point, "mask": variant, "seed": seed, "out": path,
-                                               "resume": not again, "overwrite": again}, "compare"))
+        changes = {**point, "mask": variant, "seed": seed, "out": path, "resume": not again}
+        if again or getattr(base_config, "overwrite", False):
+            changes["overwrite"] = again
+        train_fn(checked_replace(base_config, changes, "compare"))
     if is_main_process():  # under torchrun every process trains, one writes the report
         write_report(out)
     return [Path(path) for _, _, path in runs]

@@ -41,7 +41,7 @@ NOT_TUNABLE = {
     "device": "--device", "num_workers": "--num-workers", "compile": "--compile",
 }
 #: fields measured in epochs, scaled by tuning epochs / final epochs in a tuning run
-EPOCH_FIELDS = ("warmup_epochs",)
+EPOCH_FIELDS = ("warmup_epochs", "inhibition_warmup")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..files import ChecksumError, load_torch, verify, with_checksum, write_atomic
+from ..files import ChecksumError, UnreadableFileError, load_torch, verify, with_checksum, write_atomic
 from .dataset import ImageDataset
 
 __all__ = [
@@ -130,8 +130,8 @@ def load_cached(path: str | os.PathLike, fp: str) -> Optional[dict]:
         return None
     try:
         obj = load_torch(path, "gradmask cache file")
-    except ValueError as e:  # truncated zip, garbage bytes, refused objects, ...
-        warnings.warn(f"{e}; rebuilding it", stacklevel=3)
+    except UnreadableFileError as e:  # truncated zip, garbage bytes, refused objects, ...
+        warnings.warn(f"gradmask cache file {path} is unreadable: it {e.reason}; rebuilding it", stacklevel=3)
         return None
     problem = _check_entry(obj, fp)
     if problem is not None:

@@ -14,7 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..compare.report import fmt_duration, load_runs, render_html, render_markdown, report_paths
+from ..compare.report import fmt_duration, load_runs, render_html, render_markdown, report_paths, tuning_blocks
+from ..compare.tuning import read_tuning
 from ..files import write_atomic, write_csv
 from ..plotting import save_figure
 from . import paper
@@ -29,6 +30,11 @@ fully randomized model's is below this (95% interval over images entirely below 
 SLOWDOWN = 2.0
 """Table 2's "3 times slower" is read as "at least 2x slower" (the interval of the throughput
 ratio masked / without minicolumn entirely above 2)."""
+#: training-set sizes of the datasets whose runs use all their images (``train_limit`` None)
+TRAIN_IMAGES = {"cifar10": 50000, "cifar100": 50000, "imagenet": 1281167}
+#: the earlier small-budget Table 1 measurement (preset cifar: 4 epochs on 15,000 CIFAR-10 images, not
+#: tuned), shown beside the longer runs; read from the published results of a source checkout
+SMALL_BUDGET = Path(__file__).resolve().parents[2] / "docs" / "results" / "2026-11-23-cifar-2"
 METHOD_NAMES = {"limap": "LI-Map", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 VARIANT_NAMES = {"none": "normal (no mask)", "lateral": "Gradient Mask", "norm": "without LI",
                  "pixel": "without minicolumn"}
@@ -95,6 +101,7 @@ class Section:
         self.blocks: list[tuple] = [("h2", claim.title)]
         self.numbers: dict = {}
         self.verdicts: list[tuple[str, str]] = []   # (what was tested, verdict)
+        self.budget = "no finished run"             # training images x epochs, seeds, model, tuned or not
 
     @property
     def verdict(self) -> str:
@@ -104,7 +111,7 @@ class Section:
         self.blocks.insert(1, ("p", f"**Paper:** {self.claim.claim} ({self.claim.setting})."))
         self.blocks.insert(2, ("p", f"**Our setting:** {setting}"))
         lines = "; ".join(f"{what}: **{v}**" for what, v in self.verdicts) or "nothing measured"
-        self.blocks.append(("p", f"**Verdict: {self.verdict}** ({lines})."))
+        self.blocks.append(("p", f"**Verdict: {self.verdict}** ({lines}). Budget: {self.budget}."))
 
 
 def _runs(out: Path, dataset: str, augment: Optional[str] = None, ablation: bool = False) -> dict:
@@ -118,18 +125,51 @@ def _runs(out: Path, dataset: str, augment: Optional[str] = None, ablation: bool
     return by_variant
 
 
+def _train_images(config: dict) -> Optional[int]:
+    """Training images per epoch of a run's config (None when unknown)."""
+    dataset = config.get("dataset")
+    full = config.get("synthetic_train") if dataset == "synthetic" else TRAIN_IMAGES.get(dataset)
+    limit = config.get("train_limit")
+    return full if limit is None else (limit if full is None else min(limit, full))
+
+
+def budget(runs: list, tuning: Optional[dict]) -> str:
+    """``"50,000 training images x 15 epochs, 3 seeds, resnet18_narrow, tuned: lr per arm on a 10%
+    validation split"``: what a verdict was measured at (``tuning``: the runs' tuning.json or None)."""
+    if not runs:
+        return "no finished run"
+    images = sorted({n for n in (_train_images(r.config) for r in runs) if n is not None})
+    epochs = sorted({r.epochs_done for r in runs})
+    models = sorted({str(r.config.get("model")) for r in runs})
+    tuned = ("not tuned (one setting for every arm)" if tuning is None else
+             f"tuned: {', '.join(tuning['grid'])} per arm on a {tuning['val_fraction']:.0%} validation split")
+    return (f"{' / '.join(f'{n:,}' for n in images) or 'all'} training images x "
+            f"{' / '.join(map(str, epochs))} epochs, {len({r.seed for r in runs})} seeds, {', '.join(models)}, {tuned}")
+
+
+def _per_variant(runs: list, key: str) -> str:
+    """A config value, or ``value (variant) / ...`` when the variants' runs differ (tuned arms)."""
+    by_variant = {}
+    for r in runs:
+        by_variant.setdefault(r.variant, set()).add(str(r.config.get(key)))
+    values = {v for vs in by_variant.values() for v in vs}
+    if len(values) == 1:
+        return values.pop()
+    return " / ".join(f"{'/'.join(sorted(vs))} ({v})" for v, vs in by_variant.items())
+
+
 def _run_setting(runs: list, state: dict) -> str:
     if not runs:
         return "no finished run"
     c = runs[0].config
-    images = c.get("train_limit") or (c.get("synthetic_train") if c.get("dataset") == "synthetic" else "all")
+    images = _train_images(c) or "all"
     seconds = sum(r.train_seconds or 0.0 for r in runs)
     seeds = sorted({r.seed for r in runs})
     augments = " / ".join(dict.fromkeys(str(r.config.get("augment")) for r in runs))
     return (f"{c.get('dataset')} ({images} training images, {c.get('test_limit') or 'all'} test images), "
             f"{c.get('model')} (groups {c.get('groups')}, sigma {c.get('sigma')}, kernel {c.get('kernel_size')}, "
-            f"rate {c.get('inhibition_rate')}), {c.get('epochs')} epochs, batch {c.get('batch_size')}, lr "
-            f"{c.get('lr')} {c.get('schedule')}, augment {augments}, seeds {seeds}, device "
+            f"rate {_per_variant(runs, 'inhibition_rate')}), {c.get('epochs')} epochs, batch {c.get('batch_size')}, "
+            f"lr {_per_variant(runs, 'lr')} {c.get('schedule')}, augment {augments}, seeds {seeds}, device "
             f"{runs[0].final.get('device', state.get('device'))}, training wall time {fmt_duration(seconds)} "
             f"({len(runs)} runs).")
 
@@ -138,29 +178,113 @@ def _accuracies(runs: list) -> list[float]:
     return [r.value("test_acc") for r in runs if r.value("test_acc") is not None]
 
 
+def epoch_gap(none: list, lateral: list) -> list[tuple[int, object]]:
+    """``[(epoch, Welch interval of lateral - none test accuracy)]`` over the seeds, for every epoch
+    recorded by both arms' runs (from ``metrics.jsonl``)."""
+    def per_epoch(runs):
+        values: dict[int, list[float]] = {}
+        for r in runs:
+            for e, v in zip(*r.series("test_acc")):
+                values.setdefault(e, []).append(v)
+        return values
+    a, b = per_epoch(lateral), per_epoch(none)
+    return [(e, difference_interval(a[e], b[e])) for e in sorted(set(a) & set(b))]
+
+
+def small_budget_point(root: Path = SMALL_BUDGET) -> Optional[dict]:
+    """The earlier cifar-preset Table 1 measurement: ``{"epochs", "images", "test_images", "none",
+    "lateral", "difference", "source"}``; None when its published files are not there."""
+    try:
+        table1 = json.loads((root / "results.json").read_text())["sections"]["table1"]["numbers"]["cifar10"]
+        fields = json.loads((root / "steps" / "train-cifar10.json").read_text())["settings"]["fields"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return {"epochs": fields["epochs"], "images": fields.get("train_limit"), "test_images": fields.get("test_limit"),
+            "lr": fields.get("lr"), "none": table1["none"], "lateral": table1["lateral"],
+            "difference": difference_interval(table1["lateral"], table1["none"]),
+            "source": f"docs/results/{root.name}"}
+
+
+def plot_epoch_gap(path: Path, gaps: dict, small: Optional[dict]) -> Path:
+    """Per dataset the difference masked - normal per epoch (points) with its 95% interval (band);
+    the small-budget point as a separate marker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (dataset, gap) in enumerate(gaps.items()):
+        xs = [e for e, _ in gap]
+        ax.plot(xs, [100 * ci.diff for _, ci in gap], "o-", color=f"C{i}", label=f"{dataset}: masked − normal")
+        lows = [100 * ci.low if _finite(ci.low) else np.nan for _, ci in gap]
+        highs = [100 * ci.high if _finite(ci.high) else np.nan for _, ci in gap]
+        ax.fill_between(xs, lows, highs, color=f"C{i}", alpha=0.2, label="95% interval over seeds")
+    if small is not None:
+        d = small["difference"]
+        ax.errorbar([small["epochs"]], [100 * d.diff], yerr=[[100 * (d.diff - d.low)], [100 * (d.high - d.diff)]],
+                    fmt="s", color="k", capsize=4,
+                    label=f"earlier: {small['epochs']} epochs on {small['images']:,} images ({small['source'].rsplit('/', 1)[-1]})")
+    ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 difference (points)")
+    ax.set_title("Test accuracy, masked − normal, per epoch", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def table1(out: Path, state: dict, datasets: list[str]) -> Section:
     s = Section(paper.TABLE1)
-    rows, settings, figures = [], [], []
+    rows, settings, figures, budgets, extra = [], [], [], [], []
+    gaps = {}
     for dataset in datasets:
         runs = _runs(out, dataset)
+        tuning = read_tuning(runs_dir(out, dataset))
+        arms = runs.get("none", []) + runs.get("lateral", [])
         none, lateral = _accuracies(runs.get("none", [])), _accuracies(runs.get("lateral", []))
         ci = difference_interval(lateral, none)
         p_none = paper.TABLE1.numbers["normal"].get(dataset)
         p_mask = paper.TABLE1.numbers["masked"].get(dataset)
         v = verdict(ci)
-        s.verdicts.append((f"{dataset}: masked > normal", v))
+        b = budget(arms, tuning)
+        budgets.append(f"{dataset}: {b}")
+        s.verdicts.append((f"{dataset}: masked > normal ({b})", v))
         rows.append([dataset, _paper(p_none), _paper(p_mask), _mean_std(none, 100), _mean_std(lateral, 100),
                      _interval(ci, 100), v])
+        gap = epoch_gap(runs.get("none", []), runs.get("lateral", []))
         s.numbers[dataset] = {"none": none, "lateral": lateral, "difference": ci._asdict(),
-                              "paper": {"none": p_none, "lateral": p_mask}, "verdict": v}
-        settings.append(_run_setting(runs.get("none", []) + runs.get("lateral", []), state))
+                              "paper": {"none": p_none, "lateral": p_mask}, "verdict": v, "budget": b,
+                              "tuning": tuning, "difference_per_epoch": [[e, g._asdict()] for e, g in gap]}
+        settings.append(_run_setting(arms, state))
+        if tuning is not None:
+            extra.append(("p", f"**Tuning ({dataset}).**"))
+            extra += tuning_blocks(tuning, arms)[1:]
+        if len(gap) > 1:
+            gaps[dataset] = gap
         accuracy_png = report_paths(runs_dir(out, dataset))["accuracy"]
         if accuracy_png.is_file():
             figures.append(("img", f"test accuracy per epoch on {dataset}", str(accuracy_png.relative_to(out))))
     s.blocks.append(("table", ["data", "paper normal", "paper masked", "ours normal", "ours masked",
                                "masked − normal [95% CI]", "verdict"], rows, ["l", "r", "r", "r", "r", "r", "l"]))
     s.blocks.append(("p", "Top-1 accuracy (%), mean ± std over seeds; the interval is Welch's t over seeds."))
+    s.blocks += extra
+    small = small_budget_point() if "cifar10" in datasets else None
+    if gaps:
+        rows = [[dataset, str(e), _interval(ci, 100)] for dataset, gap in gaps.items() for e, ci in gap]
+        if small is not None:
+            rows.append([f"cifar10, earlier: {small['images']:,} images, lr {small['lr']} not tuned "
+                         f"({small['source']})", str(small["epochs"]), _interval(small["difference"], 100)])
+        s.blocks.append(("p", "**Per epoch.** The difference masked − normal of the test accuracy after each "
+                              "epoch (points, Welch's 95% interval over seeds), from the final runs' "
+                              "metrics.jsonl: does the gap close, open or stay as training goes on? The "
+                              "earlier small-budget measurement stands beside it as one point."))
+        s.blocks.append(("table", ["data", "epoch", "masked − normal [95% CI]"], rows, ["l", "r", "r"]))
+        path = plot_epoch_gap(out / FIGURES / "table1-gap-per-epoch.png", gaps, small)
+        s.blocks.append(("img", "masked − normal per epoch with its 95% interval", str(path.relative_to(out))))
+        if small is not None:
+            s.numbers["small_budget"] = {**small, "difference": small["difference"]._asdict()}
     s.blocks += figures
+    s.budget = "; ".join(budgets) or "no dataset"
     s.finish(" ".join(settings) or "no dataset")
     return s
 
@@ -208,7 +332,9 @@ def table2(out: Path, state: dict, dataset: str, separate: bool = False) -> Sect
     if separate:
         s.blocks.append(("p", "These ablation runs keep their own, smaller scale (see the setting below), not "
                               "Table 1's: there was no time to train them at Table 1's budget. They are not tuned."))
-    s.finish(_run_setting(sum((runs.get(v, []) for v in ("lateral", "norm", "pixel")), []), state))
+    arms = sum((runs.get(v, []) for v in ("lateral", "norm", "pixel")), [])
+    s.budget = budget(arms, read_tuning(runs_dir(out, dataset, ablation=separate)))
+    s.finish(_run_setting(arms, state))
     return s
 
 
@@ -259,6 +385,7 @@ def table3(out: Path, state: dict) -> Optional[Section]:
     if not box_sets:
         return None
     syn = _runs(out, "synthetic")
+    s.budget = budget(syn.get("lateral", []) + syn.get("none", []), read_tuning(runs_dir(out, "synthetic")))
     settings.append("Models: " + _run_setting(syn.get("lateral", []) + syn.get("none", []), state))
     s.finish(" ".join(settings))
     return s
@@ -290,6 +417,8 @@ def sanity(out: Path, state: dict) -> Optional[Section]:
     for f in r["figures"]:
         if (out / f).is_file():
             s.blocks.append(("img", "cascading randomization", f))
+    s.budget = budget([r for r in _runs(out, "synthetic").get("lateral", []) if r.seed == 0],
+                      read_tuning(runs_dir(out, "synthetic")))
     s.finish(f"seed 0's masked synthetic model, {r['n_images']} synthetic test images, groups re-initialised "
              f"top-down per block, Grad-CAM on {r['gradcam_layer']}; wall time {fmt_duration(rec.get('wall_seconds'))}.")
     return s
@@ -340,9 +469,12 @@ def figure5_6(out: Path, state: dict) -> list[Section]:
             "sparsity (fraction of conv/linear weights removed)", f"L1 pruning ({scheme}) on {r['dataset']}")
         s5.numbers[scheme] = {"mean_pruned_accuracy": means, "difference": ci._asdict()}
         s5.blocks.append(("img", f"accuracy after {scheme} L1 pruning", str(path.relative_to(out))))
+    runs = _runs(out, r["dataset"])
+    s5.budget = budget(runs.get("none", []) + runs.get("lateral", []), read_tuning(runs_dir(out, r["dataset"])))
     s5.finish(setting)
 
     s6 = Section(paper.FIGURE6)
+    s6.budget = s5.budget
     joint = ", ".join(str(r["seeds"][k]["fgsm"]["n_joint"]) for k in seeds)
     s6.blocks.append(("p", f"Top-1 accuracy (%) under FGSM on the images both models of a seed classify "
                            f"correctly ({joint} per seed), mean ± std over seeds."))
@@ -381,6 +513,7 @@ def figure7(out: Path, state: dict, dataset: str) -> Optional[Section]:
     path = plot_gsnr([r.path for r in probed["none"] + probed["lateral"]], out / FIGURES / "figure7.png")
     s.blocks.append(("img", "GSNR during training", str(path.relative_to(out))))
     samples = records[probed["lateral"][0].path][0].get("n_samples")
+    s.budget = budget(probed["none"] + probed["lateral"], read_tuning(runs_dir(out, dataset)))
     s.finish(f"GSNR (mean^2 / variance of per-sample gradients, mean over the conv weights) on {samples} fixed "
              f"training images after every epoch; masked runs measure the masked gradients. Runs: "
              + _run_setting(probed["none"] + probed["lateral"], state))
@@ -409,6 +542,7 @@ def figure10(out: Path, state: dict) -> Optional[Section]:
     s.numbers = {"mean_blurred_accuracy": means, "difference": ci._asdict()}
     s.blocks.append(("img", "accuracy with a blurred background", str(path.relative_to(out))))
     runs = _runs(out, "synthetic").get("none", []) + _runs(out, "synthetic", "li-blur").get("none", [])
+    s.budget = budget(runs, read_tuning(runs_dir(out, "synthetic")))
     s.finish(f"{r['n_images']} synthetic test images with boxes, background = outside the box. The augmented "
              f"models are trained from scratch with Algorithm 2 at the same budget as the normal ones (the paper "
              f"fine-tunes a trained ResNet-50 for 30 epochs). Runs: " + _run_setting(runs, state))
@@ -457,10 +591,10 @@ def write_report(out) -> dict[str, Path]:
                                  "interval of the tested difference lies entirely on the paper's side, **does not "
                                  "hold** when it lies entirely on the other side, **not established at this scale** "
                                  "otherwise. Accuracy comparisons use Welch's t over seeds.")]
-    rows = [[p.claim.title, p.claim.claim, p.verdict, "; ".join(f"{what}: {v}" for what, v in p.verdicts)]
+    rows = [[p.claim.title, p.claim.claim, p.verdict, "; ".join(f"{what}: {v}" for what, v in p.verdicts), p.budget]
             for p in parts]
     blocks.append(("h2", "Summary"))
-    blocks.append(("table", ["paper", "claim", "verdict", "tests"], rows, ["l", "l", "l", "l"]))
+    blocks.append(("table", ["paper", "claim", "verdict", "tests", "budget"], rows, ["l", "l", "l", "l", "l"]))
     if state.get("skipped"):
         blocks.append(("p", "Not run: " + "; ".join(f"{what} ({why})" for what, why in state["skipped"]) + "."))
     for p in parts:
@@ -469,12 +603,13 @@ def write_report(out) -> dict[str, Path]:
     paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / "results.json",
              "csv": out / "verdicts.csv"}
     results = {"preset": state.get("preset"), "machine": m, "sections": {
-        p.claim.key: {"title": p.claim.title, "verdict": p.verdict, "tests": p.verdicts, "numbers": p.numbers}
+        p.claim.key: {"title": p.claim.title, "verdict": p.verdict, "tests": p.verdicts, "budget": p.budget,
+                      "numbers": p.numbers}
         for p in parts}}
     for key, text in (("markdown", md), ("html", page), ("json", json.dumps(results, indent=1, default=str) + "\n")):
         write_atomic(paths[key], text)
-    write_csv(paths["csv"], ["section", "test", "verdict"],
-              ([p.claim.key, what, v] for p in parts for what, v in p.verdicts))
+    write_csv(paths["csv"], ["section", "test", "verdict", "budget"],
+              ([p.claim.key, what, v, p.budget] for p in parts for what, v in p.verdicts))
     return paths
 
 

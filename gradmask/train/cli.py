@@ -13,6 +13,7 @@ import sys
 from ..cli import add_mask_arguments, register
 from .augment import AUGMENTS
 from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
+from .inhibition import INHIBITION_SCHEDULES
 from .distributed import is_main_process
 
 _UNSET = object()  # "not given on the command line": the preset / default applies
@@ -85,6 +86,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--gsnr-samples", type=int, default=None, help="probe images for the GSNR (default 256)")
     out.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
     add_mask_arguments(parser)
+    parser.add_argument("--inhibition-schedule", choices=list(INHIBITION_SCHEDULES),
+                        help="the inhibition rate per step: constant (default), warmup (linear from 0 to "
+                             "--inhibition-rate over --inhibition-warmup epochs), anneal (cosine down to 0)")
+    parser.add_argument("--inhibition-warmup", type=float, metavar="EPOCHS",
+                        help="epochs of the warmup schedule's ramp (> 0, at most --epochs)")
     parser.add_argument("--skip-last", type=int, help="default targets: residual blocks but the last N (2)")
     # the shared mask options carry their own defaults: mark them unset so the preset applies
     parser.set_defaults(mask=_UNSET, groups=_UNSET, sigma=_UNSET, kernel_size=_UNSET, kernel=_UNSET,

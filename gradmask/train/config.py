@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..mask import MASK_MODES
+from .inhibition import INHIBITION_SCHEDULES
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
 STEMS = ("cifar", "imagenet")
@@ -82,7 +83,10 @@ class TrainConfig:
     Gradient mask: ``mask`` "none" (vanilla) or a :class:`gradmask.GradientMask` mode, with
     ``groups``, ``sigma``, ``kernel_size`` (None: full), ``kernel``, ``padding``,
     ``inhibition_rate``, ``targets`` (module names / patterns; None: every residual block but
-    the last ``skip_last``).
+    the last ``skip_last``). ``inhibition_schedule`` sets the rate every step
+    (:mod:`gradmask.train.inhibition`): "constant" (``inhibition_rate``), "warmup" (linear from 0
+    to ``inhibition_rate`` over the first ``inhibition_warmup`` epochs), "anneal" (cosine from
+    ``inhibition_rate`` down to 0 over training).
 
     Run directory: ``out`` (None: ``runs/<dataset>-<model>-<mask>-seed<seed>``); ``resume``
     continue from ``<out>/checkpoint.pt`` (a finished run returns its final metrics);
@@ -130,6 +134,8 @@ class TrainConfig:
     kernel: str = "log"
     padding: str = "reflect"
     inhibition_rate: float = 0.5
+    inhibition_schedule: str = "constant"
+    inhibition_warmup: float = 0.0
     targets: Optional[tuple[str, ...]] = None
     skip_last: int = 2
     # GSNR probe (Figure 7): every ``gsnr_every`` epochs (0: off), the GSNR of the conv weights on
@@ -291,6 +297,14 @@ class TrainConfig:
         choice("kernel", ("log", "authors"))
         choice("padding", ("reflect", "zero"))
         number("inhibition_rate", 0.0, 1.0)
+        choice("inhibition_schedule", INHIBITION_SCHEDULES)
+        number("inhibition_warmup", 0.0)
+        if self.inhibition_warmup > self.epochs:
+            raise ValueError(f"inhibition_warmup (--inhibition-warmup) must be <= epochs ({self.epochs}): a warm-up "
+                             f"no longer than training, got {self.inhibition_warmup!r}")
+        if self.inhibition_schedule == "warmup" and self.inhibition_warmup == 0:
+            raise ValueError("inhibition_warmup (--inhibition-warmup) must be > 0 (epochs, at most epochs) with "
+                             "inhibition_schedule='warmup'")
         if self.targets is not None and (not isinstance(self.targets, tuple) or not self.targets
                                          or not all(isinstance(t, str) and t for t in self.targets)):
             raise bad("targets", "None or a non-empty list of module names / patterns")
@@ -313,7 +327,8 @@ class TrainConfig:
 # mask fields: they do not apply to the vanilla run (mask="none"); the LoG ones not to mask="norm",
 # ``groups`` not to mask="pixel" (one mask per channel)
 LOG_FIELDS = ("sigma", "kernel_size", "kernel", "padding")
-MASK_FIELDS = ("groups", *LOG_FIELDS, "inhibition_rate", "targets", "skip_last")
+MASK_FIELDS = ("groups", *LOG_FIELDS, "inhibition_rate", "inhibition_schedule", "inhibition_warmup", "targets",
+               "skip_last")
 
 
 def field_applies(name: str, mask: str) -> bool:
@@ -339,5 +354,5 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore=RESUME_FREE_FIELDS
             if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)}
 
 
-__all__ = ["AMP_MODES", "DATASETS", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES", "MAX_VAL_FRACTION", "PRESETS",
+__all__ = ["AMP_MODES", "DATASETS", "INHIBITION_SCHEDULES", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES", "MAX_VAL_FRACTION", "PRESETS",
            "SCHEDULES", "STEMS", "TrainConfig", "config_differences", "field_applies"]

@@ -38,6 +38,7 @@ from .data import RunData, build_data, random_subset
 from .distributed import DistContext, setup_distributed
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir, claim
+from .inhibition import build_inhibition_schedule
 from .schedule import build_scheduler
 
 
@@ -65,6 +66,8 @@ class TrainContext:
     handle: Optional[MaskHandle]
     epoch: int = 0
     history: list = field(default_factory=list)
+    gradient_mask: Optional[GradientMask] = None
+    inhibition: Optional[Callable[[int, int], float]] = None  # (step, total_steps) -> rate, set every step
 
     @property
     def is_main(self) -> bool:
@@ -215,7 +218,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
             writer = _tensorboard_writer(run)
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
-                       handle, epoch=start_epoch, history=history)
+                       handle, epoch=start_epoch, history=history, gradient_mask=gm,
+                       inhibition=None if gm is None else build_inhibition_schedule(config, data.train_steps))
     if config.gsnr_every:
         callbacks = [*callbacks, _gsnr_probe(config, data)]
     for cb in _callbacks(callbacks, "on_train_start"):
@@ -245,6 +249,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                       f"{ev}_loss": test_loss, f"{ev}_acc": test_acc, f"{ev}_top5": test_top5, "lr": lr,
                       "epoch_seconds": epoch_seconds, "images_per_second": images / max(train_time, 1e-9),
                       "mask_kept": mask_kept}
+            if gm is not None:  # the rate in force at the epoch's last step (inhibition_schedule)
+                record["inhibition_rate"] = gm.inhibition_rate
             ctx.epoch = epoch + 1
             for cb in _callbacks(callbacks, "on_epoch_end"):
                 cb(ctx, record)
@@ -293,10 +299,13 @@ def _train_epoch(ctx: TrainContext, epoch: int, criterion, autocast, batch_augme
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     lr = optimizer.param_groups[0]["lr"]
+    total_steps = config.epochs * data.train_steps
     bar = tqdm(total=data.train_steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr)
     with bar:
         for step, (x, y) in enumerate(data.train_batches()):
+            if ctx.inhibition is not None:
+                ctx.gradient_mask.inhibition_rate = ctx.inhibition(epoch * data.train_steps + step, total_steps)
             if batch_augment is not None:
                 x = batch_augment(x, y, ctx.model)
             if config.channels_last:
@@ -402,6 +411,8 @@ def _log_tensorboard(writer, record: dict) -> None:
 def _summary(r: dict, epochs: int, ev: str = "test") -> str:
     kept = [v for v in (r["mask_kept"] or {}).values() if v is not None]
     mask = f" | kept {sum(kept) / len(kept):.3f}" if kept else ""
+    if kept and r.get("inhibition_rate") is not None:
+        mask += f" at rate {r['inhibition_rate']:.3g}"
     return (f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
             f"{ev} loss {r[f'{ev}_loss']:.4f} acc {r[f'{ev}_acc']:.4f} top5 {r[f'{ev}_top5']:.4f}{mask} | "
             f"lr {r['lr']:.4g} | {r['epoch_seconds']:.1f} s, {r['images_per_second']:.0f} img/s")
