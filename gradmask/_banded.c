@@ -30,6 +30,7 @@
 #include <string.h>
 
 #define BLOCK_ELEMENTS 16384
+#define VERSION 2 /* of the functions and their arguments: gradmask.laplacian.COMPILED_VERSION */
 #define MAX_TERMS 2
 #define MAX_RADIUS 4
 
@@ -252,6 +253,8 @@ void gradmask_sample_scales(const void *in, int64_t samples, int64_t elements, i
         memcpy(scales + i, &bits, sizeof bits);
     }
 }
+
+int gradmask_compiled_version(void) { return VERSION; }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_banded",
                                     "Banded LoG filter (loaded with ctypes by gradmask.laplacian).", -1, NULL};

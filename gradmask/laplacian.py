@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -34,18 +35,25 @@ CPU_BLOCK_BYTES = 1 << 20  # maps per CPU block: about one L2 cache
 DENSE_MAX_POSITIONS = 256  # largest H*W filtered through the dense (HW x HW) operator
 BANDED_MAX_RADIUS = 4      # largest window radius of the compiled banded filter
 PADDINGS = ("reflect", "zero")
+COMPILED_VERSION = 2       # what gradmask_compiled_version() of a current build of _banded.c returns
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_library():
     """The compiled ``gradmask/_banded.c`` (``gradmask_banded_log``, ``gradmask_finite_input``,
     ``gradmask_mark_nonfinite``, ``gradmask_sample_scales``) as a ctypes library with its argument
-    types set, or None if it was not built."""
+    types set, or None if it was not built (or was built from an older ``_banded.c``: a warning
+    says so, and the matrix products serve until ``pip install -e .`` rebuilds it)."""
     try:
         from . import _banded
     except ImportError:
         return None
     library = ctypes.CDLL(_banded.__file__)  # ctypes releases the GIL during each call
+    version = getattr(library, "gradmask_compiled_version", None)
+    if version is None or version() != COMPILED_VERSION:
+        warnings.warn(f"{_banded.__file__} was built from an older gradmask/_banded.c; rebuild it "
+                      f"(pip install -e .). Until then the LoG runs on the matrix products.", RuntimeWarning)
+        return None
     library.gradmask_banded_log.restype = ctypes.c_int
     library.gradmask_banded_log.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
                                             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 7
