@@ -193,6 +193,19 @@ def test_channels_last_and_bf16_autocast(tmp_path, device):
     assert all(0.45 < v <= 0.5 for v in kept.values())
 
 
+@pytest.mark.slow
+def test_compiled_runs_in_one_process_each_get_their_own_hooks(tmp_path, monkeypatch):
+    """Dynamo does not guard on module hooks: without a reset, a compiled masked run after a compiled
+    vanilla one (``compare``'s order) reused the vanilla code and never masked. Dynamo's ``eager``
+    backend (the same tracing and caching, no code generation) keeps this fast."""
+    import functools
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    for mask in ("none", "lateral"):
+        train(tiny(tmp_path / mask, mask=mask, epochs=1, train_limit=64, test_limit=32, compile=True, overwrite=True))
+        kept = _jsonl(tmp_path / mask / "metrics.jsonl")[0]["mask_kept"]
+        assert (kept is None) if mask == "none" else all(v is not None and 0.45 < v <= 0.5 for v in kept.values())
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="amp"):
         train(tiny(tmp_path, amp="fp16", device="cpu"))

@@ -206,6 +206,9 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     eval_net: nn.Module = model
     if config.compile:
+        # Dynamo does not guard on module hooks: code compiled for an earlier model of this process
+        # (compare's vanilla run) would be reused for this one without its mask hooks, or with stale ones
+        torch._dynamo.reset()
         net = torch.compile(net)
         eval_net = net if not dist_ctx.enabled else torch.compile(model)
 
