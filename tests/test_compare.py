@@ -287,6 +287,7 @@ def test_cli_with_real_train_config(tmp_path, monkeypatch):
     assert "0 (+2 unfinished)" in md and "No run has finished yet" in md
 
 
+@pytest.mark.slow
 def test_gsnr_probe_recorded_and_plotted_by_compare(tmp_path):
     """--gsnr-every: the engine writes gsnr.jsonl, the compare report plots it."""
     from gradmask.compare import compare

@@ -80,6 +80,7 @@ def test_synthetic_stats_match_data():
     assert torch.allclose(std, torch.tensor(DATASET_STATS["synthetic"].std), atol=0.02)
 
 
+@pytest.mark.slow
 def test_import_does_not_pull_torchvision():
     code = "import sys, gradmask.data; assert 'torchvision' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

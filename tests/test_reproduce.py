@@ -129,6 +129,7 @@ def tiny_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_every_experiment_is_measured_and_reported(tiny_run):
     out, result = tiny_run
     assert result["ran"] == ["train-synthetic", "train-synthetic-li-blur", "robustness", "saliency-synthetic",
@@ -144,6 +145,7 @@ def test_every_experiment_is_measured_and_reported(tiny_run):
     assert (out / "synthetic" / "li-blur" / "none-seed1" / "final.json").is_file()
 
 
+@pytest.mark.slow
 def test_report_numbers_come_from_the_runs(tiny_run):
     out, _ = tiny_run
     results = json.loads((out / "results.json").read_text())["sections"]
@@ -160,6 +162,7 @@ def test_report_numbers_come_from_the_runs(tiny_run):
     assert "| synthetic |" in md
 
 
+@pytest.mark.slow
 def test_report_verdicts_agree_everywhere(tiny_run):
     out, _ = tiny_run
     results = json.loads((out / "results.json").read_text())["sections"]
@@ -170,6 +173,7 @@ def test_report_verdicts_agree_everywhere(tiny_run):
         assert f"**Verdict: {section['verdict']}**" in md
 
 
+@pytest.mark.slow
 def test_markdown_figures_exist_and_html_is_self_contained(tiny_run):
     out, _ = tiny_run
     md = (out / "report.md").read_text()
@@ -185,6 +189,7 @@ def test_markdown_figures_exist_and_html_is_self_contained(tiny_run):
     assert page.count("<table>") == md.count("\n|:") + md.count("\n|---:")
 
 
+@pytest.mark.slow
 def test_second_invocation_resumes_without_measuring(tiny_run):
     out, _ = tiny_run
     before = {p.name: p.read_text() for p in (out / "steps").glob("*.json")}
@@ -193,6 +198,7 @@ def test_second_invocation_resumes_without_measuring(tiny_run):
     assert {p.name: p.read_text() for p in (out / "steps").glob("*.json")} == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):
     calls = []
 
@@ -219,6 +225,7 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):
     assert (tmp_path / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_more_seeds_trains_only_the_new_runs(tmp_path):
     reproduce(tiny_plan(seeds=1), tmp_path, log=lambda line: None)
     trained = []
@@ -236,6 +243,7 @@ def test_more_seeds_trains_only_the_new_runs(tmp_path):
     assert len(results["table1"]["numbers"]["synthetic"]["none"]) == 2
 
 
+@pytest.mark.slow
 def test_report_can_be_rewritten_from_stored_files(tiny_run, tmp_path):
     out, _ = tiny_run
     first = json.loads((out / "results.json").read_text())
@@ -274,6 +282,7 @@ def _run_browser(*args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.slow
 def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tmp_path):
     """Open report.html from disk with no network in Debian's chromium: every figure decodes, every
     table is laid out, and the screenshot shows the page (not a blank or an error page)."""

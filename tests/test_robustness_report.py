@@ -118,6 +118,7 @@ def runs(tmp_path_factory):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.slow
 def test_probe_during_training_and_plot(runs):
     root, dirs = runs
     from gradmask.robustness import read_gsnr
@@ -130,6 +131,7 @@ def test_probe_during_training_and_plot(runs):
     plot_gsnr(dirs, root / "gsnr-epochs.png")
 
 
+@pytest.mark.slow
 def test_robustness_command_end_to_end(runs, capsys):
     root, dirs = runs
     from gradmask.cli import main
@@ -164,6 +166,7 @@ def test_robustness_command_end_to_end(runs, capsys):
     assert "lateral-seed0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_robustness_command_errors(runs, capsys):
     root, dirs = runs
     from gradmask.cli import main

@@ -303,6 +303,7 @@ def test_cli_saliency_voc_checks_classes(tmp_path, main, capsys):
     assert saved["n_images"] == 3 and saved["n_evaluated"] == 3 and "voc2007" in saved["setting"]["data"]
 
 
+@pytest.mark.slow
 def test_cli_sanity(tmp_path, main, capsys):
     run = tmp_path / "run"
     write_checkpoint(run)

@@ -62,6 +62,7 @@ def test_cli_bad_input_exits_2_with_a_message(argv, message, tmp_path, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_python_dash_m_gradmask_lists_train():
     proc = subprocess.run([sys.executable, "-m", "gradmask", "train", "--help"], capture_output=True, text=True,
                           timeout=60)

@@ -42,6 +42,7 @@ def _torchrun(args, tmp_path, timeout=120):
                            *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model_on_disjoint_shards(tmp_path):
     out, spy = tmp_path / "run", tmp_path / "spy"
     spy.mkdir()
@@ -77,6 +78,7 @@ def test_two_gloo_processes_train_one_model_on_disjoint_shards(tmp_path):
     assert final["test_acc"] * 101 == pytest.approx((logits.argmax(1) == test.labels).sum().item(), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_runs_the_cli(tmp_path):
     out = tmp_path / "cli"
     proc = _torchrun(["-m", "gradmask", "train", "--train-limit", "128", "--test-limit", "64", "--epochs", "1",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from gradmask.train import TrainConfig, read_checkpoint, train
@@ -57,6 +58,7 @@ def _strip_times(records):
     return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in records]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bit_identical(tmp_path):
     whole = _config(tmp_path / "whole")
     final_whole = train(whole)
@@ -85,6 +87,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
         {k: v for k, v in final_whole.items() if k != "train_seconds"}
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
     config = _config(tmp_path / "run", epochs=1)
     _kill_at(config, 1, tmp_path)  # dies before the first checkpoint
