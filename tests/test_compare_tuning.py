@@ -75,6 +75,13 @@ def test_each_variant_gets_its_best_mean_validation_accuracy(tmp_path):
     assert [p["mean"] for p in none_points] == pytest.approx([0.55, 0.5, 0.4])
     assert none_points[0]["std"] == pytest.approx(0.0707106781, rel=1e-6)
     assert record["train_seconds"] == pytest.approx(2.0 * 18)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Tuning on a validation split" in md
+    assert "| none | lr=0.05 | 55.00 ± 7.07 | 2 | chosen |" in md
+    assert "| lateral | lr=0.2,inhibition_rate=0.3 | 70.50 ± 0.71 | 2 | chosen |" in md
+    assert "lateral vs none (arms tuned on a 10% validation split: none at lr=0.05, lateral at " \
+           "lr=0.2,inhibition_rate=0.3)" in md
+    assert "tuning 36.0 s (18 runs), final runs 12.0 s (4 finished runs)" in md
 
 
 def test_ties_go_to_the_first_grid_point_and_untuned_variants_keep_the_base(tmp_path):
@@ -309,7 +316,17 @@ def test_reproduce_tunes_table1_then_trains_seed_by_seed_and_resumes(tmp_path, m
     write_report(tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())["sections"]
     assert len(results["table2"]["numbers"]["norm"]["accuracy"]) == 2
-    assert "own, smaller scale" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "own, smaller scale" in md
+    # every verdict names its budget; Table 1's says it was tuned, Table 2's that it was not
+    verdict_lines = [line for line in md.splitlines() if line.startswith("**Verdict:")]
+    assert verdict_lines and all("Budget: " in line for line in verdict_lines)
+    assert results["table1"]["budget"] == ("synthetic: 32 training images x 1 epoch, 2 seeds, resnet18_narrow, "
+                                           "tuned: lr per arm on a 10% validation split")
+    assert results["table2"]["budget"].endswith("not tuned (one setting for every arm)")
+    assert "| none | lr=0.05 |" in md and "| synthetic | 1 |" in md     # sweep, per-epoch gap
+    gap = results["table1"]["numbers"]["synthetic"]["difference_per_epoch"]
+    assert [e for e, _ in gap] == [1]
 
 
 def test_the_inhibition_schedule_is_tuned_like_any_field(tmp_path):
@@ -324,3 +341,22 @@ def test_the_inhibition_schedule_is_tuned_like_any_field(tmp_path):
                                          r"must be > 0"):
         compare(tiny(), ("none", "lateral"), 1, tmp_path / "x", train_fn=fake, log=None,
                 tune={"inhibition_schedule": ["constant", "warmup"]})
+
+
+def test_epoch_gap_is_welch_over_seeds_per_epoch():
+    from scipy import stats
+
+    from gradmask.compare.report import Run
+    from gradmask.reproduce.report import epoch_gap
+
+    def run(variant, seed, accs):
+        return Run(Path(f"{variant}-seed{seed}"), {"mask": variant, "seed": seed},
+                   [{"epoch": e + 1, "test_acc": a} for e, a in enumerate(accs)], {"test_acc": accs[-1]})
+
+    none = [run("none", 0, [0.30, 0.50]), run("none", 1, [0.34, 0.52]), run("none", 2, [0.32, 0.55])]
+    lateral = [run("lateral", 0, [0.20, 0.51]), run("lateral", 1, [0.25, 0.50]), run("lateral", 2, [0.22])]
+    gap = epoch_gap(none, lateral)
+    assert [e for e, _ in gap] == [1, 2]
+    for (epoch, ci), (a, b) in zip(gap, [([0.20, 0.25, 0.22], [0.30, 0.34, 0.32]), ([0.51, 0.50], [0.50, 0.52, 0.55])]):
+        low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        assert (ci.diff, ci.low, ci.high) == pytest.approx((sum(a) / len(a) - sum(b) / len(b), low, high))

@@ -309,5 +309,6 @@ def read_tuning(out) -> Optional[dict]:
 
 
 __all__ = ["DEFAULT_VAL_FRACTION", "NOT_TUNABLE", "PointScore", "TUNE_DIR", "TUNING_JSON", "Tuning", "TuningResult",
-           "checked_replace", "choose", "grid_points", "make_tuning", "parse_tune", "point_label", "read_tuning", "run_tuning",
+           "checked_replace", "choose", "grid_points", "make_tuning", "parse_tune", "point_label", "read_tuning",
+           "run_tuning",
            "tuning_config", "tuning_plan", "tuning_run_dir"]

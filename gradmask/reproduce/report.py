@@ -143,8 +143,10 @@ def budget(runs: list, tuning: Optional[dict]) -> str:
     models = sorted({str(r.config.get("model")) for r in runs})
     tuned = ("not tuned (one setting for every arm)" if tuning is None else
              f"tuned: {', '.join(tuning['grid'])} per arm on a {tuning['val_fraction']:.0%} validation split")
+    seeds = len({r.seed for r in runs})
     return (f"{' / '.join(f'{n:,}' for n in images) or 'all'} training images x "
-            f"{' / '.join(map(str, epochs))} epochs, {len({r.seed for r in runs})} seeds, {', '.join(models)}, {tuned}")
+            f"{' / '.join(map(str, epochs))} epoch{'s' if max(epochs) != 1 else ''}, "
+            f"{seeds} seed{'s' if seeds != 1 else ''}, {', '.join(models)}, {tuned}")
 
 
 def _per_variant(runs: list, key: str) -> str:
@@ -223,7 +225,8 @@ def plot_epoch_gap(path: Path, gaps: dict, small: Optional[dict]) -> Path:
         d = small["difference"]
         ax.errorbar([small["epochs"]], [100 * d.diff], yerr=[[100 * (d.diff - d.low)], [100 * (d.high - d.diff)]],
                     fmt="s", color="k", capsize=4,
-                    label=f"earlier: {small['epochs']} epochs on {small['images']:,} images ({small['source'].rsplit('/', 1)[-1]})")
+                    label=f"earlier: {small['epochs']} epochs on {small['images']:,} images "
+                          f"({small['source'].rsplit('/', 1)[-1]})")
     ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 difference (points)")
@@ -259,7 +262,7 @@ def table1(out: Path, state: dict, datasets: list[str]) -> Section:
         if tuning is not None:
             extra.append(("p", f"**Tuning ({dataset}).**"))
             extra += tuning_blocks(tuning, arms)[1:]
-        if len(gap) > 1:
+        if gap:
             gaps[dataset] = gap
         accuracy_png = report_paths(runs_dir(out, dataset))["accuracy"]
         if accuracy_png.is_file():
