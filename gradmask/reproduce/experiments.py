@@ -15,6 +15,7 @@ import torch
 from ..compare.runner import compare, run_dir
 from ..compare.tuning import Tuning, read_tuning
 from ..train import TrainConfig, load_checkpoint
+from ..train.checkpoint import read_checkpoint, trained_image_size
 from .presets import Plan
 
 FIGURES = "figures"
@@ -78,11 +79,15 @@ def robustness(plan: Plan, out, progress: bool = False) -> dict:
 
 
 # ----------------------------------------------------------------------------- Table 3
-def _box_data(name: str, plan: Plan, limit: int):
+def _box_data(name: str, plan: Plan, limit: int, run: Path):
+    """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint)."""
     from ..saliency.boxes import load_box_dataset
+    state = read_checkpoint(run / "checkpoint.pt")
+    size = trained_image_size(TrainConfig.from_dict(dict(state["config"])), state["model_args"])
     if name == "synthetic":
-        return load_box_dataset("synthetic", limit=limit)
-    return load_box_dataset("voc2007" if name == "voc2007" else "xml", root=plan.data[name], limit=limit)
+        return load_box_dataset("synthetic", limit=limit, image_size=size)
+    return load_box_dataset("voc2007" if name == "voc2007" else "xml", root=plan.data[name], limit=limit,
+                            image_size=size)
 
 
 def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> dict:
@@ -93,8 +98,8 @@ def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False
     from ..saliency.evaluate import evaluate_localization, save_figure_grid
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
-    data = _box_data(box_set, plan, ev.saliency_images)
     dataset = "synthetic" if box_set == "synthetic" else "imagenet"
+    data = _box_data(box_set, plan, ev.saliency_images, run_path(out, dataset, "lateral", 0))
     voc = box_set == "voc2007"
     seeds, figure = {}, None
     for seed in range(plan.seeds):
@@ -124,7 +129,7 @@ def sanity(plan: Plan, out, progress: bool = False) -> dict:
     from ..saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
-    data = _box_data("synthetic", plan, ev.sanity_images)
+    data = _box_data("synthetic", plan, ev.sanity_images, run_path(out, "synthetic", "lateral", 0))
     model, _ = load_checkpoint(run_path(out, "synthetic", "lateral", 0), map_location=device)
     layer = default_cam_layer(model, data.images)
     factories = {"limap": lambda m: LIMap(m), "gradcam": lambda m: GradCAM(m, layer)}
@@ -147,7 +152,7 @@ def blur(plan: Plan, out, progress: bool = False) -> dict:
     from ..saliency.robustness_blur import blurred_background_accuracy
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
-    data = _box_data("synthetic", plan, ev.blur_images)
+    data = _box_data("synthetic", plan, ev.blur_images, run_path(out, "synthetic", "none", 0))
     seeds = {}
     for seed in range(plan.seeds):
         seeds[str(seed)] = {}
