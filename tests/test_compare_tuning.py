@@ -144,7 +144,8 @@ def test_tuning_never_reads_the_test_split(tmp_path, monkeypatch):
         return real(name, *args, split=split, **kwargs)
 
     monkeypatch.setattr(train_data, "load_dataset", no_test)
-    result = run_tuning(tiny(epochs=1), ("none", "lateral"), make_tuning({"lr": [0.05, 0.1]}), tmp_path, log=None)
+    small = tiny(epochs=1, train_limit=32, synthetic_train=48, batch_size=16)
+    result = run_tuning(small, ("none", "lateral"), make_tuning({"lr": [0.05, 0.1]}), tmp_path, log=None)
     assert set(result.chosen) == {"none", "lateral"}
     final = json.loads((tmp_path / "tune" / "lateral-lr=0.1-seed0" / "final.json").read_text())
     assert "val_acc" in final and "test_acc" not in final
@@ -162,7 +163,7 @@ def test_a_killed_sweep_continues_and_reuses_finished_grid_points(tmp_path):
         return train(config)
 
     tuning = make_tuning({"lr": [0.05, 0.1]})
-    base = tiny(epochs=1)
+    base = tiny(epochs=1, train_limit=32, synthetic_train=48, batch_size=16)
     with pytest.raises(KeyboardInterrupt):
         run_tuning(base, ("none", "lateral"), tuning, tmp_path, train_fn=dies_after_two, log=None)
     assert not (tmp_path / "tuning.json").exists()
@@ -360,3 +361,43 @@ def test_epoch_gap_is_welch_over_seeds_per_epoch():
     for (epoch, ci), (a, b) in zip(gap, [([0.20, 0.25, 0.22], [0.30, 0.34, 0.32]), ([0.51, 0.50], [0.50, 0.52, 0.55])]):
         low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
         assert (ci.diff, ci.low, ci.high) == pytest.approx((sum(a) / len(a) - sum(b) / len(b), low, high))
+
+
+def test_compare_cli_passes_the_grid_through(tmp_path, monkeypatch, capsys):
+    import gradmask.compare.cli as compare_cli
+    seen = {}
+
+    def fake_compare(base, **kwargs):
+        seen.update(kwargs, base=base)
+
+    monkeypatch.setattr(compare_cli, "compare", fake_compare)
+    monkeypatch.setattr(compare_cli, "summary_text", lambda out: "")
+    main(["compare", "--preset", "quick", "--variants", "none,lateral", "--tune", "lr=0.05,0.1",
+          "--tune", "inhibition_rate=0.3,0.5", "--tune-epochs", "1", "--tune-seeds", "2", "--val-fraction", "0.2",
+          "--out", str(tmp_path / "c")])
+    assert seen["tune"] == {"lr": (0.05, 0.1), "inhibition_rate": (0.3, 0.5)}
+    assert (seen["tune_epochs"], seen["tune_seeds"], seen["val_fraction"]) == (1, 2, 0.2)
+    assert seen["base"].val_fraction == 0.0            # the final runs hold no validation split
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--preset", "quick", "--tune", "lr=x"], r"tune \(--tune\) lr: 'x' is not a number"),
+    (["--preset", "quick", "--tune-seeds", "2"], r"need --tune FIELD=V1,V2,... \(preset 'quick' does not tune\)"),
+    (["--preset", "quick", "--tune", "lr=0.1", "--val-fraction", "0"], r"must be in \(0, 0.5\]"),
+])
+def test_reproduce_cli_bad_tuning_input(tmp_path, capsys, argv, match):
+    import re
+    assert main(["reproduce", *argv, "--out", str(tmp_path / "r")]) != 0
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_cli_overrides_the_presets_tuning(tmp_path):
+    import argparse
+
+    from gradmask.reproduce.cli import tuning_from_args
+    args = argparse.Namespace(preset="cifar-full", tune=[], tune_epochs=2, tune_seeds=None, val_fraction=None)
+    t = tuning_from_args(args)
+    assert t.grid == {"lr": (0.05, 0.1, 0.2)} and t.epochs == 2 and t.val_fraction == 0.1
+    args.tune = ["inhibition_rate=0.3,0.5"]
+    assert tuning_from_args(args).grid == {"inhibition_rate": (0.3, 0.5)}
