@@ -10,11 +10,12 @@ alike, warm-up excluded. Two figures per variant:
   gradients that one real step delivered to the targets, divided by a vanilla step timed just
   before them; the median over rounds. This is the extra work the mask adds to a step, measured
   with far less noise.
-- in-step hooks / vanilla (CPU only): the wall time spent inside the hooks during the timed masked
-  steps themselves (each hook call timed where the backward pass makes it, between the real
-  backward operations), divided by the vanilla step of the same round; the median over rounds.
-  The same work as the line above, in its real surroundings (CUDA runs asynchronously, so there
-  the in-step time would only count kernel launches and is not reported).
+- in-step hooks / vanilla: the time spent inside the hooks during the timed masked steps
+  themselves (each hook call timed where the backward pass makes it, between the real backward
+  operations, by tensor hooks registered just before and just after the mask's: :class:`HookTimer`;
+  CPU: wall time, CUDA: events on the stream, i.e. the GPU time of the hook's kernels and of any
+  wait for their launch), divided by the vanilla step of the same round; the median over rounds.
+  The same work as the line above, in its real surroundings.
 
 Peak memory of a step is measured per variant in a fresh subprocess (CPU: peak RSS during the
 steps (VmHWM, reset first) minus RSS before them, with glibc's mmap threshold fixed so that RSS
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -84,19 +86,74 @@ def timer(args):
     return lambda: time.perf_counter() - t0
 
 
-def _time_hooks(handle) -> list[float]:
-    """Makes every hook call of ``handle`` add its wall time to the returned one-item list."""
-    spent = [0.0]
-    mask_gradient = handle._mask_gradient
+class HookTimer:
+    """Times the gradient mask's whole tensor hook at every target where the backward pass runs it:
+    a tensor hook registered just before the mask's marks the start, one registered just after
+    marks the end (a tensor's hooks run in registration order; see :func:`attach_timed`). CUDA:
+    events on the current stream (the GPU time between them: the hook's kernels and any wait for
+    their launch); CPU: wall time. The mask's ``apply`` calls are counted between each pair, so a
+    broken order is detected (``order_ok``) instead of timing something else."""
 
-    def timed(name, grad):
-        start = time.perf_counter()
-        masked = mask_gradient(name, grad)
-        spent[0] += time.perf_counter() - start
-        return masked
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.pairs: list = []
+        self.open: dict = {}
+        self.applies = 0
+        self.order_ok = True
 
-    handle._mask_gradient = timed  # the tensor hooks look the method up at each call
-    return spent
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self, name: str, grad: torch.Tensor) -> None:
+        self.open[name] = (self._mark(), self.applies)
+
+    def end(self, name: str, grad: torch.Tensor) -> None:
+        opened = self.open.pop(name, None)
+        if opened is None or self.applies != opened[1] + 1:
+            self.order_ok = False
+            return
+        self.pairs.append((opened[0], self._mark()))
+
+    def take_seconds(self) -> float:
+        """Seconds inside the hooks since the last call (CUDA: call after a synchronize)."""
+        if self.cuda:
+            total = sum(start.elapsed_time(end) for start, end in self.pairs) / 1e3
+        else:
+            total = sum(end - start for start, end in self.pairs)
+        self.pairs = []
+        return total
+
+
+def _tensor_hook_on_outputs(module, name: str, function):
+    """A forward hook registering ``function(name, grad)`` on the module's output (run eagerly under
+    torch.compile, like the mask's own hook); returns the removable handle."""
+    eager = torch.compiler.disable(function)
+
+    def forward_hook(mod, inputs, output):
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(functools.partial(eager, name))
+    return module.register_forward_hook(forward_hook)
+
+
+def attach_timed(model, gradient_mask: gradmask.GradientMask, timer: HookTimer):
+    """``gradmask.attach(model, gradient_mask)`` (default targets) with ``timer``'s hooks around the
+    mask's at every target. Returns ``(mask handle, the timer's removable hooks)``."""
+    targets = gradmask.default_targets(model)
+    hooks = [_tensor_hook_on_outputs(module, name, timer.start) for name, module in targets.items()]
+    apply = gradient_mask.apply
+
+    def counted_apply(grad):
+        timer.applies += 1
+        return apply(grad)
+
+    gradient_mask.apply = counted_apply
+    handle = gradmask.attach(model, gradient_mask)
+    hooks += [_tensor_hook_on_outputs(module, name, timer.end) for name, module in targets.items()]
+    return handle, hooks
 
 
 def time_variants(args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -106,18 +163,25 @@ def time_variants(args) -> tuple[dict[str, list[float]], dict[str, list[float]]]
     in_hooks = {v: [] for v in args.variants}
     for round_index in range(args.rounds + 1):  # round 0 is warm-up, not recorded
         for variant in args.variants:
-            handle = attach(model, variant)
+            hook_timer = HookTimer(args.device_type == "cuda")
+            handle, hooks = (None, []) if VARIANTS[variant] is None else attach_timed(
+                model, gradmask.GradientMask(**VARIANTS[variant]), hook_timer)
             step(model, optimizer, images, labels, args)  # settle caches for this variant
-            spent = _time_hooks(handle) if handle is not None else [0.0]
+            if args.device_type == "cuda":
+                torch.cuda.synchronize()
+            hook_timer.take_seconds()
             elapsed = timer(args)
             for _ in range(args.steps):
                 step(model, optimizer, images, labels, args)
-            seconds = elapsed() / args.steps
+            seconds = elapsed() / args.steps  # synchronizes on CUDA
+            spent = hook_timer.take_seconds() if hook_timer.order_ok else float("nan")
+            for hook in hooks:
+                hook.remove()
             if handle is not None:
                 handle.remove()
             if round_index:
                 times[variant].append(seconds)
-                in_hooks[variant].append(spent[0] / args.steps)
+                in_hooks[variant].append(spent / args.steps)
     return times, in_hooks
 
 
@@ -136,7 +200,7 @@ class _Recorder(gradmask.GradientMask):
 
     def apply(self, grad):
         self.grads.append(grad.detach().clone())
-        return grad, torch.ones((), dtype=torch.float64)
+        return super().apply(grad)  # inhibition_rate=0: the gradient as it is
 
 
 def hook_ratios(args) -> dict[str, list[tuple[float, float]]]:
@@ -246,8 +310,7 @@ def main(argv=None) -> None:
         mem_cols = (f"{mem / 2**20:.0f} | {mem / peaks['vanilla']:.3f}" if mem is not None else "- | -")
         hook_ms = statistics.median(h for h, _ in hooks[variant]) * 1e3
         hook_ratio = statistics.median(h / v for h, v in hooks[variant])
-        in_step = (f"{statistics.median(h / v for h, v in zip(in_hooks[variant], times['vanilla'])):.3f}"
-                   if args.device_type == "cpu" else "-")
+        in_step = f"{statistics.median(h / v for h, v in zip(in_hooks[variant], times['vanilla'])):.3f}"
         print(f"| {variant} | {t * 1e3:.0f} | {paired:.3f} | {hook_ms:.1f} | {hook_ratio:.3f} | {in_step} | {mem_cols} |")
     if args.json:
         with open(args.json, "w") as fh:

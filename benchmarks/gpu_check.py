@@ -14,7 +14,8 @@ overruns its share is recorded as failed (with its traceback, and what it measur
 the next step runs. The comparison gets whatever time is left.
 
 1. ``tests``: ``python -m pytest -v -m "cuda and not slow" tests`` (the ``[cuda]`` instances of the
-   device-generic tests and ``tests/test_device_cuda.py``): passed / failed / skipped counts.
+   device-generic tests and ``tests/test_device_cuda.py``; 4 pytest-xdist workers when xdist is
+   installed and CUDA is there): passed / failed / skipped counts.
 2. ``mask_bench``: ResNet-18 (CIFAR stem, 100 classes), batch 128, bf16 autocast, channels_last,
    eager and ``torch.compile``d, one model per variant (vanilla, ``lateral``, ``norm``, ``pixel``,
    ``lateral`` with the full kernel), timed in interleaved rounds after warm-up with CUDA events
@@ -27,8 +28,9 @@ the next step runs. The comparison gets whatever time is left.
    synthetic 32x32 stand-in, labelled so), data on the device, bf16, channels_last, compiled,
    2 epochs, without and with the mask: seconds per 50,000 training images in the second epoch.
 4. ``compare``: :func:`gradmask.compare.compare` on CIFAR-10, ResNet-18, one-cycle, ``none`` vs
-   ``lateral``, 2 seeds, as many epochs as the time left allows (estimated from step 3); its
-   report is the usual one (copied into DIR/compare).
+   ``lateral``, 2 seeds, as many epochs as the time left allows, compiled or eager, whichever fits
+   more (estimated from steps 2 and 3, see :func:`compare_plan`); its report is the usual one
+   (copied into DIR/compare).
 
 ``--dry-run`` runs the same steps on the CPU at tiny sizes (narrow ResNet, synthetic data, a few
 steps; the mask bench compiles with Dynamo's ``eager`` backend, the engine does not compile) so
@@ -41,8 +43,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -58,7 +60,7 @@ import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 for _path in (REPO, Path(__file__).resolve().parent):
@@ -109,7 +111,7 @@ class Sizes:
 
 GPU = Sizes(device="cuda", bench_model="resnet18", bench_classes=100, bench_batch=128, bench_image=32,
             bench_groups=16, bench_rounds=15, bench_steps=10, bench_warmup=3, compile_backend="inductor",
-            compiled_variants=None,
+            compiled_variants=("vanilla", "lateral", "pixel", "norm", "lateral-full-kernel"),
             train_model="resnet18", train_batch=128, train_groups=16, train_compile=True, train_limit=None,
             test_limit=None, synthetic_train=10_000, synthetic_test=2_000, compare_max_epochs=40,
             compare_seeds=2, compare_amp="bf16")
@@ -249,8 +251,9 @@ def step_tests(args, seconds: float, log, env: dict) -> dict:
     junit = Path(args.work) / "pytest.xml"
     junit.unlink(missing_ok=True)
     targets = ["tests/test_device_cuda.py"] if args.dry_run else ["tests"]
+    workers = ["-n", "4"] if torch.cuda.is_available() and importlib.util.find_spec("xdist") else []
     command = [sys.executable, "-m", "pytest", "-v", "-m", "cuda and not slow", "-p", "no:cacheprovider",
-               "-o", "addopts=", f"--junitxml={junit}", *targets]
+               "-o", "addopts=", "--continue-on-collection-errors", f"--junitxml={junit}", *workers, *targets]
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
     offset = Path(log.name).stat().st_size
@@ -278,60 +281,11 @@ def step_tests(args, seconds: float, log, env: dict) -> dict:
 
 # ------------------------------------------------------------------------------ step 2: the mask's cost
 
-class HookTimer:
-    """Times the gradient mask's whole tensor hook at every target where the backward pass runs it:
-    a tensor hook registered just before the mask's (a forward hook added before ``attach``) marks
-    the start, one registered just after marks the end (tensor hooks run in registration order).
-    CUDA: events on the current stream (the GPU time between them: the hook's kernels and any wait
-    for their launch); CPU: wall time. The mask's ``apply`` is counted between each pair, so a
-    broken order is detected (``order_ok``) instead of timing something else."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.pairs: list = []
-        self.open: dict = {}
-        self.applies = 0
-        self.order_ok = True
-
-    def _mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def start(self, name: str, grad: torch.Tensor) -> None:
-        self.open[name] = (self._mark(), self.applies)
-
-    def end(self, name: str, grad: torch.Tensor) -> None:
-        opened = self.open.pop(name, None)
-        if opened is None or self.applies != opened[1] + 1:
-            self.order_ok = False
-            return
-        self.pairs.append((opened[0], self._mark()))
-
-    def take_seconds(self) -> float:
-        """Seconds inside the hooks since the last call (CUDA: call after a synchronize)."""
-        if self.cuda:
-            total = sum(start.elapsed_time(end) for start, end in self.pairs) / 1e3
-        else:
-            total = sum(end - start for start, end in self.pairs)
-        self.pairs = []
-        return total
-
-
-def _tensor_hook_on_outputs(module, name: str, function: Callable) -> None:
-    eager = torch.compiler.disable(function)
-
-    def forward_hook(mod, inputs, output):
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(functools.partial(eager, name))
-    module.register_forward_hook(forward_hook)
-
+from bench_mask import VARIANTS, HookTimer, attach_timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 class Arm:
     """One variant of the mask bench: its own model (same initial weights for every variant),
-    optimizer, mask hooks with a :class:`HookTimer` around them, eager or compiled."""
+    optimizer, mask hooks with a ``bench_mask.HookTimer`` around them, eager or compiled."""
 
     def __init__(self, variant: str, settings: Optional[dict], sizes: Sizes, device: torch.device,
                  compiled: bool, bf16: bool):
@@ -344,18 +298,7 @@ class Arm:
         self.handle = None
         if settings is not None:
             gm = gradmask.GradientMask(**{"groups": sizes.bench_groups, **settings})
-            targets = gradmask.default_targets(model)
-            for name, module in targets.items():
-                _tensor_hook_on_outputs(module, name, self.timer.start)
-            apply = gm.apply
-
-            def counted_apply(grad):
-                self.timer.applies += 1
-                return apply(grad)
-            gm.apply = counted_apply
-            self.handle = gradmask.attach(model, gm)
-            for name, module in targets.items():
-                _tensor_hook_on_outputs(module, name, self.timer.end)
+            self.handle, _ = attach_timed(model, gm, self.timer)
         self.model = model
         self.net = torch.compile(model, backend=sizes.compile_backend) if compiled else model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -426,7 +369,6 @@ def summarize_mode(rows: dict[str, dict], rounds: list[dict]) -> dict:
 
 
 def step_mask_bench(args, record: StepResult, deadline: float) -> None:
-    from bench_mask import VARIANTS
     sizes = sizes_for(args)
     cuda = sizes.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -586,25 +528,38 @@ def step_train_speed(args, record: StepResult, deadline: float) -> None:
 
 # ------------------------------------------------------------------------------ step 4: Table 1
 
-def compare_epochs(seconds_left: float, speed: Optional[dict], sizes: Sizes, runs: int) -> tuple[int, str]:
-    """Epochs per run that fit ``seconds_left`` for ``runs`` runs, from step 3's measurements (an
-    epoch of each variant, plus the first epoch's extra cost, compiling, per run)."""
+def _epochs(seconds_left: float, runs: int, per_epoch: float, overhead: float) -> int:
+    return int((0.85 * seconds_left - runs * overhead) // (runs * per_epoch))
+
+
+def compare_plan(seconds_left: float, speed: Optional[dict], bench: Optional[dict], sizes: Sizes,
+                 runs: int) -> tuple[int, bool, str]:
+    """``(epochs per run, compiled, how)``: the most epochs that fit ``seconds_left`` for ``runs`` runs,
+    compiled (from the engine's epochs measured by ``train_speed``: the second epoch, plus the
+    first epoch's extra, compiling, and 15 s per run) or eager (from ``mask_bench``'s eager vanilla
+    and ``lateral`` steps x 391 steps + 15% for the test pass, and 15 s per run), whichever fits
+    more; ``speed`` / ``bench`` are those steps' records (None when they did not run)."""
     if sizes.device != "cuda":
-        return sizes.compare_max_epochs, "dry run: fixed"
-    measured = (speed or {}).get("runs") or {}
-    if "epoch_seconds" not in measured.get("none", {}):
-        per_epoch, overhead = 20.0, 40.0
-        epochs = int((0.85 * seconds_left - runs * overhead) // (runs * per_epoch))
-        return min(epochs, sizes.compare_max_epochs), (f"{seconds_left:.0f} s left; train_speed measured no epoch, "
-                                                       f"so {per_epoch:.0f} s per epoch and {overhead:.0f} s per run "
-                                                       f"were assumed")
-    none = measured["none"]["epoch_seconds"]
-    lateral = measured.get("lateral", {}).get("epoch_seconds") or [x * 1.5 for x in none]
-    per_epoch = (none[-1] + lateral[-1]) / 2
-    overhead = max(none[0] - none[-1], lateral[0] - lateral[-1], 0.0) + 15.0  # compile, data, report
-    epochs = int((0.85 * seconds_left - runs * overhead) // (runs * per_epoch))
-    return min(epochs, sizes.compare_max_epochs), (f"{seconds_left:.0f} s left, about {per_epoch:.1f} s per epoch "
-                                                   f"and {overhead:.0f} s per run besides")
+        return sizes.compare_max_epochs, sizes.train_compile, "dry run: fixed"
+    options = []
+    runs_measured = ((speed or {}).get("result") or {}).get("runs") or {}
+    if (speed or {}).get("status") == "passed" and "epoch_seconds" in runs_measured.get("none", {}):
+        none = runs_measured["none"]["epoch_seconds"]
+        lateral = runs_measured.get("lateral", {}).get("epoch_seconds") or [x * 1.5 for x in none]
+        overhead = max(none[0] - none[-1], lateral[0] - lateral[-1], 0.0) + 15.0
+        options.append((True, (none[-1] + lateral[-1]) / 2, overhead, "compiled (train_speed's epochs)"))
+    eager = ((bench or {}).get("result") or {}).get("eager") or {}
+    if (eager.get("vanilla") or {}).get("step_ms") and (eager.get("lateral") or {}).get("step_ms"):
+        steps = math.ceil(CIFAR10_IMAGES / sizes.train_batch)
+        per_epoch = 1.15 * steps * (eager["vanilla"]["step_ms"] + eager["lateral"]["step_ms"]) / 2e3
+        options.append((False, per_epoch, 15.0, "eager (mask_bench's steps)"))
+    if not options:
+        options.append((False, 20.0, 40.0, "eager (nothing measured: assumed)"))
+    compiled, per_epoch, overhead, source = max(options, key=lambda o: _epochs(seconds_left, runs, o[1], o[2]))
+    epochs = min(_epochs(seconds_left, runs, per_epoch, overhead), sizes.compare_max_epochs)
+    how = "; ".join(f"{o[3]}: {o[1]:.1f} s per epoch, {o[2]:.0f} s per run besides, "
+                    f"{_epochs(seconds_left, runs, o[1], o[2])} epochs" for o in options)
+    return epochs, compiled, f"{seconds_left:.0f} s left for {runs} runs; {how}"
 
 
 def step_compare(args, record: StepResult, deadline: float) -> None:
@@ -617,10 +572,11 @@ def step_compare(args, record: StepResult, deadline: float) -> None:
     if sizes.device == "cuda" and not args.cifar10:
         record.update(status="skipped", reason="no CIFAR-10 data: pass --data cifar10=PATH")
         return
-    speed = json.loads(args.speed.read_text()) if args.speed and args.speed.is_file() else None
+    earlier = {name: json.loads(path.read_text()) for name in ("train_speed", "mask_bench")
+               if (path := Path(args.work) / f"{name}.json").is_file()}
     runs = 2 * sizes.compare_seeds
-    epochs, plan = compare_epochs(deadline - time.time(), (speed or {}).get("result"), sizes, runs)
-    compiled = sizes.train_compile and (speed or {}).get("status") == "passed"
+    epochs, compiled, plan = compare_plan(deadline - time.time(), earlier.get("train_speed"),
+                                          earlier.get("mask_bench"), sizes, runs)
     record.result(plan=plan, epochs=epochs)
     if epochs < 1:
         record.update(status="skipped", reason=f"not enough time left for one epoch per run ({plan})")
@@ -756,7 +712,6 @@ def parse_args(argv=None):
     parser.add_argument("--child", choices=sorted(CHILD_STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--speed", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.cifar10 = None
     for item in args.data:
@@ -844,8 +799,6 @@ def run_child(args, name: str, seconds: float, log, env: dict, work: Path) -> di
         command.append("--dry-run")
     if args.cifar10:
         command += ["--data", f"cifar10={args.cifar10}"]
-    if name == "compare":
-        command += ["--speed", str(work / "train_speed.json")]
     code, timed_out, took = run_process(command, seconds + KILL_GRACE_SECONDS, log, env)
     record = json.loads(result.read_text()) if result.is_file() else {"status": "failed", "result": {}}
     if timed_out:

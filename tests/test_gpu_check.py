@@ -159,12 +159,23 @@ def test_test_counts_from_junit_and_from_a_killed_verbose_log(tmp_path):
     assert (counts["passed"], counts["failed"], counts["skipped"]) == (1, 1, 1) and len(counts["failures"]) == 1
 
 
-def test_compare_epochs_fit_the_time_left():
-    speed = {"runs": {"none": {"epoch_seconds": [40.0, 4.0]}, "lateral": {"epoch_seconds": [50.0, 6.0]}}}
-    epochs, plan = gpu_check.compare_epochs(300.0, speed, gpu_check.GPU, runs=4)
-    # per epoch (4 + 6) / 2 = 5 s; per run 44 + 15 s besides: (0.85 * 300 - 4 * 59) // 20
-    assert epochs == int((0.85 * 300 - 4 * 59) // 20) and "300 s left" in plan
-    assert gpu_check.compare_epochs(100.0, speed, gpu_check.GPU, runs=4)[0] < 1
-    assert gpu_check.compare_epochs(1e6, speed, gpu_check.GPU, runs=4)[0] == gpu_check.GPU.compare_max_epochs
-    assumed, plan = gpu_check.compare_epochs(600.0, None, gpu_check.GPU, runs=4)
-    assert assumed == int((0.85 * 600 - 4 * 40) // 80) and "assumed" in plan
+def test_compare_plan_takes_the_mode_that_fits_more_epochs():
+    speed = {"status": "passed", "result": {"runs": {"none": {"epoch_seconds": [40.0, 4.0]},
+                                                     "lateral": {"epoch_seconds": [50.0, 6.0]}}}}
+    bench = {"status": "passed", "result": {"eager": {"vanilla": {"step_ms": 10.0}, "lateral": {"step_ms": 14.0}}}}
+    steps = 391  # ceil(50000 / 128)
+    eager_epoch = 1.15 * steps * 12.0 / 1e3
+    # compiled: (4 + 6) / 2 = 5 s per epoch, 44 + 15 s per run besides; eager: 15 s per run besides
+    compiled_epochs = int((0.85 * 300 - 4 * 59) // 20)
+    eager_epochs = int((0.85 * 300 - 4 * 15) // (4 * eager_epoch))
+    epochs, compiled, plan = gpu_check.compare_plan(300.0, speed, bench, gpu_check.GPU, runs=4)
+    assert (epochs, compiled) == (max(compiled_epochs, eager_epochs), compiled_epochs > eager_epochs)
+    assert "300 s left" in plan and "compiled" in plan and "eager" in plan
+    epochs, compiled, _ = gpu_check.compare_plan(3000.0, speed, bench, gpu_check.GPU, runs=4)
+    assert compiled and epochs == min(int((0.85 * 3000 - 4 * 59) // 20), gpu_check.GPU.compare_max_epochs)
+    assert gpu_check.compare_plan(50.0, speed, bench, gpu_check.GPU, runs=4)[0] < 1
+    failed = {**speed, "status": "failed"}  # a compile that failed is not planned with
+    assert gpu_check.compare_plan(3000.0, failed, bench, gpu_check.GPU, runs=4)[1] is False
+    epochs, compiled, plan = gpu_check.compare_plan(600.0, None, None, gpu_check.GPU, runs=4)
+    assert (epochs, compiled) == (int((0.85 * 600 - 4 * 40) // 80), False) and "assumed" in plan
+    assert gpu_check.compare_plan(10.0, None, None, gpu_check.DRY, runs=4) == (1, False, "dry run: fixed")
