@@ -23,7 +23,7 @@ from gradmask.train import TrainConfig, train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
 
-TIE_RTOL = 1e-5
+TIE_RTOL = 3e-5  # float32 scores are within 4e-6 of float64 ones (x the map's largest score) on either device
 MAX_TIE_SHARE = 1e-3
 
 
