@@ -187,18 +187,12 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 int gradmask_finite_input(const float *in, float *out, int64_t n, int abs_input)
 {
     int nonfinite = 0;
-    for (int64_t i = 0; i < n; i++) nonfinite |= !(fabsf(in[i]) < INFINITY); /* NaN too */
-    if (abs_input && nonfinite)
-        for (int64_t i = 0; i < n; i++) {
-            const float v = fabsf(in[i]);
-            out[i] = v < INFINITY ? v : 0.0f;
-        }
-    else if (nonfinite)
-        for (int64_t i = 0; i < n; i++) out[i] = fabsf(in[i]) < INFINITY ? in[i] : 0.0f;
-    else if (abs_input)
-        for (int64_t i = 0; i < n; i++) out[i] = fabsf(in[i]);
-    else
-        memcpy(out, in, sizeof(float) * n);
+    for (int64_t i = 0; i < n; i++) {
+        const float v = abs_input ? fabsf(in[i]) : in[i];
+        const int finite = fabsf(v) < INFINITY; /* false for NaN too */
+        nonfinite |= !finite;
+        out[i] = finite ? v : 0.0f;
+    }
     return nonfinite;
 }
 
