@@ -13,8 +13,6 @@ Only finished runs (with ``final.json``) enter the averages; unfinished ones are
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import os
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..files import write_atomic, write_csv
-from ..plotting import save_figure
+from ..reporting import figure, render_html, render_markdown, save_figure
 from ..mask import MASK_MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 from .tuning import point_label, read_tuning
@@ -410,12 +408,9 @@ def _color(variant: str, index: int) -> str:
 def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> Path:
     """Per variant: the mean over finished runs of ``key`` per epoch with a min-max band; unfinished
     runs as thin dashed lines. Written with the Agg canvas (no pyplot state, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7.5, 4.6), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figure(7.5, 4.6, dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     extra = 0
     for variant in variant_order(r.variant for r in runs):
@@ -559,86 +554,6 @@ def tuning_blocks(tuning: dict, runs: list[Run]) -> list[tuple]:
     blocks.append(("p", f"Training time (sum over runs): tuning {fmt_duration(tuning['train_seconds'])} "
                         f"({n_tuning} runs), final runs {fmt_duration(sum(final))} ({len(final)} finished runs)."))
     return blocks
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(blocks: list[tuple]) -> str:
-    parts = []
-    for b in blocks:
-        kind = b[0]
-        if kind == "h1":
-            parts.append(f"# {b[1]}")
-        elif kind == "h2":
-            parts.append(f"## {b[1]}")
-        elif kind == "p":
-            parts.append(b[1])
-        elif kind == "img":
-            parts.append(f"![{b[1]}]({b[2]})")
-        elif kind == "table":
-            headers, rows, align = b[1], b[2], b[3]
-            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
-                     "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 980px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.5; }
-h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
-h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #eee; }
-table { border-collapse: collapse; margin: 1em 0; font-size: .95em; }
-th, td { border: 1px solid #ccc; padding: .35em .7em; }
-th { background: #f4f4f4; }
-td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
-td.l, th.l { text-align: left; }
-tr:nth-child(even) td { background: #fafafa; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: .9em; }
-code { background: #f4f4f4; padding: 0 .25em; }
-"""
-
-
-def _html_inline(text: str) -> str:
-    # `code` and **bold** spans; everything else escaped
-    pieces = str(text).split("`")
-    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else _bold(html.escape(p)) for i, p in enumerate(pieces))
-
-
-def _bold(text: str) -> str:
-    pieces = text.split("**")
-    if len(pieces) % 2 == 0:          # unbalanced: leave as is
-        return text
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(pieces))
-
-
-def render_html(blocks: list[tuple], out: Path) -> str:
-    title = next((b[1] for b in blocks if b[0] == "h1"), "gradmask comparison")
-    body = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_html_inline(b[1])}</p>")
-        elif kind == "img":
-            data = base64.b64encode((out / b[2]).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(b[1])} ({html.escape(b[2])})</figcaption></figure>")
-        elif kind == "table":
-            headers, rows, align = b[1], b[2], b[3]
-            head = "".join(f'<th class="{a}">{html.escape(h)}</th>' for h, a in zip(headers, align))
-            trs = "".join("<tr>" + "".join(f'<td class="{a}">{html.escape(str(c))}</td>'
-                                           for c, a in zip(row, align)) + "</tr>" for row in rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
 
 
 def report_paths(out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -14,10 +14,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..compare.report import fmt_duration, load_runs, render_html, render_markdown, report_paths, tuning_blocks
+from ..compare.report import fmt_duration, load_runs, report_paths, tuning_blocks
 from ..compare.tuning import read_tuning
 from ..files import write_atomic, write_csv
-from ..plotting import save_figure
+from ..reporting import figure, render_html, render_markdown, save_figure
 from . import paper
 from .experiments import FIGURES, runs_dir
 from .presets import ACCURACY_DATASETS, figure7_dataset
@@ -69,11 +69,8 @@ def _paper(v, digits: int = 2) -> str:
 # ------------------------------------------------------------------------------ figures
 def plot_seed_curves(path: Path, curves: dict, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> Path:
     """``curves``: ``{label: [[(x, y), ...] per seed]}`` -> mean line with a min-max band per label."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = figure(6.4, 4.0)
+    ax = fig.subplots()
     for i, (label, per_seed) in enumerate(curves.items()):
         per_seed = [c for c in per_seed if c]
         if not per_seed:
@@ -210,11 +207,8 @@ def small_budget_point(root: Path = SMALL_BUDGET) -> Optional[dict]:
 def plot_epoch_gap(path: Path, gaps: dict, small: Optional[dict]) -> Path:
     """Per dataset the difference masked - normal per epoch (points) with its 95% interval (band);
     the small-budget point as a separate marker."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = figure(6.4, 4.0)
+    ax = fig.subplots()
     for i, (dataset, gap) in enumerate(gaps.items()):
         xs = [e for e, _ in gap]
         ax.plot(xs, [100 * ci.diff for _, ci in gap], "o-", color=f"C{i}", label=f"{dataset}: masked − normal")

@@ -24,9 +24,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from ..compare.report import render_html, render_markdown
 from ..files import write_atomic, write_csv
-from ..plotting import save_figure
+from ..reporting import figure, render_html, render_markdown, save_figure
 from .gsnr import read_gsnr
 
 _COLORS = ["#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -40,14 +39,6 @@ MASK_NOTE = ("Gradient mask hooks were switched off (or absent: checkpoints are 
 
 # --------------------------------------------------------------------------------------- figures
 
-def _figure(width: float = 6.4, height: float = 4.0, panels: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width * panels, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
@@ -59,7 +50,7 @@ def _finite(v) -> bool:
 def plot_pruning(pruning: dict, path: Union[str, os.PathLike]) -> Path:
     """Accuracy vs sparsity: one panel per scheme, one line per model."""
     schemes = sorted({s for curves in pruning.values() for s in curves}, key=lambda s: (s != "global", s))
-    fig = _figure(5.0, 4.0, max(1, len(schemes)))
+    fig = figure(5.0 * max(1, len(schemes)), 4.0)
     for k, scheme in enumerate(schemes or ["global"]):
         ax = fig.add_subplot(1, max(1, len(schemes)), k + 1)
         for i, (name, curves) in enumerate(pruning.items()):
@@ -78,7 +69,7 @@ def plot_pruning(pruning: dict, path: Union[str, os.PathLike]) -> Path:
 def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
     """Accuracy vs epsilon (1/255 units), one line per model; the warning written on the figure
     when nothing was measured."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     subset = fgsm.get("subset", "joint")
     what = "images every model classifies correctly" if subset == "joint" else "all images"
@@ -100,7 +91,7 @@ def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
 
 def plot_gsnr_layers(gsnr: dict, path: Union[str, os.PathLike]) -> Path:
     """GSNR per layer (x: layers in network order), one line per model; log scale when positive."""
-    fig = _figure(9.0, 4.2)
+    fig = figure(9.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     layers: list[str] = []
     for entry in gsnr.values():
@@ -153,7 +144,7 @@ def plot_gsnr(run_dirs: Iterable[Union[str, os.PathLike]], path: Union[str, os.P
     if not data:
         raise ValueError(f"run_dirs: none of {[str(r) for r in runs]} holds GSNR records (gsnr.jsonl, "
                          f"written by gradmask.robustness.GSNRProbe during training)")
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     variants = list(dict.fromkeys(v for _, v, _ in data))
     colors = {v: _VARIANT_COLORS.get(v, _color(len(_VARIANT_COLORS) + i)) for i, v in enumerate(variants)}
@@ -224,7 +215,7 @@ def _gsnr_table(gsnr: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> tuple:
-    """A table block for :func:`gradmask.compare.report.render_markdown` / ``render_html``: the
+    """A table block for :func:`gradmask.reporting.render_markdown` / ``render_html``: the
     first column left-aligned, the others right-aligned."""
     return ("table", header, rows, "l" + "r" * (len(header) - 1))
 

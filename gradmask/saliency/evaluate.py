@@ -24,7 +24,7 @@ from .gradcam import GradCAM, GradCAMPlusPlus
 from .limap import LIMap
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
 from ..files import write_atomic
-from ..plotting import save_figure
+from ..reporting import figure, save_figure
 from ..data.augment import as_images
 from ..models import eval_mode, model_device  # noqa: F401  (model_device re-exported)
 
@@ -253,10 +253,6 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
     map's top ``top_fraction`` pixels (red, dashed) with its IoU in the title. ``images``
     ``(M, 3, H, W)`` uint8 or [0, 1]; ``boxes`` ``(M, 4)`` or per-image lists; ``maps_by_method``
     name -> ``(M, H, W)``. Returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .localization import box_iou
 
     images = as_images(images, check_range=False).detach().cpu()
@@ -271,7 +267,8 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
             raise ValueError(f"maps_by_method[{name!r}] must have shape {(m, *images.shape[-2:])}, got "
                              f"{tuple(maps_by_method[name].shape)}")
     cols = 1 + len(names)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False)
+    fig = figure(2.0 * cols, 2.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         img = images[r].permute(1, 2, 0).clamp(0, 1).numpy()
         ax = axes[r][0]

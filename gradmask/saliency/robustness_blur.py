@@ -24,7 +24,7 @@ from .localization import _per_image
 from ..data.augment import as_images
 from ..models import eval_mode, model_device
 from ..files import write_atomic
-from ..plotting import save_figure
+from ..reporting import figure, save_figure
 
 __all__ = ["blur_background", "blurred_background_accuracy", "box_masks", "plot_blur_curves",
            "write_blur_report"]
@@ -94,11 +94,8 @@ def blurred_background_accuracy(model: nn.Module, images: torch.Tensor, labels, 
 def plot_blur_curves(path: Union[str, os.PathLike], curves: Mapping[str, Sequence[tuple[float, float]]],
                      title: str = "Accuracy with a blurred background (Figure 10)") -> Path:
     """One line per model: accuracy against the background blur sigma."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = figure(6, 4)
+    ax = fig.subplots()
     for label, curve in curves.items():
         xs, ys = zip(*curve) if curve else ((), ())
         ax.plot(xs, ys, marker="o", label=label)

@@ -46,7 +46,7 @@ from .base import unwrap_model
 from .evaluate import _fmt, _jsonable, predict
 from ..models import model_device
 from ..files import write_atomic
-from ..plotting import save_figure
+from ..reporting import figure, save_figure
 from ..data.augment import as_images
 
 __all__ = ["cascading_randomization", "gaussian_window", "plot_sanity", "randomization_groups",
@@ -291,11 +291,8 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, method_facto
 def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, list]) -> Path:
     """Adebayo et al. Fig. 2 style: mean rank correlation (left) and SSIM (right) against the
     randomization depth (x: the group randomized last, top layer first), one line per method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+    fig = figure(12, 4.2)
+    axes = fig.subplots(1, 2, sharex=True)
     labels = None
     low = [-0.2, -0.2]
     for method, steps in results_by_method.items():
@@ -324,15 +321,12 @@ def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, l
 
 def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps: list, n: int = 4) -> Path:
     """The maps of the first ``n`` images (rows) at every step (columns; needs ``return_maps``)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not steps or "maps" not in steps[0]:
         raise ValueError("steps must come from cascading_randomization(..., return_maps=True)")
     images = as_images(images, check_range=False).detach().cpu()
     rows, cols = min(n, len(images)), 1 + len(steps)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows), squeeze=False)
+    fig = figure(1.4 * cols, 1.4 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         axes[r][0].imshow(images[r].permute(1, 2, 0).clamp(0, 1).numpy())
         for c, s in enumerate(steps, start=1):
