@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .mask import GradientMask
-from .models.resnet import BasicBlock, Bottleneck
 
 Target = Union[str, type, nn.Module]
 
-_RESIDUAL_BLOCK_TYPES: list[type] = [BasicBlock, Bottleneck]
+# Filled by register_residual_block (the project's ResNet blocks register themselves in models.resnet).
+_RESIDUAL_BLOCK_TYPES: list[type] = []
 
 
 def register_residual_block(cls: type) -> type:

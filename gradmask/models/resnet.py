@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..hooks import register_residual_block
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -50,6 +52,7 @@ def _shortcut(cin: int, cout: int, stride: int) -> Optional[nn.Sequential]:
     return nn.Sequential(*_conv_bn(cin, cout, 1, stride))
 
 
+@register_residual_block
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions plus the identity (or a 1x1 projection)."""
 
@@ -69,6 +72,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+@register_residual_block
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand (x4), plus the identity (or a 1x1 projection)."""
 
