@@ -78,6 +78,7 @@ def test_compare_report_titles_results_of_runs_that_differ(tmp_path):
     main(["compare", "--report-only", "--variants", "none", "--out", str(out)])
     md = (out / "report.md").read_text()
     assert "## Results (runs differ in lr" in md
+    assert "in `mixed/`" in md and f"--out {out}`" in md  # the folder's name only inside code spans
 
 
 # ------------------------------------------------------------------------------ item 5: reproduce
