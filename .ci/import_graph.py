@@ -33,12 +33,14 @@ def graph(root: Path):
     for mod, path in modules.items():
         tree = ast.parse(path.read_text())
         is_package = path.name == "__init__.py"
-        in_function = set()
+        in_function, type_only = set(), set()
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for n in ast.walk(fn):
                     if isinstance(n, (ast.Import, ast.ImportFrom)):
                         in_function.add(id(n))
+            if isinstance(fn, ast.If) and "TYPE_CHECKING" in ast.unparse(fn.test):
+                type_only.update(id(n) for n in ast.walk(fn))
         for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):
@@ -47,14 +49,15 @@ def graph(root: Path):
                 base = resolve(mod, is_package, node)
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             targets = [t for t in targets if t.split(".")[0] == root.name]
-            if not targets:
+            if not targets or id(node) in type_only:  # imports for type checkers only never run
                 continue
             if id(node) in in_function:
                 inner += 1
             for t in targets:
                 while t not in modules and "." in t:
                     t = t.rsplit(".", 1)[0]
-                if t in modules and t != mod:
+                # a module importing its own package (``from . import x``) finds it already loading
+                if t in modules and t != mod and not mod.startswith(t + "."):
                     edges[mod].add(t)
     return modules, edges, inner
 
@@ -99,6 +102,19 @@ def main(argv: list[str]) -> int:
     print(f"cycles (strongly connected components of more than one module): {len(sccs)}, "
           f"modules in them: {sum(map(len, sccs))}")
     for c in sccs:
+        print(f"  {len(c)}: {', '.join(c)}")
+    # the same at the level of the sub-packages (gradmask.train, gradmask.compare, ...; a top-level
+    # module stands for itself; every command module, ``*.cli``, belongs to the command line, gradmask.cli)
+    def unit(m: str) -> str:
+        return "gradmask.cli" if m.endswith(".cli") else ".".join(m.split(".")[:2])
+    units: dict[str, set[str]] = {}
+    for m, ts in edges.items():
+        units.setdefault(unit(m), set()).update(unit(t) for t in ts if unit(t) != unit(m))
+    for t in {t for ts in units.values() for t in ts}:
+        units.setdefault(t, set())
+    package_sccs = strongly_connected(units)
+    print(f"sub-package cycles: {len(package_sccs)}")
+    for c in package_sccs:
         print(f"  {len(c)}: {', '.join(c)}")
     return 0
 

@@ -45,3 +45,31 @@ def test_unknown_name_is_an_attribute_error():
         assert "no_such_thing" in str(exc)
     else:
         raise AssertionError("gradmask.no_such_thing resolved")
+
+
+def test_training_plugins_missing_say_what_to_import(monkeypatch):
+    """The engine imports nothing above it: li-blur and the GSNR probe are registered by their owners;
+    a config that needs one whose module was not imported fails before any work, naming the module."""
+    import pytest
+
+    from gradmask.train import TrainConfig, augment, plugins
+    monkeypatch.setattr(augment, "AUGMENTS", {k: v for k, v in augment.AUGMENTS.items() if k != "li-blur"})
+    monkeypatch.setattr(plugins, "CONFIG_CALLBACKS", {})
+    config = TrainConfig(augment="li-blur")  # a stored config naming a plug-in still validates
+    with pytest.raises(ValueError, match="gradmask.saliency.li_blur_augment"):
+        plugins.check_plugins(config)
+    with pytest.raises(ValueError, match="gradmask.robustness.gsnr_callback"):
+        plugins.check_plugins(TrainConfig(gsnr_every=1))
+    plugins.check_plugins(TrainConfig())  # nothing needed, nothing missing
+    with pytest.raises(ValueError, match="augment must be one of"):
+        TrainConfig(augment="no-such").validate()
+
+
+def test_plugin_modules_register_with_the_engine():
+    from gradmask.robustness import gsnr_callback
+    from gradmask.saliency import li_blur_augment
+    from gradmask.train import augment, plugins
+    assert augment.AUGMENTS["li-blur"] is li_blur_augment.li_blur
+    assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_callback.gsnr_probe
+    assert set(augment.PLUGIN_AUGMENTS.values()) | set(plugins.PLUGIN_CALLBACKS.values()) == {
+        li_blur_augment.__name__, gsnr_callback.__name__}

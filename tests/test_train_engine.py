@@ -277,7 +277,7 @@ def test_gsnr_probe_draws_a_fixed_random_subset_of_class_ordered_data():
     """Image files are stored class by class: the probe must not be the first N (one class)."""
     from types import SimpleNamespace
 
-    from gradmask.train.engine import _gsnr_probe
+    from gradmask.robustness.gsnr_callback import gsnr_probe as _gsnr_probe
     labels = torch.arange(10).repeat_interleave(50)                     # class-ordered, 500 images
     images = (torch.arange(500, dtype=torch.float32) / 500).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
     data = SimpleNamespace(streamed=False, train=SimpleNamespace(images=images, labels=labels))

@@ -3,6 +3,7 @@ import torch
 
 import gradmask
 from gradmask.hooks import mask_handles, no_gradient_mask
+from gradmask.saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from gradmask.train import TrainConfig
 from gradmask.train.augment import build_augment
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import register
+from ..commands import register
 from ..train import cli as _train_cli
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of gsnr_every)
+from ..saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from ..train.distributed import is_main_process
 from .report import VARIANTS, write_report
 from .tuning import DEFAULT_VAL_FRACTION, checked_replace, grid_points, make_tuning, run_tuning, tuning_plan

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-from ..cli import register
+from ..commands import register
 from ..device import resolve_device
 from ..compare.tuning import make_tuning, parse_tune
 from .presets import DATA_NAMES, PRESETS, make_plan, parse_data

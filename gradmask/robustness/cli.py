@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from ..cli import register
+from ..commands import register
 from ..device import resolve_device
 from .fgsm import check_epsilons, fgsm_curve
 from .gsnr import gsnr, gsnr_summary

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import register
+from ..commands import register
 from ..device import resolve_device
 from . import boxes as _boxes
 from .evaluate import METHODS, default_cam_layer, evaluate_localization, make_method, save_figure_grid

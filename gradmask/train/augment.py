@@ -12,6 +12,10 @@ An augmentation has two parts, both optional:
   stays exact). The hook point for image-space augmentations that need the model.
 
 Register a new one with ``@register_augment("name")`` on a factory ``(config) -> Augment``.
+Augmentations owned by a layer above the engine register themselves from there (the engine
+imports nothing above it): ``li-blur`` (Algorithm 2) from :mod:`gradmask.saliency.li_blur_augment`;
+``PLUGIN_AUGMENTS`` names the module, so a config naming one validates before it is imported, and
+training without it says what to import.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ class Augment:
 AUGMENTS: dict[str, Callable[["TrainConfig"], Augment]] = {}
 
 
+# augmentation name -> the module (above the engine) that registers it when imported
+PLUGIN_AUGMENTS: dict[str, str] = {"li-blur": "gradmask.saliency.li_blur_augment"}
+
+
+def augment_names() -> list[str]:
+    """Every name ``TrainConfig.augment`` accepts: registered, or registered by a plug-in module."""
+    return sorted(set(AUGMENTS) | set(PLUGIN_AUGMENTS))
+
+
 def register_augment(name: str):
     """Decorator: ``factory(config) -> Augment`` becomes ``TrainConfig(augment=name)``."""
     def deco(factory: Callable[["TrainConfig"], Augment]):
@@ -54,30 +67,20 @@ def _none(config: "TrainConfig") -> Augment:
     return Augment(crop_flip=False)
 
 
-@register_augment("li-blur")
-def _li_blur(config: "TrainConfig") -> Augment:
-    """Crop-flip, then Algorithm 2 (:class:`gradmask.LIBackgroundBlur`, rate 0.5, quantile 0.5,
-    blur sigma 2) with the model being trained and the run's LoG settings; the gradient mask is
-    off while the LI map is computed (the map needs the plain gradient of the class score)."""
-    from ..hooks import no_gradient_mask
-    from ..saliency import LIBackgroundBlur
-
-    blur = LIBackgroundBlur(sigma=config.sigma, kernel_size=config.kernel_size, kernel=config.kernel,
-                            padding=config.padding)
-
-    def batch(images: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        with no_gradient_mask(model):
-            return blur(images, labels, model=model)
-
-    return Augment(crop_flip=True, batch=batch)
-
-
 def build_augment(config: "TrainConfig") -> Augment:
-    try:
-        factory = AUGMENTS[config.augment]
-    except KeyError:
-        raise ValueError(f"augment must be one of {sorted(AUGMENTS)}, got {config.augment!r}") from None
-    return factory(config)
+    return find_augment(config.augment)(config)
 
 
-__all__ = ["AUGMENTS", "Augment", "BatchAugment", "build_augment", "register_augment"]
+def find_augment(name: str) -> Callable[["TrainConfig"], Augment]:
+    """The registered factory of ``name``; a clear ValueError when it is unknown, or when the plug-in
+    module that provides it was not imported (the ``gradmask`` commands import them all)."""
+    if name in AUGMENTS:
+        return AUGMENTS[name]
+    if name in PLUGIN_AUGMENTS:
+        raise ValueError(f"augment {name!r} is registered by {PLUGIN_AUGMENTS[name]}: "
+                         f"import {PLUGIN_AUGMENTS[name]} before training")
+    raise ValueError(f"augment must be one of {augment_names()}, got {name!r}")
+
+
+__all__ = ["AUGMENTS", "PLUGIN_AUGMENTS", "Augment", "BatchAugment", "augment_names", "build_augment", "find_augment",
+           "register_augment"]

@@ -1,7 +1,7 @@
 """``gradmask train``: the command-line face of :func:`gradmask.train.train`.
 
 Options left out keep the preset's value (``--preset``), else the ``TrainConfig`` default; the
-mask options are the shared ones of :func:`gradmask.cli.add_mask_arguments`. Under
+mask options are the shared ones of :func:`gradmask.commands.add_mask_arguments`. Under
 ``torchrun --nproc_per_node=N -m gradmask train ...`` every process runs it (DDP).
 """
 from __future__ import annotations
@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import sys
 
-from ..cli import add_mask_arguments, register
+from ..commands import add_mask_arguments, register
+from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
+from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
 from .augment import AUGMENTS
 from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
 from .inhibition import INHIBITION_SCHEDULES

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..mask import MASK_MODES
+from ..models import list_models
+from .augment import augment_names
 from .inhibition import INHIBITION_SCHEDULES
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
@@ -241,8 +243,7 @@ class TrainConfig:
                              "validation split (use 0)")
         positive_int("synthetic_train")
         positive_int("synthetic_test")
-        from .augment import AUGMENTS
-        choice("augment", sorted(AUGMENTS))
+        choice("augment", augment_names())
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise bad("num_workers", "an integer >= 0")
         positive_int("image_size", optional=True)
@@ -253,7 +254,6 @@ class TrainConfig:
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "a model name")
         if not self.model.startswith(("torchvision:", "timm:")):
-            from ..models import list_models
             if self.model not in list_models():
                 raise ValueError(f"model must be one of {list_models()} or 'torchvision:NAME' / "
                                  f"'timm:NAME', got {self.model!r}")

@@ -28,23 +28,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import __version__
 from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
 from .augment import build_augment
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import TrainConfig
-from .data import RunData, build_data, random_subset
+from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
 from .rng import rng_state, seed_everything, set_rng_state
+from .plugins import check_plugins, config_callbacks
 from .rundir import TENSORBOARD, RunDir, claim
 from .inhibition import build_inhibition_schedule
 from .schedule import build_scheduler
 
 
 def _version() -> str:
-    import gradmask
-    return gradmask.__version__
+    return __version__
 
 
 @dataclass
@@ -131,6 +132,7 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a gradmask.train.TrainConfig, got {type(config).__name__}")
     config.validate()
+    check_plugins(config)
     requested = resolve_device(config.device)
     dist_ctx = setup_distributed(requested.type)
     lock = None
@@ -141,17 +143,6 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
         if lock is not None:
             lock.release()
         dist_ctx.close()
-
-
-def _gsnr_probe(config: TrainConfig, data: RunData):
-    """A GSNRProbe on a fixed probe set: ``gsnr_samples`` training images, un-augmented, drawn with
-    the fixed seed of :func:`gradmask.data.subset_index` (the same in every run; files are stored
-    class by class, so the first images would hold one or two classes)."""
-    from ..robustness import GSNRProbe
-    if data.streamed:
-        raise ValueError("gsnr_every needs an in-memory dataset (not the streamed ImageNet loader)")
-    images, labels = random_subset(data.train.images, data.train.labels, config.gsnr_samples)
-    return GSNRProbe(images, labels, every=config.gsnr_every)
 
 
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: torch.device) -> dict:
@@ -209,8 +200,11 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
         # Dynamo does not guard on module hooks: code compiled for an earlier model of this process
         # (compare's vanilla run) would be reused for this one without its mask hooks, or with stale ones
         torch._dynamo.reset()
-        net = torch.compile(net)
-        eval_net = net if not dist_ctx.enabled else torch.compile(model)
+        # with a mask the graph breaks at every target and each block compiles on its own: static
+        # shapes (automatic dynamic shapes made inductor fail on grouped convolutions, torch 2.13)
+        options = {"dynamic": False} if handle is not None else {}
+        net = torch.compile(net, **options)
+        eval_net = net if not dist_ctx.enabled else torch.compile(model, **options)
 
     writer = None
     if dist_ctx.is_main:
@@ -223,8 +217,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history, gradient_mask=gm,
                        inhibition=None if gm is None else build_inhibition_schedule(config, data.train_steps))
-    if config.gsnr_every:
-        callbacks = [*callbacks, _gsnr_probe(config, data)]
+    callbacks = [*callbacks, *config_callbacks(config, data)]  # e.g. the GSNR probe of gsnr_every
     for cb in _callbacks(callbacks, "on_train_start"):
         cb(ctx)
     if resume is not None:  # last: everything above may draw random numbers

@@ -1,0 +1,46 @@
+"""``gradmask mask-stats``: one training step of a model on random images, and what the mask keeps where."""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .commands import add_mask_arguments, register
+from .hooks import attach
+from .mask import GradientMask
+from .models import create_model
+
+
+def _mask_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    add_mask_arguments(parser)
+
+
+@register("mask-stats", "one training step of a model on random images: what the mask keeps, where",
+          _mask_stats_arguments)
+def mask_stats(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, args.num_classes, stem=args.stem)
+    gm = GradientMask.from_settings(args) or GradientMask(inhibition_rate=0.0)
+    targets = args.targets.split(",") if args.targets else None
+    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,))
+    with attach(model, gm, targets=targets) as handle:
+        start = time.perf_counter()
+        F.cross_entropy(model(images), labels).backward()
+        seconds = time.perf_counter() - start
+        stats = handle.stats()
+    print(f"{args.model} ({args.stem} stem), batch {args.batch_size} of {args.image_size}x{args.image_size} "
+          f"random images, {gm}")
+    print(f"{'target':<16} {'gradient shape':<22} {'kept':>7} {'calls':>6}")
+    for name, s in stats.items():
+        print(f"{name:<16} {str(s['shape']):<22} {s['kept_fraction']:>7.3f} {s['calls']:>6}")
+    print(f"forward+backward: {seconds * 1e3:.0f} ms")
+    return 0
