@@ -16,6 +16,7 @@ import functools
 import math
 import operator
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Union
@@ -338,7 +339,9 @@ class MaskHandle:
     (see :class:`TokenGrid`; None: a square grid of ``T - prefix_tokens`` patches), ``grid_source``
     where they came from (for error messages). A module that already carries another handle's
     hooks is an error: two masks on one output would mask its gradient twice.
-    The tensor hooks are excluded from ``torch.compile`` (they run eagerly, between graphs).
+    Under ``torch.compile`` the tensor hooks run eagerly (the graph breaks at each target); since
+    Dynamo does not guard on module hooks, attaching or removing drops the code it has compiled in
+    this process (if any), so the next call recompiles with the hooks as they are.
     """
 
     def __init__(self, gradient_mask: GradientMask, targets: dict[str, nn.Module],
@@ -369,6 +372,7 @@ class MaskHandle:
                                  f"twice; remove() that handle first, or leave this module out of targets")
         self._handles = [module.register_forward_hook(self._forward_hook(name))
                          for name, module in self.targets.items()]
+        _forget_compiled_code()
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs, output):
@@ -433,6 +437,7 @@ class MaskHandle:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        _forget_compiled_code()
 
     def __enter__(self) -> "MaskHandle":
         return self
@@ -442,6 +447,16 @@ class MaskHandle:
 
     def __repr__(self) -> str:
         return f"MaskHandle({len(self.targets)} targets, enabled={self.enabled}, {self.gradient_mask})"
+
+
+def _forget_compiled_code() -> None:
+    """Drop the code ``torch.compile`` has compiled in this process, if any, so the next call
+    compiles again with the hooks as they are now: Dynamo does not guard on module hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``), so code compiled before hooks were added
+    (or removed) would keep running without them (or with them)."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and dynamo.convert_frame.FRAME_COUNTER:
+        dynamo.reset()
 
 
 def _attached_handle(module: nn.Module) -> Optional[MaskHandle]:

@@ -13,6 +13,7 @@ from .selection import kth_smallest_and_max
 MODES = ("lateral", "norm", "pixel")
 MASK_MODES = ("none", *MODES)  # the choices of a `mask` setting: no mask, or a mode
 NORM_SCALE_EXPONENT = 48  # before squaring, a sample's largest |g| is scaled into [2**47, 2**48)
+_MINUS_INF = torch.tensor(-math.inf)  # a 0-d CPU scalar: usable with tensors on any device
 
 
 def _checked_rate(value) -> float:
@@ -235,15 +236,14 @@ class GradientMask:
         return squared, scales
 
     def _threshold(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores ``flat`` ``(R, n)`` -> ``(keep_above, tied, nonfinite)``, each ``(R, 1)``: a
-        position is kept where its score is ``> keep_above``; ``tied``: no score is above the
-        threshold, so ``keep_above`` is the number just below it (the tie rule keeps the positions
-        equal to the threshold, the maximum); ``nonfinite``: the map holds a +inf score."""
+        """Scores ``flat`` ``(R, n)`` -> ``(keep_above, threshold, largest)``, each ``(R, 1)``: a
+        position is kept where its score is ``> keep_above``, the threshold itself except in a map
+        where no score is above it (``largest == threshold``): there the number just below it, so
+        that the positions equal to it, the maximum, are kept (the tie rule)."""
         rank = math.floor(self.inhibition_rate * (flat.shape[1] - 1)) + 1  # 1-based order statistic
         threshold, largest = kth_smallest_and_max(flat, rank, nonnegative=True)  # scores are >= 0
-        tied = largest <= threshold
-        below = torch.nextafter(threshold, threshold.new_full((), -math.inf))
-        return torch.where(tied, below, threshold), tied, largest == math.inf
+        # the float below the maximum is >= the threshold unless the maximum is the threshold
+        return torch.minimum(threshold, torch.nextafter(largest, _MINUS_INF)), threshold, largest
 
     def keep_map(self, grad: torch.Tensor) -> torch.Tensor:
         """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
@@ -286,12 +286,12 @@ class GradientMask:
                                       torch.zeros((), dtype=torch.int64, device=grad.device), maps)
             scores, _ = self._scores(grad)
             flat = scores.view(maps, h * w)
-            keep_above, tied, nonfinite = self._threshold(flat)
+            keep_above, threshold, largest = self._threshold(flat)
             flat.gt_(keep_above)  # (N*G, H*W) of 0.0 / 1.0
             # per-row sums are exact integers (< 2**24 per row), their total is summed in float64
             kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
-            counts = dict(kept_fraction=kept_fraction, nonfinite_maps=nonfinite.sum(), tied_maps=tied.sum(),
-                          maps=maps)
+            counts = dict(kept_fraction=kept_fraction, nonfinite_maps=largest.isposinf().sum(),
+                          tied_maps=(keep_above < threshold).sum(), maps=maps)
             g = maps // n
             if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
                 return MaskedGradient(flat.view(n, c, h, w).mul_(grad), **counts)
