@@ -31,8 +31,11 @@ _LAZY = {
                     "gradmask.saliency.localization"),
 }
 
-__all__ = sorted(["GradientMask", "LoGFilter", "MaskHandle", "attach", "default_targets",
-                  "no_gradient_mask", "register_residual_block", "residual_blocks", *_LAZY])
+__all__ = ["GSNRProbe", "GradCAM", "GradCAMPlusPlus", "GradientMask", "LIBackgroundBlur", "LIMap", "LoGFilter",
+           "MaskHandle", "Normalized", "attach", "box_iou", "create_model", "default_targets", "fgsm", "fgsm_curve",
+           "gsnr", "gsnr_summary", "list_models", "localization_scores", "no_gradient_mask", "plot_gsnr",
+           "pruning_curve", "register_residual_block", "residual_blocks", "saliency_box", "saliency_boxes",
+           "select_images"]
 
 
 def __getattr__(name: str):

@@ -17,7 +17,8 @@ COMMAND_MODULES = ("gradmask.train.cli", "gradmask.mask_stats", "gradmask.compar
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    parser = argparse.ArgumentParser(prog="gradmask", description="Gradient Mask: lateral inhibition in backpropagation")
+    parser = argparse.ArgumentParser(prog="gradmask",
+                                     description="Gradient Mask: lateral inhibition in backpropagation")
     parser.add_argument("--version", action="version", version=f"gradmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():

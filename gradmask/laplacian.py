@@ -52,7 +52,8 @@ def compiled_library():
     version = getattr(library, "gradmask_compiled_version", None)
     if version is None or version() != COMPILED_VERSION:
         warnings.warn(f"{_banded.__file__} was built from an older gradmask/_banded.c; rebuild it "
-                      f"(pip install -e .). Until then the LoG runs on the matrix products.", RuntimeWarning)
+                      f"(pip install -e .). Until then the LoG runs on the matrix products.", RuntimeWarning,
+                      stacklevel=2)
         return None
     library.gradmask_banded_log.restype = ctypes.c_int
     library.gradmask_banded_log.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
@@ -193,7 +194,8 @@ class LoGFilter:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         if kernel_size is not None:
-            if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            if (isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1
+                    or kernel_size % 2 == 0):
                 raise ValueError(f"kernel_size must be an odd integer >= 1 or None, got {kernel_size!r}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")

@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 import gradmask.train.data as train_data
 from gradmask.cli import main
 from gradmask.compare import compare
-from gradmask.compare.tuning import (grid_points, make_tuning, parse_tune, read_tuning, run_tuning,
-                                     tuning_config, tuning_plan)
+from gradmask.compare.tuning import (
+    grid_points,
+    make_tuning,
+    parse_tune,
+    read_tuning,
+    run_tuning,
+    tuning_config,
+)
 from gradmask.reproduce import make_plan, reproduce
 from gradmask.reproduce.presets import PRESETS, Evaluation
 from gradmask.train import RunDir, TrainConfig, train
@@ -358,7 +364,7 @@ def test_epoch_gap_is_welch_over_seeds_per_epoch():
     lateral = [run("lateral", 0, [0.20, 0.51]), run("lateral", 1, [0.25, 0.50]), run("lateral", 2, [0.22])]
     gap = epoch_gap(none, lateral)
     assert [e for e, _ in gap] == [1, 2]
-    for (epoch, ci), (a, b) in zip(gap, [([0.20, 0.25, 0.22], [0.30, 0.34, 0.32]), ([0.51, 0.50], [0.50, 0.52, 0.55])]):
+    for (_, ci), (a, b) in zip(gap, [([0.20, 0.25, 0.22], [0.30, 0.34, 0.32]), ([0.51, 0.50], [0.50, 0.52, 0.55])]):
         low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
         assert (ci.diff, ci.low, ci.high) == pytest.approx((sum(a) / len(a) - sum(b) / len(b), low, high))
 

@@ -54,9 +54,9 @@ def test_center_crop_pads_small_images():
 def test_random_resized_crop_boxes_stay_inside_and_respect_scale():
     torch.manual_seed(0)
     for _ in range(200):
-        l, t, r, b = random_resized_crop_box(50, 30, (0.08, 1.0), (3 / 4, 4 / 3))
-        assert 0 <= l < r <= 50 and 0 <= t < b <= 30
-        area = (r - l) * (b - t) / (50 * 30)
+        left, t, r, b = random_resized_crop_box(50, 30, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= left < r <= 50 and 0 <= t < b <= 30
+        area = (r - left) * (b - t) / (50 * 30)
         assert 0.05 <= area <= 1.0
     # impossible ratio -> centred fallback with clamped aspect
     assert random_resized_crop_box(100, 10, (0.9, 1.0), (1.0, 1.0)) == (45, 0, 55, 10)

@@ -17,9 +17,8 @@ from PIL import Image
 from gradmask.cli import main
 from gradmask.compare import compare
 from gradmask.files import write_atomic
-from gradmask.reproduce import make_plan, reproduce
+from gradmask.reproduce import make_plan, reproduce, runner
 from gradmask.reproduce import report as reproduce_report
-from gradmask.reproduce import runner
 from gradmask.train import TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.checkpoint import save_checkpoint
 

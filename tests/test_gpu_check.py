@@ -148,7 +148,8 @@ def test_test_counts_from_junit_and_from_a_killed_verbose_log(tmp_path):
     xml = tmp_path / "r.xml"
     xml.write_text('<testsuites><testsuite tests="5" failures="1" errors="1" skipped="1">'
                    '<testcase classname="tests.test_a" name="t1"/><testcase classname="tests.test_a" name="t2">'
-                   '<failure message="boom"/></testcase><testcase classname="tests.test_b" name="t3"><error message="e"/>'
+                   '<failure message="boom"/></testcase><testcase classname="tests.test_b" name="t3">'
+                   '<error message="e"/>'
                    '</testcase></testsuite></testsuites>')
     counts = gpu_check.junit_counts(xml)
     assert (counts["passed"], counts["failed"], counts["errors"], counts["skipped"]) == (2, 1, 1, 1)

@@ -40,7 +40,7 @@ def test_every_public_name_resolves():
 
 def test_unknown_name_is_an_attribute_error():
     try:
-        gradmask.no_such_thing
+        _ = gradmask.no_such_thing
     except AttributeError as exc:
         assert "no_such_thing" in str(exc)
     else:
@@ -73,3 +73,9 @@ def test_plugin_modules_register_with_the_engine():
     assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_callback.gsnr_probe
     assert set(augment.PLUGIN_AUGMENTS.values()) | set(plugins.PLUGIN_CALLBACKS.values()) == {
         li_blur_augment.__name__, gsnr_callback.__name__}
+
+
+def test_all_lists_the_core_and_every_lazy_name():
+    core = {"GradientMask", "LoGFilter", "MaskHandle", "attach", "default_targets", "no_gradient_mask",
+            "register_residual_block", "residual_blocks"}
+    assert set(gradmask.__all__) == core | set(gradmask._LAZY)

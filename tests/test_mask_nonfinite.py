@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mask_reference import assert_agrees_except_near_ties, reference_mask
 from torch import nn
 

@@ -11,10 +11,16 @@ from torch import nn
 import gradmask
 from gradmask.data import TensorLoader
 from gradmask.models.resnet import Normalize
-from gradmask.robustness import (fgsm, fgsm_curve, mask_handles, no_gradient_mask, prune_model, pruning_curve,
-                                 weight_sparsity)
+from gradmask.robustness import (
+    fgsm,
+    fgsm_curve,
+    mask_handles,
+    no_gradient_mask,
+    prune_model,
+    pruning_curve,
+    weight_sparsity,
+)
 from gradmask.robustness.pruning import accuracy, prunable_weights, recalibrate_batchnorm
-
 
 
 class TinyNet(nn.Module):

@@ -16,7 +16,6 @@ from gradmask.robustness import GSNRProbe, gsnr, gsnr_summary, read_gsnr
 from gradmask.robustness.gsnr import DEFAULT_EPS, per_sample_gradients
 
 
-
 def closed_form(per_sample: torch.Tensor, eps=DEFAULT_EPS, ddof=1) -> torch.Tensor:
     g = per_sample.to(torch.float64)
     return g.mean(0).square() / (g.var(0, correction=ddof) + eps)

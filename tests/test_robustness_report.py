@@ -13,7 +13,6 @@ from gradmask.robustness import plot_gsnr, write_report
 from gradmask.robustness.report import MASK_NOTE
 
 
-
 def fake_results(warning=None):
     nan = math.nan
     curve = {"none": [[0.0, 1.0], [4.0, 0.5]], "lateral": [[0.0, 1.0], [4.0, 0.75]]}
@@ -51,6 +50,14 @@ def test_report_files_are_complete_and_self_contained(tmp_path):
                        "epsilon": str(4 / 255), "accuracy": "0.5"}
     assert json.loads((tmp_path / "robustness.json").read_text())["fgsm"]["n_joint"] == 4
     assert paths["html"] == tmp_path / "robustness.html"
+
+
+def test_report_shows_the_chance_level_warnings(tmp_path):
+    results = dict(fake_results(), warnings=["model none is near chance level: accuracy 10.1% with 10 classes"])
+    write_report(results, tmp_path)
+    md = (tmp_path / "robustness.md").read_text()
+    assert md.count("**Warning:** model none is near chance level: accuracy 10.1% with 10 classes.") == 1
+    assert "near chance level" in (tmp_path / "robustness.html").read_text()
 
 
 def test_report_states_an_empty_joint_set(tmp_path):
@@ -134,8 +141,8 @@ def test_probe_during_training_and_plot(runs):
 @pytest.mark.slow
 def test_robustness_command_end_to_end(runs, capsys):
     root, dirs = runs
-    from gradmask.cli import main
     import gradmask.robustness.cli  # noqa: F401  (registers the command until the lead wires it)
+    from gradmask.cli import main
     out = root / "report"
     code = main(["robustness", str(dirs[0]), str(dirs[1] / "checkpoint.pt"), "--epsilons", "0,2,8",
                  "--sparsities", "0,0.5", "--schemes", "global,layer", "--gsnr-samples", "6", "--test-limit", "40",
@@ -152,9 +159,9 @@ def test_robustness_command_end_to_end(runs, capsys):
         assert "classified correctly by every model" in fgsm["warning"]
     assert set(results["pruning"]["none-seed0"]) == {"global", "layer"}
     # sparsity 0 = the run's own accuracy on those images
+    from gradmask.data import TensorLoader, load_dataset
     from gradmask.robustness.pruning import accuracy
     from gradmask.train import load_checkpoint
-    from gradmask.data import TensorLoader, load_dataset
     model, _ = load_checkpoint(dirs[0])
     test = load_dataset("synthetic", split="test", n=40, seed=0)
     acc, n = accuracy(model, TensorLoader(test.images, test.labels, 16, shuffle=False))
@@ -163,14 +170,19 @@ def test_robustness_command_end_to_end(runs, capsys):
     assert results["gsnr"]["none-seed0"]["n_samples"] == 6
     for name in ("robustness.md", "robustness.html", "pruning.png", "fgsm.png", "gsnr.png", "gsnr.csv"):
         assert (out / name).is_file()
-    assert "lateral-seed0" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "lateral-seed0" in captured.out
+    # every warning printed once (the library's own RuntimeWarning of an empty FGSM set is not repeated)
+    printed = [line for line in captured.err.splitlines() if "warning" in line.lower()]
+    expected = ([fgsm["warning"]] if fgsm["warning"] else []) + results["warnings"]
+    assert printed == [f"warning: {w}" for w in expected]
 
 
 @pytest.mark.slow
 def test_robustness_command_errors(runs, capsys):
     root, dirs = runs
-    from gradmask.cli import main
     import gradmask.robustness.cli  # noqa: F401
+    from gradmask.cli import main
     assert main(["robustness", str(dirs[0]), "--epsilons", "0,-2", "--no-progress"]) == 2
     assert "epsilons" in capsys.readouterr().err
     assert main(["robustness", str(dirs[0]), "--sparsities", "0,1", "--no-progress"]) == 2

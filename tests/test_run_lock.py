@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from gradmask.train import TrainConfig, train
-from gradmask.train import engine
+from gradmask.train import TrainConfig, engine, train
 from gradmask.train.rundir import LOCK, RunDir, RunDirInUse
 
 # a process owning a run folder as RunDir.lock() does (flock + host/pid), without importing torch (fast)

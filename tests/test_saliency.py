@@ -13,7 +13,6 @@ from gradmask.models.resnet import Normalize
 from gradmask.saliency import GradCAM, GradCAMPlusPlus, LIMap, SaliencyMethod
 
 
-
 class TinyNet(nn.Module):
     """conv-relu, conv-bn-relu, conv-relu (the second ReLU module used twice), pool, fc."""
 
@@ -111,7 +110,7 @@ def gradcampp_reference(model, layer, x, targets=None, eps=1e-6):
     maps = []
     for i in range(len(x)):
         store = []
-        hook = layer.register_forward_hook(lambda mod, inp, out: store.append(out))
+        hook = layer.register_forward_hook(lambda mod, inp, out, store=store: store.append(out))
         logits = model(x[i:i + 1])
         hook.remove()
         t = logits[0].argmax() if targets is None else targets[i]
@@ -297,7 +296,7 @@ def test_state_restored_no_hooks_left(make):
     model.fc.weight.requires_grad_(False)       # frozen parameter stays frozen
     params = dict(model.named_parameters())
     torch.manual_seed(5)
-    for i, (name, p) in enumerate(params.items()):
+    for i, p in enumerate(params.values()):
         p.grad = torch.randn_like(p) if i % 2 else None
     before_grads = {n: None if p.grad is None else p.grad.clone() for n, p in params.items()}
     before_modes = {n: m.training for n, m in model.named_modules()}

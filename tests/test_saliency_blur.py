@@ -8,7 +8,6 @@ import gradmask
 from gradmask.saliency import LIBackgroundBlur, LIMap, gaussian_blur
 
 
-
 def model_and_batch(n=8, size=32, seed=0):
     torch.manual_seed(seed)
     model = gradmask.create_model("resnet18_narrow", 10, stem="cifar")

@@ -5,9 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from gradmask.saliency.boxes import (VOC_CLASSES, BoxDataset, load_box_dataset, parse_voc_xml, read_voc2007,
-                                     read_xml_boxes, scale_boxes, voc_to_boxes)
-
+from gradmask.saliency.boxes import (
+    VOC_CLASSES,
+    BoxDataset,
+    load_box_dataset,
+    parse_voc_xml,
+    read_voc2007,
+    read_xml_boxes,
+    scale_boxes,
+    voc_to_boxes,
+)
 
 
 def write_image(path, width, height, rects=(), background=(20, 20, 20)):

@@ -12,9 +12,16 @@ from torch import nn
 import gradmask
 from gradmask.models.resnet import Normalized
 from gradmask.saliency import GradCAM, LIMap
-from gradmask.saliency.sanity import (cascading_randomization, gaussian_window, plot_sanity, randomization_groups,
-                                      save_sanity_maps, spearman, ssim, write_sanity_report)
-
+from gradmask.saliency.sanity import (
+    cascading_randomization,
+    gaussian_window,
+    plot_sanity,
+    randomization_groups,
+    save_sanity_maps,
+    spearman,
+    ssim,
+    write_sanity_report,
+)
 
 
 def resnet(seed=0):

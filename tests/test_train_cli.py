@@ -8,8 +8,6 @@ import torch
 
 from gradmask.cli import main
 
-
-
 TINY = ["--train-limit", "128", "--test-limit", "64", "--epochs", "2", "--batch-size", "64", "--lr", "0.05",
         "--schedule", "cosine", "--no-progress"]
 

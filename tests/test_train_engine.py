@@ -11,7 +11,6 @@ import gradmask
 from gradmask.train import FINAL_KEYS, METRIC_KEYS, TrainConfig, load_checkpoint, read_checkpoint, train
 
 
-
 def tiny(out, **kw) -> TrainConfig:
     base = dict(train_limit=256, test_limit=128, epochs=2, batch_size=64, lr=0.05, schedule="onecycle",
                 warmup_epochs=0.5, progress=False, out=str(out))

@@ -10,7 +10,6 @@ import torch
 
 from gradmask.train import TrainConfig, read_checkpoint, train
 
-
 # Registered here and in the killed subprocess: a per-batch augmentation drawing from the global
 # torch RNG, so the test also checks that the RNG state is restored on resume.
 REGISTER = textwrap.dedent("""

@@ -115,7 +115,8 @@ def test_tokens_that_do_not_fit_the_grid_are_clear_errors_at_the_first_forward()
     target = Scale()
     with gradmask.attach(target, GradientMask(groups=2), targets=[target], token_grid=(4, 4), prefix_tokens=1):
         with pytest.raises(ValueError, match=r"target '' \(Scale\) outputs tokens \(2, 20, 8\).*"
-                                             r"token_grid=\(4, 4\) and prefix_tokens=1 \(given to attach\) need T = 17"):
+                                             r"token_grid=\(4, 4\) and prefix_tokens=1 \(given to attach\) "
+                                             r"need T = 17"):
             target(torch.randn(2, 20, 8, dtype=torch.float64))
     with gradmask.attach(target, GradientMask(groups=2), targets=[target]):
         with pytest.raises(ValueError, match=r"T - prefix_tokens = 20 - 0 is not a square grid.*token_grid=\(H, W\)"):

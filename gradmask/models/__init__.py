@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from .families import ConvNeXt, ConvNeXtBlock, GroupedBottleneck, InvertedResidual, MobileNet, RegNet
-from .resnet import (IMAGENET_MEAN, IMAGENET_STD, BasicBlock, Bottleneck, Normalize, Normalized,
-                     ResNet)
+from .resnet import IMAGENET_MEAN, IMAGENET_STD, BasicBlock, Bottleneck, Normalize, Normalized, ResNet
 from .vit import VisionTransformer
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}

@@ -6,10 +6,9 @@ import shlex
 import sys
 from pathlib import Path
 
-
 from ..commands import register
-from ..device import resolve_device
 from ..compare.tuning import make_tuning, parse_tune
+from ..device import resolve_device
 from .presets import DATA_NAMES, PRESETS, make_plan, parse_data
 from .runner import reproduce
 
@@ -74,6 +73,6 @@ def reproduce_command(args: argparse.Namespace) -> int:
     if result["report"] is not None:
         import json
         verdicts = json.loads(result["report"]["json"].read_text())["sections"]
-        for key, sec in verdicts.items():
+        for sec in verdicts.values():
             print(f"  {sec['title']}: {sec['verdict']}")
     return 0

@@ -105,7 +105,8 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         "paper", "the paper's settings: ResNet-18 on CIFAR-100/10 (200 epochs), ResNet-50 on ImageNet (90 epochs, "
                  "run it under torchrun)", ("cifar10", "cifar100", "imagenet"),
-        {"cifar10": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER}, "cifar100": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER},
+        {"cifar10": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER},
+         "cifar100": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER},
          "imagenet": {"cpu": _IMAGENET_PAPER, "cuda": _IMAGENET_PAPER}},
         {"cpu": _SYNTHETIC_LONG, "cuda": _SYNTHETIC_LONG},
         Evaluation(robustness_images=10000, sparsities=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9), epsilons=(0, 1, 2, 4, 8, 16),

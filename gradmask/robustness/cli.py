@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -25,10 +26,11 @@ import torch
 
 from ..commands import register
 from ..device import resolve_device
+from .evalset import evaluation_loader
 from .fgsm import check_epsilons, fgsm_curve
 from .gsnr import gsnr, gsnr_summary
 from .pruning import SCHEMES, check_sparsities, pruning_curve
-from .evalset import evaluation_loader
+from ..reporting import evaluation_warnings
 from .report import write_report
 
 DEFAULT_EPSILONS = "0,1,2,4,8"
@@ -248,8 +250,13 @@ def measure(args: argparse.Namespace) -> dict:
                                   progress=progress)
             results["pruning"][e["name"]][scheme] = curve.to_dict()
     print("FGSM ...", file=sys.stderr)
-    curve = fgsm_curve(models, loader, epsilons, subset=args.subset, progress=progress)
+    with warnings.catch_warnings():  # its "no image to attack" is printed once, by the command
+        warnings.filterwarnings("ignore", message="fgsm_curve: ", category=RuntimeWarning)
+        curve = fgsm_curve(models, loader, epsilons, subset=args.subset, progress=progress)
     results["fgsm"] = curve.to_dict()
+    results["warnings"] = [w for name, c in results["pruning"].items() for w in evaluation_warnings(
+        _clean_accuracy(c), loaded[0]["num_classes"], labels.tolist() if labels is not None else (),
+        what=f"model {name}")]
 
     if args.gsnr_samples:
         g_loader, _, _ = evaluation_loader(dataset, root, args.gsnr_split, args.gsnr_samples, config,
@@ -266,6 +273,11 @@ def measure(args: argparse.Namespace) -> dict:
     return results
 
 
+def _clean_accuracy(curves: dict) -> Optional[float]:
+    """A model's accuracy at sparsity 0 from its pruning curves (None when 0 was not measured)."""
+    return next((y for c in curves.values() for x, y in c["points"] if x == 0), None)
+
+
 def _default_out(runs: list[str]) -> Path:
     first = _checkpoint_file(runs[0]).parent
     return first.parent / "robustness"
@@ -278,8 +290,8 @@ def robustness_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(args.runs)
     paths = write_report(results, out)
     fgsm = results["fgsm"]
-    if fgsm.get("warning"):
-        print(f"warning: {fgsm['warning']}", file=sys.stderr)
+    for warning in ([fgsm["warning"]] if fgsm.get("warning") else []) + results["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     lines = []
     for name in results["pruning"]:
         parts = []

@@ -230,6 +230,8 @@ def _blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
                        f"{data.get('dataset', '?')} ({data.get('source') or 'rendered'}). Images in [0, 1]; "
                        f"every model normalises in its first layer."))
     b.append(("p", MASK_NOTE))
+    for warning in results.get("warnings") or []:
+        b.append(("p", f"**Warning:** {warning}."))
     models = results.get("models") or []
     if models:
         b.append(("h2", "Models"))

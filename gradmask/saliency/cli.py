@@ -21,8 +21,14 @@ import torch
 from ..commands import register
 from ..device import resolve_device
 from . import boxes as _boxes
-from .evaluate import METHODS, default_cam_layer, evaluate_localization, make_method, save_figure_grid
-from .evaluate import write_localization_report
+from .evaluate import (
+    METHODS,
+    default_cam_layer,
+    evaluate_localization,
+    make_method,
+    save_figure_grid,
+    write_localization_report,
+)
 from .robustness_blur import blurred_background_accuracy, write_blur_report
 from .sanity import cascading_randomization, save_sanity_maps, write_sanity_report
 
@@ -74,7 +80,8 @@ def _image_size(args: argparse.Namespace, trained: list) -> int:
     sizes = {t.image_size for t in trained}
     if args.image_size is not None:
         known = sorted(s for s in sizes if s)
-        note = f"; the model{'s' if len(trained) > 1 else ''} trained at {'/'.join(map(str, known))} px" if known else ""
+        plural = "s" if len(trained) > 1 else ""
+        note = f"; the model{plural} trained at {'/'.join(map(str, known))} px" if known else ""
         print(f"evaluating at {args.image_size} px (--image-size{note})", file=sys.stderr)
         return args.image_size
     if None in sizes:

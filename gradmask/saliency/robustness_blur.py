@@ -18,13 +18,13 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..data.augment import as_images
+from ..files import write_atomic
+from ..models import eval_mode, model_device
+from ..reporting import figure, save_figure
 from .blur import gaussian_blur
 from .evaluate import _batches, _jsonable
 from .localization import _per_image
-from ..data.augment import as_images
-from ..models import eval_mode, model_device
-from ..files import write_atomic
-from ..reporting import figure, save_figure
 
 __all__ = ["blur_background", "blurred_background_accuracy", "box_masks", "plot_blur_curves",
            "write_blur_report"]

@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.augment import as_images
+from ..files import write_atomic
+from ..models import model_device
+from ..reporting import figure, save_figure
 from .base import unwrap_model
 from .evaluate import _fmt, _jsonable, predict
-from ..models import model_device
-from ..files import write_atomic
-from ..reporting import figure, save_figure
-from ..data.augment import as_images
 
 __all__ = ["cascading_randomization", "gaussian_window", "plot_sanity", "randomization_groups",
            "save_sanity_maps", "spearman", "ssim", "write_sanity_report"]

@@ -15,8 +15,8 @@ from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe 
 from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
 from .augment import AUGMENTS
 from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
-from .inhibition import INHIBITION_SCHEDULES
 from .distributed import is_main_process
+from .inhibition import INHIBITION_SCHEDULES
 
 _UNSET = object()  # "not given on the command line": the preset / default applies
 
@@ -47,8 +47,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=list(DATASETS), help="default: synthetic")
     data.add_argument("--data", help="dataset path (directory or archive; not used by synthetic)")
-    data.add_argument("--train-limit", type=_optional_int, help="use N training images only, drawn at random with a fixed seed (the same in every run)")
-    data.add_argument("--test-limit", type=_optional_int, help="use N test images only, drawn at random with a fixed seed")
+    data.add_argument("--train-limit", type=_optional_int,
+                      help="use N training images only, drawn at random with a fixed seed (the same in every run)")
+    data.add_argument("--test-limit", type=_optional_int,
+                      help="use N test images only, drawn at random with a fixed seed")
     data.add_argument("--synthetic-train", type=int, help="synthetic training set size (default 20000)")
     data.add_argument("--synthetic-test", type=int, help="synthetic test set size (default 5000)")
     data.add_argument("--augment", choices=sorted(AUGMENTS), help="default: crop-flip")

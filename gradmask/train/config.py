@@ -354,5 +354,5 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore=RESUME_FREE_FIELDS
             if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)}
 
 
-__all__ = ["AMP_MODES", "DATASETS", "INHIBITION_SCHEDULES", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES", "MAX_VAL_FRACTION",
-           "PRESETS", "SCHEDULES", "STEMS", "TrainConfig", "config_differences", "field_applies"]
+__all__ = ["AMP_MODES", "DATASETS", "INHIBITION_SCHEDULES", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES",
+           "MAX_VAL_FRACTION", "PRESETS", "SCHEDULES", "STEMS", "TrainConfig", "config_differences", "field_applies"]

@@ -17,8 +17,18 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..data import (RandomCropFlip, TensorLoader, dataset_stats, eval_transform, load_dataset,
-                    load_test_split, make_imagenet_loader, match_classes, subset_index, to_float)
+from ..data import (
+    RandomCropFlip,
+    TensorLoader,
+    dataset_stats,
+    eval_transform,
+    load_dataset,
+    load_test_split,
+    make_imagenet_loader,
+    match_classes,
+    subset_index,
+    to_float,
+)
 from .augment import Augment
 from .config import TrainConfig
 

@@ -37,10 +37,10 @@ from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import TrainConfig
 from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
-from .rng import rng_state, seed_everything, set_rng_state
-from .plugins import check_plugins, config_callbacks
-from .rundir import TENSORBOARD, RunDir, claim
 from .inhibition import build_inhibition_schedule
+from .plugins import check_plugins, config_callbacks
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import TENSORBOARD, RunDir, claim
 from .schedule import build_scheduler
 
 
