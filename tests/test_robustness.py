@@ -119,7 +119,7 @@ def test_no_gradient_mask_switches_handles_off_and_restores():
     x, y = data(n=4, size=16, classes=10)
     plain = fgsm(model, x, y, 4 / 255)
     gm = gradmask.GradientMask(groups=4)
-    other = gradmask.attach(model, gradmask.GradientMask(groups=8), targets=["layer1.0"])
+    other = gradmask.attach(model, gradmask.GradientMask(groups=8), targets=["layer4.0"])  # not a default target
     other.enabled = False
     with gradmask.attach(model, gm) as handle:
         assert set(map(id, mask_handles(model))) == {id(handle), id(other)}
