@@ -13,7 +13,37 @@ from __future__ import annotations
 
 import base64
 import html
+import math
+from collections import Counter
 from pathlib import Path
+from typing import Iterable, Optional
+
+CHANCE_FACTOR = 1.5
+"""An accuracy below ``CHANCE_FACTOR`` x chance (1 / classes) is "near chance": the model's maps,
+curves and robustness numbers say little about the method."""
+DOMINANT_SHARE = 0.5
+"""Evaluated images of which more than this share belong to one class are "dominated" by it."""
+
+
+def evaluation_warnings(accuracy: Optional[float], num_classes: Optional[int], labels: Iterable[int] = (),
+                        what: str = "the model") -> list[str]:
+    """Warnings for an evaluation whose numbers say little: ``accuracy`` (in [0, 1]) near chance
+    for ``num_classes`` classes (below :data:`CHANCE_FACTOR` / ``num_classes``), or the evaluated
+    images' ``labels`` dominated by one class (more than :data:`DOMINANT_SHARE` of at least two
+    images, with more than two classes). ``[]`` when neither applies or the numbers are unknown."""
+    warnings = []
+    if accuracy is not None and num_classes and num_classes > 1 and math.isfinite(accuracy) \
+            and accuracy < CHANCE_FACTOR / num_classes:
+        warnings.append(f"{what} is near chance level: accuracy {100 * accuracy:.1f}% with {num_classes} classes "
+                        f"(chance {100 / num_classes:.1f}%); its numbers say little about the method")
+    counts = Counter(int(v) for v in labels)
+    total = sum(counts.values())
+    if total > 1 and (num_classes is None or num_classes > 2):
+        label, most = counts.most_common(1)[0]
+        if most / total > DOMINANT_SHARE:
+            warnings.append(f"the {total} images evaluated for {what} are dominated by one class ({most} of "
+                            f"class {label}); their mean is not an average over classes")
+    return warnings
 
 
 def figure(width: float = 6.4, height: float = 4.0, dpi: int = 100):
@@ -124,4 +154,5 @@ def render_html(blocks: list[tuple], out: Path) -> str:
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-__all__ = ["figure", "render_html", "render_markdown", "save_figure"]
+__all__ = ["CHANCE_FACTOR", "DOMINANT_SHARE", "evaluation_warnings", "figure", "render_html", "render_markdown",
+           "save_figure"]

@@ -9,11 +9,17 @@ import pytest
 from scipy import stats
 
 from gradmask.compare.stats import DiffInterval
-from gradmask.reproduce import make_plan, parse_data, reproduce, write_report
-from gradmask.reproduce import experiments
+from gradmask.reproduce import experiments, make_plan, parse_data, reproduce, write_report
 from gradmask.reproduce.presets import PRESETS, Evaluation
-from gradmask.reproduce.verdict import (DOES_NOT_HOLD, HOLDS, NOT_ESTABLISHED, combine, difference_interval,
-                                        mean_interval, verdict)
+from gradmask.reproduce.verdict import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    NOT_ESTABLISHED,
+    combine,
+    difference_interval,
+    mean_interval,
+    verdict,
+)
 
 TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=32, lr=0.05, schedule="onecycle",
                      warmup_epochs=0.5, augment="none", train_limit=96, test_limit=64, synthetic_train=96,
@@ -80,7 +86,8 @@ def test_parse_data_rejects_duplicates(tmp_path):
         parse_data([f"cifar10={tmp_path}", f"cifar10={tmp_path}"])
 
 
-@pytest.mark.parametrize("kwargs, match", [({"preset": "huge"}, "--preset"), ({"preset": "quick", "seeds": 0}, "--seeds"),
+@pytest.mark.parametrize("kwargs, match", [({"preset": "huge"}, "--preset"),
+                                           ({"preset": "quick", "seeds": 0}, "--seeds"),
                                            ({"preset": "quick", "device": "tpu"}, "device")])
 def test_make_plan_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -107,8 +114,9 @@ def test_difference_interval_drops_missing_values():
 
 
 @pytest.mark.parametrize("interval, margin, expected", [
-    ((1.0, 0.5, 1.5), 0.0, HOLDS), ((-1.0, -1.5, -0.5), 0.0, DOES_NOT_HOLD), ((0.2, -0.1, 0.5), 0.0, NOT_ESTABLISHED),
-    ((0.2, math.nan, math.nan), 0.0, NOT_ESTABLISHED), ((2.5, 2.1, 2.9), 2.0, HOLDS), ((1.5, 1.2, 1.8), 2.0, DOES_NOT_HOLD),
+    ((1.0, 0.5, 1.5), 0.0, HOLDS), ((-1.0, -1.5, -0.5), 0.0, DOES_NOT_HOLD),
+    ((0.2, -0.1, 0.5), 0.0, NOT_ESTABLISHED), ((0.2, math.nan, math.nan), 0.0, NOT_ESTABLISHED),
+    ((2.5, 2.1, 2.9), 2.0, HOLDS), ((1.5, 1.2, 1.8), 2.0, DOES_NOT_HOLD),
 ])
 def test_verdict_rule(interval, margin, expected):
     assert verdict(DiffInterval(*interval), margin) == expected
@@ -122,18 +130,28 @@ def test_combine_verdicts():
 
 
 # ------------------------------------------------------------------------------ end to end
+@pytest.fixture(autouse=True, scope="module")
+def short_cost_measurement():
+    """Table 2's cost step with 2 rounds of 1 step (the real one: 5 rounds of 2)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiments, "COST_ROUNDS", 2)
+        patch.setattr(experiments, "COST_STEPS", 1)
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lambda line: None)
-    return out, result
+    lines = []
+    result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lines.append, progress=True)
+    return out, dict(result, log=lines)
 
 
 @pytest.mark.slow
 def test_every_experiment_is_measured_and_reported(tiny_run):
     out, result = tiny_run
-    assert result["ran"] == ["train-synthetic", "train-synthetic-li-blur", "robustness", "saliency-synthetic",
-                             "sanity", "blur"]
+    assert result["ran"] == ["train-synthetic", "train-synthetic-li-blur", "cost", "robustness",
+                             "saliency-synthetic", "sanity", "blur"]
     results = json.loads((out / "results.json").read_text())
     assert list(results["sections"]) == SECTIONS
     for key, section in results["sections"].items():
@@ -143,6 +161,10 @@ def test_every_experiment_is_measured_and_reported(tiny_run):
         for seed in (0, 1):
             assert (out / "synthetic" / "runs" / f"{variant}-seed{seed}" / "final.json").is_file()
     assert (out / "synthetic" / "li-blur" / "none-seed1" / "final.json").is_file()
+    # not a terminal: one plain line per training run (8 + 2 li-blur), counted with an ETA, no bars
+    counted = [line for line in result["log"] if line.startswith("runs ")]
+    assert [line.split(":")[0] for line in counted] == [f"runs {k}/10" for k in range(1, 11)]
+    assert all("ETA" in line for line in counted) and not any("\r" in line for line in result["log"])
 
 
 @pytest.mark.slow
@@ -194,7 +216,7 @@ def test_second_invocation_resumes_without_measuring(tiny_run):
     out, _ = tiny_run
     before = {p.name: p.read_text() for p in (out / "steps").glob("*.json")}
     result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lambda line: None)
-    assert result["ran"] == [] and len(result["skipped"]) == 6
+    assert result["ran"] == [] and len(result["skipped"]) == 7
     assert {p.name: p.read_text() for p in (out / "steps").glob("*.json")} == before
 
 
@@ -314,3 +336,104 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
     colour = (image.max(-1) - image.min(-1) > 60).mean()  # the figures' coloured lines and maps
     assert 0.02 < ink < 0.9, ink
     assert colour > 0.002, colour
+
+
+# ------------------------------------------------------------------------------ sections from stored steps
+def _store(out, name, result):
+    from gradmask.reproduce.runner import write_step
+    write_step(out, name, {"settings": {}, "result": result, "wall_seconds": 1.0})
+
+
+def test_figure10_verdict_is_on_the_change_from_each_models_own_clean_accuracy(tmp_path):
+    """A weaker augmented model (15% vs 22% unblurred) that loses less under blur holds the claim,
+    though its raw accuracy under blur stays below the normal model's."""
+    from gradmask.reproduce.report import figure10
+    seeds = {str(k): {"baseline": [[0, 0.22 + d], [2, 0.14 + d], [4, 0.12 + d]],
+                      "li-blur": [[0, 0.15 + d], [2, 0.10 + d], [4, 0.09 + d]]}
+             for k, d in enumerate((0.0, 0.01, -0.01))}
+    _store(tmp_path, "blur", {"n_images": 10, "sigmas": [0, 2, 4], "seeds": seeds})
+    s = figure10(tmp_path, {})
+    assert s.verdicts[0][1] == HOLDS and s.verdict == HOLDS
+    change = s.numbers["change"]
+    assert change["baseline"] == pytest.approx([-0.09] * 3) and change["li-blur"] == pytest.approx([-0.055] * 3)
+    assert s.numbers["blurred_difference"]["high"] < 0     # raw accuracy under blur: lower
+    md = "\n".join(str(b) for b in s.blocks)
+    assert "unblurred accuracy (sigma 0)" in md and "mean accuracy over sigma > 0" in md
+
+
+def test_table2_cost_verdict_comes_from_paired_step_times(tmp_path):
+    from gradmask.reproduce.report import table2
+    ratios = {"none": [0.9, 0.92, 0.91], "lateral": [1.0, 1.0, 1.0], "norm": [1.0, 1.1, 1.05],
+              "pixel": [3.1, 2.9, 3.0]}
+    cost = {"dataset": "synthetic", "batch_size": 8, "image_size": 32, "rounds": 3, "steps": 1, "threads": 1,
+            "seconds": {v: [0.1 * x for x in r] for v, r in ratios.items()}, "ratios": ratios}
+    _store(tmp_path, "cost", cost)
+    s = table2(tmp_path, {}, "synthetic")
+    assert dict(s.verdicts)["pixel trains >= 2x slower than lateral (paired step times)"] == HOLDS
+    assert s.numbers["slowdown_pixel"]["diff"] == pytest.approx(3.0)
+    table = next(b for b in s.blocks if b[0] == "table")
+    # the paper's CIFAR-100 numbers are not put beside synthetic ones (one rule with Tables 1 and 3)
+    assert [row[1] for row in table[2]] == ["—"] * 3 and [row[6] for row in table[2]] == ["—"] * 3
+    assert [row[5] for row in table[2]] == ["1.00", "1.05", "3.00"]
+    # a cost step of another dataset is not used
+    _store(tmp_path, "cost", dict(cost, dataset="cifar10"))
+    assert dict(table2(tmp_path, {}, "synthetic").verdicts)[
+        "pixel trains >= 2x slower than lateral (paired step times)"] == NOT_ESTABLISHED
+
+
+# ------------------------------------------------------------------------------ progress
+def test_run_progress_logs_one_plain_line_per_run_with_elapsed_and_eta(tmp_path):
+    from types import SimpleNamespace
+
+    from gradmask.progress import RunProgress
+    now = [0.0]
+    lines = []
+    progress = RunProgress(4, bar=False, log=lines.append, clock=lambda: now[0])
+    progress.skipped(1)                                   # a training step found finished earlier
+    done_before = tmp_path / "b"
+    done_before.mkdir()
+    (done_before / "final.json").write_text("{}")
+
+    def fake_train(config):
+        now[0] += 0.0 if config.out == str(done_before) else 60.0
+        return config.out
+
+    train = progress.wrap(fake_train)
+    assert train(SimpleNamespace(out=str(tmp_path / "a"))) == str(tmp_path / "a")
+    train(SimpleNamespace(out=str(done_before)))
+    assert lines == [f"runs 2/4: {tmp_path / 'a'} trained in 1m00s; elapsed 1m00s, ETA 2m00s",
+                     f"runs 3/4: {done_before} finished earlier; elapsed 1m00s, ETA 1m00s"]
+    assert progress.eta() == pytest.approx(60.0)
+    assert not any("\r" in line for line in lines)
+    with pytest.raises(ValueError, match="done <= total"):
+        RunProgress(2, done=3)
+
+
+def test_evaluation_warnings_name_chance_level_and_one_class_images():
+    from gradmask.reporting import evaluation_warnings
+    near = evaluation_warnings(0.101, 10, what="the lateral model")
+    assert len(near) == 1 and "the lateral model is near chance level: accuracy 10.1%" in near[0]
+    assert evaluation_warnings(0.16, 10) == [] and evaluation_warnings(0.14, 10) != []
+    assert evaluation_warnings(None, 10) == [] and evaluation_warnings(float("nan"), 10) == []
+    one_class = evaluation_warnings(0.9, 10, [3] * 101)
+    assert len(one_class) == 1 and "101 images" in one_class[0] and "101 of class 3" in one_class[0]
+    assert evaluation_warnings(0.9, 10, [0, 1, 2, 3, 3]) == []        # 40%: not dominated
+    assert evaluation_warnings(0.9, 2, [1, 1, 1, 0]) == []            # two classes: no dominance rule
+    both = evaluation_warnings(0.101, 10, [7] * 5)
+    assert len(both) == 2
+
+
+def test_sections_warn_when_the_models_are_near_chance(tmp_path):
+    """A Table 3 evaluation at 10% accuracy on images of one class says so in its section."""
+    from gradmask.reproduce.report import table3
+    methods = {m: {"mean_iou": 0.4, "frac_iou_ge_05": 0.2, "n": 3} for m in ("limap", "gradcam", "gradcam++")}
+    ious = {m: [0.5, 0.4, 0.3] for m in methods}
+    model = {"methods": methods, "ious": ious, "index": [0, 1, 2], "accuracy": 0.101, "n_evaluated": 3,
+             "evaluated_labels": [4, 4, 4]}
+    _store(tmp_path, "saliency-synthetic", {"box_set": "synthetic", "n_images": 30, "num_classes": 10,
+                                             "seeds": {"0": {"lateral": model, "none": dict(model, accuracy=0.5)}},
+                                             "figure": None})
+    s = table3(tmp_path, {})
+    assert any("the lateral model of seed 0 on synthetic is near chance level" in w for w in s.warnings)
+    assert sum("dominated by one class" in w for w in s.warnings) == 2
+    assert any(b[0] == "p" and b[1].startswith("**Warning:**") for b in s.blocks)

@@ -34,7 +34,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-seeds", type=int, default=None, help="tuning runs per grid point (default 1)")
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="share of the training images held out for tuning, in (0, 0.5] (default 0.1)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars in the evaluations")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (bars are drawn only on a terminal; otherwise, and with this "
+                             "option, one line per training run)")
 
 
 def tuning_from_args(args: argparse.Namespace):

@@ -33,15 +33,16 @@ def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = N
 
 def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: str | None = None,
                train_fn: Callable | None = None, log: Callable[[str], None] = print,
-               tuning: Tuning | None = None, ablation: bool = False) -> dict:
+               tuning: Tuning | None = None, ablation: bool = False, progress: bool = False) -> dict:
     """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` with :func:`gradmask.compare.compare`
     (resuming finished / interrupted ones; it writes the comparison report of that folder), each
     variant first tuned on a validation split when ``tuning`` is given; ``ablation``: Table 2's
-    runs at their own scale. Returns ``{"runs": [paths], "config": fields}`` (+ ``"tuning"``)."""
+    runs at their own scale; ``progress``: the engine's epoch bar (a terminal). Returns
+    ``{"runs": [paths], "config": fields}`` (+ ``"tuning"``)."""
     fields = plan.training(dataset, ablation=ablation)
     if augment is not None:
         fields["augment"] = augment
-    base = TrainConfig(**fields, progress=False)
+    base = TrainConfig(**fields, progress=progress)
     folder = runs_dir(out, dataset, augment, ablation)
     tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
                                          tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)
@@ -52,6 +53,72 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
     if tuning is not None:
         result["tuning"] = read_tuning(folder)
     return result
+
+
+# ----------------------------------------------------------------------------- Table 2's cost
+COST_VARIANTS = ("none", "lateral", "norm", "pixel")
+COST_ROUNDS = 5          # timed rounds (a warm-up round before them is not recorded)
+COST_STEPS = 2           # timed steps per variant and round
+
+
+def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_STEPS) -> dict:
+    """Table 2's "trains 3 times slower", measured the way the benchmarks do: in one process, on one
+    model of Table 2's runs (seed 0's ``lateral`` checkpoint: its architecture and image size), one
+    fixed random batch of the runs' batch size; in each of ``rounds`` rounds every variant of
+    :data:`COST_VARIANTS` is attached in turn, settled by one step and timed over ``steps`` SGD
+    steps (forward, backward with the mask, optimizer), so drift and other load hit all variants
+    alike. Returns ``{"seconds": {variant: [s per step, per round]}, "ratios": {variant: [per-round
+    ratio to lateral]}, ...}``."""
+    import dataclasses
+    import time
+
+    import torch.nn.functional as F
+
+    from ..hooks import attach
+    from ..mask import GradientMask
+
+    if rounds < 2 or steps < 1:
+        raise ValueError(f"rounds must be >= 2 and steps >= 1, got {rounds} and {steps}")
+    device = torch.device(plan.device)
+    config = TrainConfig(**plan.training(plan.ablation, ablation=plan.separate_ablation))
+    run = Path(run_dir(runs_dir(out, plan.ablation, ablation=plan.separate_ablation), "lateral", 0))
+    state = read_checkpoint(run / "checkpoint.pt")
+    size = trained_image_size(TrainConfig.from_dict(dict(state["config"])), state["model_args"])
+    model, _ = load_checkpoint(run, map_location=device)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(config.batch_size, 3, size, size, generator=generator).to(device)
+    classes = int(state["model_args"]["num_classes"])
+    labels = torch.randint(0, classes, (config.batch_size,), generator=generator).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def sgd_step() -> None:
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds: dict[str, list[float]] = {v: [] for v in COST_VARIANTS}
+    for round_index in range(rounds + 1):  # round 0 warms up every variant
+        for variant in COST_VARIANTS:
+            gm = GradientMask.from_settings(dataclasses.replace(config, mask=variant))
+            handle = None if gm is None else attach(model, gm, targets=list(config.targets) if config.targets
+                                                    else None, skip_last=config.skip_last)
+            sgd_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                sgd_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index:
+                seconds[variant].append((time.perf_counter() - start) / steps)
+            if handle is not None:
+                handle.remove()
+    ratios = {v: [t / b for t, b in zip(seconds[v], seconds["lateral"])] for v in COST_VARIANTS}
+    return {"dataset": plan.ablation, "batch_size": config.batch_size, "image_size": size, "rounds": rounds,
+            "steps": steps, "threads": torch.get_num_threads(), "seconds": seconds, "ratios": ratios}
 
 
 # ----------------------------------------------------------------------------- Figures 5 and 6
@@ -115,9 +182,11 @@ def saliency(plan: Plan, out, box_set: str = "synthetic", progress: bool = False
                                           [data.boxes[i] for i in shown],
                                           {m: maps[: len(shown)] for m, maps in r["maps"].items()}, n=len(shown),
                                           titles=[data.classes[int(data.labels[i])] for i in shown])
+            evaluated = data.labels[r["index"]].tolist() if r["index"] else []
             seeds[str(seed)][variant] = {"methods": r["methods"], "ious": r["ious"], "index": r["index"],
-                                         "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"]}
-    return {"box_set": box_set, "n_images": int(data.images.shape[0]), "seeds": seeds,
+                                         "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"],
+                                         "evaluated_labels": [int(v) for v in evaluated]}
+    return {"box_set": box_set, "n_images": int(data.images.shape[0]), "num_classes": len(data.classes), "seeds": seeds,
             "figure": str(figure.relative_to(out)) if figure else None}
 
 

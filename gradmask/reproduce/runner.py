@@ -28,9 +28,10 @@ from typing import Callable
 import torch
 
 from ..files import ChecksumError, json_digest, verify, with_checksum, write_atomic
+from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
-from ..train.rundir import FINAL
 from ..train.distributed import is_main_process
+from ..train.rundir import FINAL
 from . import experiments
 from .presets import ABLATION_VARIANTS, Plan
 
@@ -45,6 +46,7 @@ class Step:
     settings: dict
     run: Callable[[], dict]
     training: bool = False
+    runs: int = 0            # training runs of a training step (tuning runs included)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -162,9 +164,14 @@ def _stale(step: "Step", stored: dict, runs: _Runs, trained: list[Path]) -> str 
         return f"a checkpoint it depends on is damaged ({exc})"
 
 
+def _tuning_runs(tuning, variants) -> int:
+    from ..compare.tuning import grid_points
+    return 0 if tuning is None else sum(len(grid_points(tuning, v)) for v in variants) * tuning.seeds
+
+
 def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = None,
           log: Callable[[str], None] = print) -> list[Step]:
-    """The steps of ``plan`` in execution order (all training first)."""
+    """The steps of ``plan`` in execution order (all training first); ``progress``: bars (a terminal)."""
     out = Path(out)
     ev = dataclasses.asdict(plan.preset.evaluation)
     result: list[Step] = []
@@ -181,18 +188,27 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
         title = f"{'tune, then ' if tuning else ''}train {', '.join(variants)} on {dataset}"
         result.append(Step(f"train-{dataset}", title, settings,
                            lambda d=dataset, v=variants, t=tuning: experiments.train_runs(
-                               plan, out, d, v, train_fn=train_fn, log=log, tuning=t), training=True))
+                               plan, out, d, v, train_fn=train_fn, log=log, tuning=t, progress=progress),
+                           training=True, runs=len(variants) * plan.seeds + _tuning_runs(tuning, variants)))
     if plan.separate_ablation:
         result.append(Step(f"train-{plan.ablation}-ablation",
                            f"train {', '.join(ABLATION_VARIANTS)} on {plan.ablation} (Table 2, its own scale)",
                            {"fields": plan.training(plan.ablation, ablation=True), "variants": ABLATION_VARIANTS,
                             "seeds": plan.seeds},
                            lambda: experiments.train_runs(plan, out, plan.ablation, ABLATION_VARIANTS,
-                                                          train_fn=train_fn, log=log, ablation=True), training=True))
+                                                          train_fn=train_fn, log=log, ablation=True,
+                                                          progress=progress),
+                           training=True, runs=len(ABLATION_VARIANTS) * plan.seeds))
     result.append(Step("train-synthetic-li-blur", "train none with the LI background blur on synthetic",
                        {"fields": plan.training("synthetic"), "seeds": plan.seeds},
                        lambda: experiments.train_runs(plan, out, "synthetic", ("none",), augment="li-blur",
-                                                      train_fn=train_fn, log=log), training=True))
+                                                      train_fn=train_fn, log=log, progress=progress),
+                       training=True, runs=plan.seeds))
+    result.append(Step("cost", f"training step time of {', '.join(experiments.COST_VARIANTS)} on {plan.ablation}, "
+                               f"interleaved in one process (Table 2)",
+                       {"fields": plan.training(plan.ablation, ablation=plan.separate_ablation),
+                        "rounds": experiments.COST_ROUNDS, "steps": experiments.COST_STEPS, "device": plan.device},
+                       lambda: experiments.training_cost(plan, out, experiments.COST_ROUNDS, experiments.COST_STEPS)))
     common = {"seeds": plan.seeds, "evaluation": ev}
     result.append(Step("robustness", f"pruning and FGSM on {plan.robustness} (Figures 5, 6)",
                        dict(common, dataset=plan.robustness),
@@ -232,6 +248,8 @@ def _json_safe(obj):
 def reproduce(plan: Plan, out, progress: bool = False, command: str | None = None,
               train_fn: Callable | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every step of ``plan`` in ``out``, then write ``report.md`` / ``report.html``.
+    Training runs are counted (runs done / total, elapsed, ETA): a bar when ``progress`` and stderr is
+    a terminal (with the engine's epoch bar and the evaluations' bars), else one ``log`` line per run.
 
     Returns ``{"report": paths, "ran": [step names measured now], "skipped": [finished earlier]}``."""
     from .report import write_report
@@ -239,16 +257,40 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
-    state_path = out / STATE
     state = read_state(out)
     state.update(preset=plan.preset.name, summary=plan.preset.summary, device=plan.device, seeds=plan.seeds,
                  data=dict(plan.data), machine=machine(), skipped=[list(s) for s in plan.skipped],
                  command=command or " ".join(["gradmask"] + sys.argv[1:]))
     state.setdefault("steps", {})
+    bars = progress and sys.stderr.isatty()
+    if train_fn is None:
+        from ..train import train as train_fn
+    counted: list[Callable] = []   # the counting train_fn, made once the steps (and so the total) are known
+
+    def train_counted(config):
+        return counted[0](config)
+
+    all_steps = steps(plan, out, bars, train_counted, log)
+    counter = RunProgress(sum(s.runs for s in all_steps), bar=bars and main, log=log if main else (lambda line: None))
+    counted.append(counter.wrap(train_fn))
+    try:
+        ran, done = _run_steps(all_steps, out, main, state, counter, log)
+    finally:
+        counter.close()
+    if not main:
+        return {"report": None, "ran": ran, "skipped": done}
+    _write_json(out / STATE, state)
+    paths = write_report(out)
+    log(f"wrote {paths['markdown']} and {paths['html']}")
+    return {"report": paths, "ran": ran, "skipped": done}
+
+
+def _run_steps(all_steps: list[Step], out: Path, main: bool, state: dict, counter: RunProgress,
+               log: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """Run the steps not finished earlier, storing each result; ``(ran, skipped)`` step names."""
     ran, done = [], []
     runs = _Runs(out)
     trained: list[Path] = []  # the run folders of the training steps so far
-    all_steps = steps(plan, out, progress, train_fn, log)
     for k, step in enumerate(all_steps, 1):
         if not main and not step.training:
             continue
@@ -258,6 +300,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
                                             else _stale(step, stored, runs, trained))
         if why is None:
             log(f"[{k}/{len(all_steps)}] {step.title}: finished earlier")
+            counter.skipped(step.runs)
             done.append(step.name)
             if step.training:
                 trained += [runs.locate(r) for r in stored.get("outputs") or stored["result"].get("runs", [])]
@@ -279,11 +322,6 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
                 record["inputs"] = {runs.relative(p): identity for p, identity in reads.items()}
             write_step(out, step.name, record)
             state["steps"][step.name] = {"title": step.title, "wall_seconds": wall}
-            _write_json(state_path, state)
+            _write_json(out / STATE, state)
         ran.append(step.name)
-    if not main:
-        return {"report": None, "ran": ran, "skipped": done}
-    _write_json(state_path, state)
-    paths = write_report(out)
-    log(f"wrote {paths['markdown']} and {paths['html']}")
-    return {"report": paths, "ran": ran, "skipped": done}
+    return ran, done

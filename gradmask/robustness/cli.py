@@ -26,11 +26,11 @@ import torch
 
 from ..commands import register
 from ..device import resolve_device
+from ..reporting import evaluation_warnings
 from .evalset import evaluation_loader
 from .fgsm import check_epsilons, fgsm_curve
 from .gsnr import gsnr, gsnr_summary
 from .pruning import SCHEMES, check_sparsities, pruning_curve
-from ..reporting import evaluation_warnings
 from .report import write_report
 
 DEFAULT_EPSILONS = "0,1,2,4,8"

@@ -20,12 +20,14 @@ import torch
 
 from ..commands import register
 from ..device import resolve_device
+from ..reporting import evaluation_warnings
 from . import boxes as _boxes
 from .evaluate import (
     METHODS,
     default_cam_layer,
     evaluate_localization,
     make_method,
+    predict,
     save_figure_grid,
     write_localization_report,
 )
@@ -196,7 +198,13 @@ def saliency_command(args: argparse.Namespace) -> int:
                                   titles=[data.classes[int(data.labels[i])] for i in shown])
     setting = {"checkpoint": args.checkpoint, "model": config.model, "mask": config.mask,
                "data": _describe(args, name, data)}
+    warnings = evaluation_warnings(results["accuracy"], len(data.classes), data.labels[results["index"]].tolist()
+                                   if results["index"] else ())
+    if warnings:
+        setting["warning"] = "; ".join(warnings)
     paths = write_localization_report(out, results, setting, figure)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{'method':<10} {'mean IoU':>9} {'IoU>=0.5':>9} {'images':>7}")
     for m, r in results["methods"].items():
         print(f"{m:<10} {r['mean_iou']:>9.3f} {r['frac_iou_ge_05']:>9.3f} {r['n']:>7}")
@@ -241,7 +249,13 @@ def sanity_command(args: argparse.Namespace) -> int:
     setting = {"checkpoint": args.checkpoint, "model": config.model, "mask": config.mask,
                "data": _describe(args, name, data), "granularity": args.granularity, "seed": args.seed,
                "grad-cam layer": layer}
+    accuracy = float((predict(model, data.images, args.batch_size) == data.labels).double().mean())
+    warnings = evaluation_warnings(accuracy, len(data.classes), data.labels.tolist())
+    if warnings:
+        setting["warning"] = "; ".join(warnings)
     paths = write_sanity_report(out, results, setting)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{'step':<5} {'randomized':<16} " + " ".join(f"{m + ' rho/ssim':>22}" for m in methods))
     for i, s in enumerate(results[methods[0]]):
         cells = " ".join(f"{results[m][i]['spearman']:>10.3f} / {results[m][i]['ssim']:>9.3f}" for m in methods)
@@ -290,7 +304,14 @@ def blur_eval_command(args: argparse.Namespace) -> int:
         models[label] = f"{t.config.model}, mask {t.config.mask}"
     out = Path(args.out) if args.out else _run_dir(args.runs[0]).parent / "blur-eval"
     setting = {"data": _describe(args, name, data), "models": models}
+    warnings = [w for label in labels for w in evaluation_warnings(
+        next((a for s, a in curves[label] if s == 0), None), len(data.classes), data.labels.tolist(),
+        what=f"model {label} (unblurred)")]
+    if warnings:
+        setting["warning"] = "; ".join(warnings)
     paths = write_blur_report(out, curves, setting)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{'sigma':>6} " + " ".join(f"{label[:20]:>20}" for label in labels))
     for j, s in enumerate(sigmas):
         print(f"{s:>6g} " + " ".join(f"{curves[label][j][1]:>20.4f}" for label in labels))

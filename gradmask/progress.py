@@ -1,0 +1,93 @@
+"""Overall progress of a sequence of training runs (``reproduce``, ``compare``): runs done / total,
+elapsed time and an ETA.
+
+On a terminal a tqdm bar (each run's epoch bar, drawn by the engine, sits beneath it); otherwise one
+plain line per finished run through ``log``, never a carriage return, so a redirected log stays
+readable. The ETA is the mean time of the runs trained so far times the runs left (runs that were
+finished before, which return at once, do not count towards it). A leaf module.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+
+def fmt_seconds(seconds: Optional[float]) -> str:
+    """``"1h02m"``, ``"4m05s"``, ``"12s"``; ``"?"`` for None."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class RunProgress:
+    """Counts runs as they finish. ``total`` runs in all, ``done`` of them finished before;
+    ``bar``: draw a tqdm bar on stderr (a terminal), else ``log`` one line per run."""
+
+    def __init__(self, total: int, done: int = 0, bar: bool = False, log: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if total < 0 or not 0 <= done <= max(total, 0):
+            raise ValueError(f"need 0 <= done <= total, got done {done}, total {total}")
+        self.total, self.done, self.log, self.clock = total, done, log, clock
+        self.start = clock()
+        self.trained: list[float] = []  # seconds of each run trained in this process
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=done, desc="runs", unit="run", file=sys.stderr,
+                             dynamic_ncols=True, bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {postfix}")
+            self._bar.set_postfix_str(self._times(), refresh=True)
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: the mean trained run times the runs left (None before the first trained run)."""
+        if self.done >= self.total:
+            return 0.0
+        if not self.trained:
+            return None
+        return sum(self.trained) / len(self.trained) * (self.total - self.done)
+
+    def _times(self) -> str:
+        return f"elapsed {fmt_seconds(self.clock() - self.start)}, ETA {fmt_seconds(self.eta())}"
+
+    def finished(self, name: str, seconds: float, trained: bool) -> None:
+        """Record one finished run (``trained``: it trained now, rather than having finished before)."""
+        self.done += 1
+        if trained:
+            self.trained.append(seconds)
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._times(), refresh=False)
+            self._bar.update(1)
+        else:
+            status = f"trained in {fmt_seconds(seconds)}" if trained else "finished earlier"
+            self.log(f"runs {self.done}/{self.total}: {name} {status}; {self._times()}")
+
+    def skipped(self, runs: int) -> None:
+        """Count ``runs`` finished before (a step found done) without a line of their own."""
+        self.done = min(self.total, self.done + runs)
+        if self._bar is not None:
+            self._bar.update(runs)
+
+    def wrap(self, train_fn: Callable) -> Callable:
+        """``train_fn(config)`` counted: a run whose ``config.out`` held ``final.json`` before the call
+        finished earlier, any other trained now."""
+        def counted(config):
+            before = (Path(config.out) / "final.json").is_file()
+            start = self.clock()
+            result = train_fn(config)
+            self.finished(str(config.out), self.clock() - start, trained=not before)
+            return result
+        return counted
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+__all__ = ["RunProgress", "fmt_seconds"]
