@@ -14,6 +14,7 @@ import importlib
 from .hooks import MaskHandle, attach, default_targets, no_gradient_mask, register_residual_block, residual_blocks
 from .laplacian import LoGFilter
 from .mask import GradientMask
+from .settings import MaskSettings
 
 __version__ = "0.1.0"
 
@@ -32,7 +33,8 @@ _LAZY = {
 }
 
 __all__ = ["GSNRProbe", "GradCAM", "GradCAMPlusPlus", "GradientMask", "LIBackgroundBlur", "LIMap", "LoGFilter",
-           "MaskHandle", "Normalized", "attach", "box_iou", "create_model", "default_targets", "fgsm", "fgsm_curve",
+           "MaskHandle", "MaskSettings", "Normalized", "attach", "box_iou", "create_model", "default_targets", "fgsm",
+           "fgsm_curve",
            "gsnr", "gsnr_summary", "list_models", "localization_scores", "no_gradient_mask", "plot_gsnr",
            "pruning_curve", "register_residual_block", "residual_blocks", "saliency_box", "saliency_boxes",
            "select_images"]

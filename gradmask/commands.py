@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from .mask import MASK_MODES
+from .settings import MASK_MODES
 
 
 @dataclass

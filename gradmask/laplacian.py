@@ -30,11 +30,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-KERNELS = ("log", "authors")
+from .settings import DEFAULTS, check_log_settings
+
 CPU_BLOCK_BYTES = 1 << 20  # maps per CPU block: about one L2 cache
 DENSE_MAX_POSITIONS = 256  # largest H*W filtered through the dense (HW x HW) operator
 BANDED_MAX_RADIUS = 4      # largest window radius of the compiled banded filter
-PADDINGS = ("reflect", "zero")
 COMPILED_VERSION = 2       # what gradmask_compiled_version() of a current build of _banded.c returns
 
 
@@ -189,18 +189,9 @@ class LoGFilter:
     (``kernel_size <= 2*side - 1``); with ``"zero"`` a larger kernel is cropped, which is exact.
     """
 
-    def __init__(self, sigma: float = 11.0, kernel_size: Optional[int] = 5,
-                 kernel: str = "log", padding: str = "reflect", banded: bool = True):
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-        if kernel_size is not None:
-            if (isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1
-                    or kernel_size % 2 == 0):
-                raise ValueError(f"kernel_size must be an odd integer >= 1 or None, got {kernel_size!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    def __init__(self, sigma: float = DEFAULTS.sigma, kernel_size: Optional[int] = DEFAULTS.kernel_size,
+                 kernel: str = DEFAULTS.kernel, padding: str = DEFAULTS.padding, banded: bool = True):
+        check_log_settings(sigma, kernel_size, kernel, padding)
         self.sigma = float(sigma)
         self.kernel_size = kernel_size
         self.kernel = kernel

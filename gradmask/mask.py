@@ -1,6 +1,7 @@
 """The Gradient Mask (Algorithm 1) and the two ablations of Table 2."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -9,17 +10,10 @@ import torch
 
 from .laplacian import CPU_BLOCK_BYTES, LoGFilter, compiled_library
 from .selection import kth_smallest_and_max
+from .settings import DEFAULTS, MaskSettings, check_inhibition_rate
 
-MODES = ("lateral", "norm", "pixel")
-MASK_MODES = ("none", *MODES)  # the choices of a `mask` setting: no mask, or a mode
 NORM_SCALE_EXPONENT = 48  # before squaring, a sample's largest |g| is scaled into [2**47, 2**48)
 _MINUS_INF = torch.tensor(-math.inf)  # a 0-d CPU scalar: usable with tensors on any device
-
-
-def _checked_rate(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
-        raise ValueError(f"inhibition_rate must be in [0, 1), got {value!r}")
-    return float(value)
 
 
 def _sample_scales(grad: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
@@ -103,13 +97,12 @@ class GradientMask:
     The mask is computed in float32 (float64 for float64 gradients) and carries no autograd.
     """
 
-    def __init__(self, groups: int = 16, sigma: float = 11.0, kernel_size: Optional[int] = 5,
-                 kernel: str = "log", padding: str = "reflect", inhibition_rate: float = 0.5,
-                 mode: str = "lateral"):
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    def __init__(self, groups: int = DEFAULTS.groups, sigma: float = DEFAULTS.sigma,
+                 kernel_size: Optional[int] = DEFAULTS.kernel_size, kernel: str = DEFAULTS.kernel,
+                 padding: str = DEFAULTS.padding, inhibition_rate: float = DEFAULTS.inhibition_rate,
+                 mode: str = DEFAULTS.mode):
+        MaskSettings(groups=groups, sigma=sigma, kernel_size=kernel_size, kernel=kernel, padding=padding,
+                     inhibition_rate=inhibition_rate, mode=mode)  # validates, naming the bad one
         self.groups = groups
         self.inhibition_rate = inhibition_rate
         self.mode = mode
@@ -118,14 +111,21 @@ class GradientMask:
 
     @classmethod
     def from_settings(cls, settings) -> Optional["GradientMask"]:
-        """The mask an object with ``mask`` (a mode or ``"none"``), ``groups``, ``sigma``,
-        ``kernel_size``, ``kernel``, ``padding`` and ``inhibition_rate`` attributes describes (a
-        :class:`gradmask.train.TrainConfig`, parsed command-line options); None for ``"none"``."""
-        if settings.mask == "none":
-            return None
-        return cls(groups=settings.groups, sigma=settings.sigma, kernel_size=settings.kernel_size,
-                   kernel=settings.kernel, padding=settings.padding, inhibition_rate=settings.inhibition_rate,
-                   mode=settings.mask)
+        """The mask of a :class:`gradmask.MaskSettings`, or of an object with ``mask`` (a mode or
+        ``"none"``), ``groups``, ``sigma``, ``kernel_size``, ``kernel``, ``padding`` and
+        ``inhibition_rate`` attributes (a :class:`gradmask.train.TrainConfig`, parsed command-line
+        options); None for ``"none"``."""
+        if not isinstance(settings, MaskSettings):
+            settings = MaskSettings.of(settings)
+            if settings is None:
+                return None
+        return cls(**dataclasses.asdict(settings))
+
+    @property
+    def settings(self) -> MaskSettings:
+        """This mask's settings (the inhibition rate as it is now)."""
+        return MaskSettings(groups=self.groups, sigma=self.sigma, kernel_size=self.kernel_size, kernel=self.kernel,
+                            padding=self.padding, inhibition_rate=self.inhibition_rate, mode=self.mode)
 
     @property
     def inhibition_rate(self) -> float:
@@ -134,7 +134,7 @@ class GradientMask:
 
     @inhibition_rate.setter
     def inhibition_rate(self, value: float) -> None:
-        self._inhibition_rate = _checked_rate(value)
+        self._inhibition_rate = check_inhibition_rate(value)
 
     @property
     def sigma(self) -> float:

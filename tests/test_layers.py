@@ -8,7 +8,7 @@ from pathlib import Path
 import gradmask
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"gradmask", "gradmask.hooks", "gradmask.laplacian", "gradmask.mask", "gradmask.selection"}
+CORE = {"gradmask", "gradmask.hooks", "gradmask.laplacian", "gradmask.mask", "gradmask.selection", "gradmask.settings"}
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -76,6 +76,41 @@ def test_plugin_modules_register_with_the_engine():
 
 
 def test_all_lists_the_core_and_every_lazy_name():
-    core = {"GradientMask", "LoGFilter", "MaskHandle", "attach", "default_targets", "no_gradient_mask",
+    core = {"GradientMask", "LoGFilter", "MaskHandle", "MaskSettings", "attach", "default_targets", "no_gradient_mask",
             "register_residual_block", "residual_blocks"}
     assert set(gradmask.__all__) == core | set(gradmask._LAZY)
+
+
+def test_mask_settings_own_the_defaults():
+    """One owner per setting: GradientMask, LoGFilter, LI-Map / blur and TrainConfig take the
+    defaults of MaskSettings (TrainConfig's groups excepted: see its docstring)."""
+    import dataclasses
+    import inspect
+
+    import pytest
+
+    from gradmask.saliency import LIBackgroundBlur, LIMap
+    from gradmask.settings import DEFAULTS, MaskSettings
+    from gradmask.train import TrainConfig
+    values = dataclasses.asdict(DEFAULTS)
+    assert gradmask.GradientMask().settings == DEFAULTS
+    for cls in (gradmask.LoGFilter, LIMap, LIBackgroundBlur):
+        params = inspect.signature(cls).parameters
+        for name in ("sigma", "kernel_size", "kernel", "padding"):
+            assert params[name].default == values[name], (cls, name)
+    config = TrainConfig()
+    for name in ("sigma", "kernel_size", "kernel", "padding", "inhibition_rate"):
+        assert getattr(config, name) == values[name], name
+    assert MaskSettings.of(config) == dataclasses.replace(DEFAULTS, groups=config.groups)
+    assert MaskSettings.of(config.replace(mask="none")) is None
+    assert gradmask.GradientMask.from_settings(MaskSettings(groups=2, mode="pixel")).settings.mode == "pixel"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.groups = 3
+    for bad, match in [(dict(groups=0), "groups must be an integer >= 1"), (dict(sigma=-1), "sigma must be"),
+                       (dict(kernel_size=4), "kernel_size must be an odd integer"), (dict(kernel="x"), "kernel must"),
+                       (dict(padding="x"), "padding must"), (dict(inhibition_rate=1.0), r"inhibition_rate must be in"),
+                       (dict(mode="none"), "mode must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            MaskSettings(**bad)
+        with pytest.raises(ValueError, match=match.split()[0]):
+            gradmask.GradientMask(**bad)

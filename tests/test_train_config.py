@@ -16,7 +16,7 @@ def test_defaults_are_the_paper_hyperparameters_on_the_synthetic_data():
         "synthetic", "resnet18_narrow", 128, 0.1, 0.9, 5e-4)
     assert (c.schedule, c.milestones, c.gamma, c.epochs) == ("multistep", (60, 120, 160), 0.2, 200)
     assert (c.mask, c.groups, c.sigma, c.kernel_size, c.kernel, c.padding, c.inhibition_rate, c.skip_last) == (
-        "lateral", 16, 11.0, 5, "log", "reflect", 0.5, 2)
+        "lateral", 4, 11.0, 5, "log", "reflect", 0.5, 2)  # K=4: the paper's channels per set on the narrow net
     assert c.augment == "crop-flip" and c.seed == 0 and c.device == "auto" and c.amp == "none"
     assert c.gsnr_every == 0  # GSNR probing off unless asked for
 
@@ -26,6 +26,7 @@ def test_paper_preset():
     assert (c.model, c.stem, c.epochs, c.batch_size, c.lr, c.weight_decay, c.momentum) == (
         "resnet18", "cifar", 200, 128, 0.1, 5e-4, 0.9)
     assert (c.schedule, c.milestones, c.gamma) == ("multistep", (60, 120, 160), 0.2)
+    assert c.groups == 16  # the paper's K on ResNet-18
 
 
 def test_quick_preset_is_small_and_overridable():

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..files import write_atomic, write_csv
-from ..mask import MASK_MODES
 from ..reporting import figure, render_html, render_markdown, save_figure
+from ..settings import MASK_MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 from .tuning import point_label, read_tuning
 

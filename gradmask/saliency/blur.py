@@ -11,6 +11,7 @@ from torch import nn
 
 from ..laplacian import LoGFilter
 from ..selection import kth_smallest
+from ..settings import DEFAULTS
 from .limap import LIMap
 
 
@@ -80,8 +81,9 @@ class LIBackgroundBlur:
     """
 
     def __init__(self, model: Optional[nn.Module] = None, rate: float = 0.5, quantile: float = 0.5,
-                 blur_sigma: float = 2.0, sigma: float = 11.0, kernel_size: Optional[int] = 5,
-                 target_layers=None, kernel: str = "log", padding: str = "reflect",
+                 blur_sigma: float = 2.0, sigma: float = DEFAULTS.sigma,
+                 kernel_size: Optional[int] = DEFAULTS.kernel_size, target_layers=None,
+                 kernel: str = DEFAULTS.kernel, padding: str = DEFAULTS.padding,
                  seed: Optional[int] = None):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate!r}")

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..hooks import residual_blocks
 from ..laplacian import LoGFilter
+from ..settings import DEFAULTS
 from .base import SaliencyMethod, relu_layers, resize
 
 ABSOLUTE = ("layer", "sum")
@@ -56,8 +57,9 @@ class LIMap(SaliencyMethod):
         absolute: ``"layer"`` (default) or ``"sum"``, see above.
     """
 
-    def __init__(self, model: nn.Module, target_layers=None, sigma: float = 11.0,
-                 kernel_size: Optional[int] = 5, padding: str = "reflect", kernel: str = "log",
+    def __init__(self, model: nn.Module, target_layers=None, sigma: float = DEFAULTS.sigma,
+                 kernel_size: Optional[int] = DEFAULTS.kernel_size, padding: str = DEFAULTS.padding,
+                 kernel: str = DEFAULTS.kernel,
                  absolute: str = "layer"):
         if absolute not in ABSOLUTE:
             raise ValueError(f"absolute must be one of {ABSOLUTE}, got {absolute!r}")

@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..mask import MASK_MODES
 from ..models import list_models
+from ..settings import DEFAULTS as MASK_DEFAULTS
+from ..settings import MASK_MODES, MaskSettings
 from .augment import augment_names
 from .inhibition import INHIBITION_SCHEDULES
 
@@ -23,12 +24,17 @@ SCHEDULES = ("multistep", "cosine", "onecycle")
 AMP_MODES = ("none", "bf16", "fp16")
 MAX_VAL_FRACTION = 0.5  # the largest share of the training images a validation split may take
 
+# The default model is ResNet-18 at a quarter of its width (16/32/64 channels at the masked blocks,
+# quick on a CPU); K=4 keeps the paper's channels per set there (K=16 on ResNet-18's 64/128/256:
+# 4/8/16 per set). The mask's own default (gradmask.settings.DEFAULTS.groups) is the paper's 16.
+DEFAULT_GROUPS = 4
+
 #: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR recipe (it keeps the original ResNet's hyperparameters for both arms):
     # SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 200 epochs, lr x0.2 at 60/120/160,
     # ResNet-18 with the CIFAR stem, random crop (pad 4) + horizontal flip.
-    "paper": dict(model="resnet18", stem="cifar", epochs=200, batch_size=128, lr=0.1, momentum=0.9,
+    "paper": dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch_size=128, lr=0.1, momentum=0.9,
                   weight_decay=5e-4, nesterov=False, schedule="multistep", milestones=(60, 120, 160),
                   gamma=0.2, warmup_epochs=0.0, label_smoothing=0.0, augment="crop-flip"),
     # About a minute on 2 CPU cores on the synthetic data, clearly above chance (see README).
@@ -83,7 +89,8 @@ class TrainConfig:
     (``torch.compile``).
 
     Gradient mask: ``mask`` "none" (vanilla) or a :class:`gradmask.GradientMask` mode, with
-    ``groups``, ``sigma``, ``kernel_size`` (None: full), ``kernel``, ``padding``,
+    ``groups`` (default 4: the paper's channels per set on the default ``resnet18_narrow``; the
+    "paper" preset sets 16 for ResNet-18), ``sigma``, ``kernel_size`` (None: full), ``kernel``, ``padding``,
     ``inhibition_rate``, ``targets`` (module names / patterns; None: every residual block but
     the last ``skip_last``). ``inhibition_schedule`` sets the rate every step
     (:mod:`gradmask.train.inhibition`): "constant" (``inhibition_rate``), "warmup" (linear from 0
@@ -128,14 +135,14 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
-    # gradient mask
-    mask: str = "lateral"
-    groups: int = 16
-    sigma: float = 11.0
-    kernel_size: Optional[int] = 5
-    kernel: str = "log"
-    padding: str = "reflect"
-    inhibition_rate: float = 0.5
+    # gradient mask (defaults: gradmask.settings.DEFAULTS, but groups: see DEFAULT_GROUPS)
+    mask: str = MASK_DEFAULTS.mode
+    groups: int = DEFAULT_GROUPS
+    sigma: float = MASK_DEFAULTS.sigma
+    kernel_size: Optional[int] = MASK_DEFAULTS.kernel_size
+    kernel: str = MASK_DEFAULTS.kernel
+    padding: str = MASK_DEFAULTS.padding
+    inhibition_rate: float = MASK_DEFAULTS.inhibition_rate
     inhibition_schedule: str = "constant"
     inhibition_warmup: float = 0.0
     targets: Optional[tuple[str, ...]] = None
@@ -197,6 +204,14 @@ class TrainConfig:
             return self.out
         model = self.model.replace(":", "_").replace("/", "_")
         return f"runs/{self.dataset}-{model}-{self.mask}-seed{self.seed}"
+
+    def mask_settings(self) -> Optional[MaskSettings]:
+        """The run's :class:`gradmask.MaskSettings`: None for ``mask="none"`` (its mask fields are
+        validated all the same: ValueError naming the first bad one)."""
+        settings = MaskSettings(groups=self.groups, sigma=self.sigma, kernel_size=self.kernel_size,
+                                kernel=self.kernel, padding=self.padding, inhibition_rate=self.inhibition_rate,
+                                mode=MASK_DEFAULTS.mode if self.mask == "none" else self.mask)
+        return None if self.mask == "none" else settings
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -289,14 +304,7 @@ class TrainConfig:
         boolean("compile")
         # gradient mask
         choice("mask", MASK_MODES)
-        positive_int("groups")
-        number("sigma", 0.0, lo_open=True)
-        if self.kernel_size is not None and (not _is_int(self.kernel_size) or self.kernel_size < 1
-                                             or self.kernel_size % 2 == 0):
-            raise bad("kernel_size", "an odd integer >= 1 or None (the full 2*ceil(3 sigma)+1 window)")
-        choice("kernel", ("log", "authors"))
-        choice("padding", ("reflect", "zero"))
-        number("inhibition_rate", 0.0, 1.0)
+        self.mask_settings()
         choice("inhibition_schedule", INHIBITION_SCHEDULES)
         number("inhibition_warmup", 0.0)
         if self.inhibition_warmup > self.epochs:
