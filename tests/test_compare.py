@@ -249,14 +249,18 @@ def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare_cli, "_train_cli", types.SimpleNamespace(
         add_train_arguments=add_train_arguments, config_from_args=config_from_args))
     calls = []
-    real_compare = compare_cli.compare
-    monkeypatch.setattr(compare_cli, "compare", lambda *a, **k: real_compare(*a, train_fn=fake_train(calls), **k))
+    monkeypatch.setattr("gradmask.train.train", fake_train(calls))
     out = tmp_path / "c"
     assert main(["compare", "--variants", "none,norm", "--seeds", "2", "--epochs", "4", "--lr", "0.02",
                  "--out", str(out)]) == 0
     assert sorted((c.mask, c.seed) for c in calls) == [("none", 0), ("none", 1), ("norm", 0), ("norm", 1)]
     assert all(c.epochs == 4 and c.lr == 0.02 and c.out.startswith(str(out)) for c in calls)
-    assert (out / "report.html").is_file() and "[4/4]" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert (out / "report.html").is_file() and "[4/4]" in printed.out
+    # not a terminal: one plain line per run with elapsed time and ETA, no carriage returns
+    counted = [line for line in printed.out.splitlines() if line.startswith("runs ")]
+    assert [line.split(":")[0] for line in counted] == [f"runs {k}/4" for k in range(1, 5)]
+    assert all("ETA" in line for line in counted) and "\r" not in printed.out + printed.err
 
 
 def test_cli_with_real_train_config(tmp_path, monkeypatch):
@@ -274,7 +278,8 @@ def test_cli_with_real_train_config(tmp_path, monkeypatch):
         return {}
 
     real_compare = compare_cli.compare
-    monkeypatch.setattr(compare_cli, "compare", lambda *a, **k: real_compare(*a, train_fn=train_fn, log=None, **k))
+    monkeypatch.setattr(compare_cli, "compare", lambda *a, **k: real_compare(*a, log=None, **k))
+    monkeypatch.setattr("gradmask.train.train", train_fn)
     out = tmp_path / "real"
     assert main(["compare", "--preset", "quick", "--epochs", "3", "--inhibition-rate", "0.3", "--variants",
                  "none,pixel", "--seeds", "2", "--seed-offset", "1", "--out", str(out)]) == 0

@@ -270,6 +270,7 @@ def test_progress_bar_and_optional_tensorboard(tmp_path, capsys):
             train(config)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "img/s" in err
+    assert "\r" not in err      # not a terminal: the epoch's summary line, no bar fragments
 
 
 def test_gsnr_probe_draws_a_fixed_random_subset_of_class_ordered_data():

@@ -8,12 +8,14 @@ exactly the options ``gradmask train`` takes, except ``--mask`` / ``--seed`` (re
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..commands import register
+from ..progress import RunProgress
 from ..train import cli as _train_cli
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare
-from .tuning import DEFAULT_VAL_FRACTION, make_tuning, parse_tune
+from .tuning import DEFAULT_VAL_FRACTION, grid_points, make_tuning, parse_tune
 
 
 class _Replaced(argparse.Action):
@@ -73,8 +75,17 @@ def run(args: argparse.Namespace) -> int:
         paths = write_report(args.out)
     else:
         base = _train_cli.config_from_args(args)
-        compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset, tune=tune,
-                tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds, val_fraction=args.tune_val_fraction)
+        from ..train import train
+        tuning_runs = 0 if tune is None else args.tune_seeds * sum(
+            len(grid_points(make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction), v))
+            for v in variants)
+        progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty())
+        try:
+            compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset, tune=tune,
+                    tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds, val_fraction=args.tune_val_fraction,
+                    train_fn=progress.wrap(train))
+        finally:
+            progress.close()
         paths = report_paths(args.out)
     print(summary_text(args.out), end="")
     print(f"report: {paths['markdown']} and {paths['html']} (figures {paths['accuracy'].name}, "

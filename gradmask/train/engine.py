@@ -297,7 +297,7 @@ def _train_epoch(ctx: TrainContext, epoch: int, criterion, autocast, batch_augme
     lr = optimizer.param_groups[0]["lr"]
     total_steps = config.epochs * data.train_steps
     bar = tqdm(total=data.train_steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-               disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr)
+               disable=not show or not sys.stderr.isatty(), leave=False, dynamic_ncols=True, file=sys.stderr)
     with bar:
         for step, (x, y) in enumerate(data.train_batches()):
             if ctx.inhibition is not None:
