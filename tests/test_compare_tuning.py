@@ -232,7 +232,7 @@ def test_a_value_of_the_wrong_type_fails_before_anything_trains(tmp_path):
     fake = FakeTrain(lambda c: 0.5)
     with pytest.raises(ValueError, match=r"tune \(lr='fast'.*lr must be a number"):
         compare(tiny(), ("none", "lateral"), 1, tmp_path, train_fn=fake, log=None, tune={"lr": [0.1, "fast"]})
-    with pytest.raises(ValueError, match=r"tune \(inhibition_rate=2.0\): inhibition_rate must be a number >= 0.0"):
+    with pytest.raises(ValueError, match=r"tune \(inhibition_rate=2.0\): inhibition_rate must be in \[0, 1\)"):
         compare(tiny(), ("none", "lateral"), 1, tmp_path, train_fn=fake, log=None, tune={"inhibition_rate": [2.0]})
     assert fake.calls == []
 
