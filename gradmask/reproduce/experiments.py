@@ -207,7 +207,7 @@ def sanity(plan: Plan, out, progress: bool = False) -> dict:
         result = cascading_randomization(model, data.images, factory, seed=0, return_maps=name == "limap",
                                          progress=progress)
         if name == "limap":
-            save_sanity_maps(Path(out) / FIGURES / "sanity-maps.png", data.images, result)
+            save_sanity_maps(Path(out) / FIGURES / "sanity-maps.png", data.images, result, method="LI-Map")
         steps[name] = [{k: v for k, v in s.items() if k != "maps"} for s in result]
     plot_sanity(Path(out) / FIGURES / "sanity.png", steps)
     return {"n_images": int(data.images.shape[0]), "gradcam_layer": layer, "steps": steps,

@@ -244,7 +244,7 @@ def sanity_command(args: argparse.Namespace) -> int:
         steps = cascading_randomization(model, data.images, lambda mod, m=m: make_method(m, mod, layer),
                                         seed=args.seed, granularity=args.granularity,
                                         batch_size=args.batch_size, return_maps=True, progress=True)
-        save_sanity_maps(out / f"sanity_maps_{m.replace('+', 'p')}.png", data.images, steps)
+        save_sanity_maps(out / f"sanity_maps_{m.replace('+', 'p')}.png", data.images, steps, method=m)
         results[m] = steps
     setting = {"checkpoint": args.checkpoint, "model": config.model, "mask": config.mask,
                "data": _describe(args, name, data), "granularity": args.granularity, "seed": args.seed,

@@ -319,21 +319,38 @@ def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, l
     return save_figure(fig, path)
 
 
-def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps: list, n: int = 4) -> Path:
-    """The maps of the first ``n`` images (rows) at every step (columns; needs ``return_maps``)."""
+def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps: list, n: int = 4,
+                     method: str = "saliency") -> Path:
+    """The ``method`` maps of the first ``n`` images (rows) at every step (columns: the trained
+    model, then after randomizing each group top-down, labelled by step number and group; needs
+    ``return_maps``), with the map's colour scale."""
+    import textwrap
+
     if not steps or "maps" not in steps[0]:
         raise ValueError("steps must come from cascading_randomization(..., return_maps=True)")
     images = as_images(images, check_range=False).detach().cpu()
     rows, cols = min(n, len(images)), 1 + len(steps)
-    fig = figure(1.4 * cols, 1.4 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    fig = figure(1.5 * cols + 0.8, 1.5 * rows + 1.0)
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [0.08])
+    shown = None
     for r in range(rows):
-        axes[r][0].imshow(images[r].permute(1, 2, 0).clamp(0, 1).numpy())
-        for c, s in enumerate(steps, start=1):
-            axes[r][c].imshow(s["maps"][r].numpy(), cmap="jet", vmin=0, vmax=1)
+        for c in range(cols):
+            ax = fig.add_subplot(grid[r, c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.imshow(images[r].permute(1, 2, 0).clamp(0, 1).numpy())
+                label = "image"
+            else:
+                step = steps[c - 1]
+                shown = ax.imshow(step["maps"][r].numpy(), cmap="jet", vmin=0, vmax=1)
+                label = f"{step['step']}: " + ("trained" if step["step"] == 0 else step["randomized"])
             if r == 0:
-                axes[r][c].set_title(s["randomized"], fontsize=6, rotation=45)
-    return save_figure(fig, path, hide_ticks=True)
+                ax.set_title("\n".join(textwrap.wrap(label, 12)), fontsize=8)
+    fig.colorbar(shown, cax=fig.add_subplot(grid[:, cols]), label="map value (normalised)")
+    fig.suptitle(f"{method} under cascading randomization (column k: groups up to k re-initialised, top-down)",
+                 fontsize=9)
+    return save_figure(fig, path)
 
 
 def write_sanity_report(out_dir: Union[str, os.PathLike], results_by_method: Mapping[str, list],
