@@ -437,3 +437,12 @@ def test_sections_warn_when_the_models_are_near_chance(tmp_path):
     assert any("the lateral model of seed 0 on synthetic is near chance level" in w for w in s.warnings)
     assert sum("dominated by one class" in w for w in s.warnings) == 2
     assert any(b[0] == "p" and b[1].startswith("**Warning:**") for b in s.blocks)
+
+
+def test_the_plan_is_stored_with_the_run_and_read_back_by_the_report(tmp_path):
+    from gradmask.reproduce.report import StoredPlan
+    plan = make_plan("cifar-full", {"cifar10": str(tmp_path)})
+    stored = StoredPlan.read(tmp_path, {"plan": json.loads(json.dumps(plan.to_json()))})
+    assert stored == StoredPlan(("cifar10",), "cifar10", True, "cifar10", ("synthetic",))
+    # a run written before plans were stored: derived from its step files (none here: nothing to report)
+    assert StoredPlan.read(tmp_path, {"preset": "cifar-full"}) == StoredPlan((), None, False, None, ())

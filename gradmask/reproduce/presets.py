@@ -154,6 +154,16 @@ class Plan:
         """Whether Table 2 trains at its own scale (``<dataset>/ablation/``) instead of reusing Table 1's runs."""
         return self.preset.ablation_training is not None and self.ablation in self.preset.ablation_training
 
+    def to_json(self) -> dict:
+        """What the report needs of the plan, stored with the run (``reproduce.json``) so that the
+        report reads the decisions instead of re-deriving them (see
+        :class:`gradmask.reproduce.report.StoredPlan`)."""
+        return {"preset": self.preset.name, "device": self.device, "seeds": self.seeds,
+                "accuracy": list(self.accuracy), "ablation": self.ablation,
+                "separate_ablation": self.separate_ablation, "robustness": self.robustness, "gsnr": self.gsnr,
+                "table3_box_sets": ["synthetic", *self.box_sets],
+                "tuning": None if self.tuning is None else self.tuning.to_json()}
+
     def training(self, dataset: str, ablation: bool = False) -> dict:
         """TrainConfig fields of ``dataset``'s runs (dataset and data path included); ``ablation``:
         of its separate Table 2 runs."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -182,7 +183,7 @@ def chance_warnings(runs: list) -> list[str]:
     for (dataset, variant, augment), accs in arms.items():
         name = f"{variant} + li-blur" if augment == "li-blur" else variant
         warnings += evaluation_warnings(float(np.mean(accs)), NUM_CLASSES.get(dataset),
-                                        what=f"the {name} models on {dataset} (mean final test accuracy)")
+                                        what=f"{name} on {dataset} (the mean final test accuracy of its runs)")
     return warnings
 
 
@@ -378,10 +379,9 @@ def table2(out: Path, state: dict, dataset: str, separate: bool = False) -> Sect
     return s
 
 
-def table3(out: Path, state: dict) -> Optional[Section]:
+def table3(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) -> Optional[Section]:
+    """Table 3 from the stored ``saliency-<box set>`` steps of ``box_sets`` (those measured)."""
     s = Section(paper.TABLE3)
-    box_sets = sorted((p.stem.split("-", 1)[1] for p in (out / STEPS).glob("saliency-*.json")),
-                      key=lambda b: (b != "synthetic", b))
     settings = []
     for box_set in box_sets:
         rec = read_step(out, f"saliency-{box_set}")
@@ -428,7 +428,7 @@ def table3(out: Path, state: dict) -> Optional[Section]:
                                                                  else ", the predicted class explained") +
                         f"; mean ± std over seeds; paired interval over all (image, seed) pairs; wall time "
                         f"{fmt_duration(rec.get('wall_seconds'))}.")
-    if not box_sets:
+    if not settings:   # no box set measured yet
         return None
     syn = _runs(out, "synthetic")
     s.measured_on(syn.get("lateral", []) + syn.get("none", []), read_tuning(runs_dir(out, "synthetic")))
@@ -623,23 +623,47 @@ def _clean(curve) -> float:
 
 
 # ------------------------------------------------------------------------------ the report
+@dataclass(frozen=True)
+class StoredPlan:
+    """The plan's decisions the report follows (``reproduce.json``'s ``plan``): Table 1's datasets,
+    Table 2's dataset (and whether it has its own runs), Figure 7's dataset, Table 3's box sets."""
+    accuracy: tuple
+    ablation: Optional[str]
+    separate_ablation: bool
+    gsnr: Optional[str]
+    table3_box_sets: tuple
+
+    @classmethod
+    def read(cls, out: Path, state: dict) -> "StoredPlan":
+        """The stored plan, or (a run written before plans were stored) one derived from the step files."""
+        if "plan" in state:
+            p = state["plan"]
+            return cls(tuple(p["accuracy"]), p["ablation"], bool(p["separate_ablation"]), p["gsnr"],
+                       tuple(p["table3_box_sets"]))
+        trained = {d: rec for d in ACCURACY_DATASETS if (rec := read_step(out, f"train-{d}"))}
+        if state.get("preset") != "quick" and len(trained) > 1:
+            trained.pop("synthetic", None)   # synthetic runs only serve the box experiments
+        separate = next((d for d in ACCURACY_DATASETS if read_step(out, f"train-{d}-ablation")), None)
+        ablation = separate or next((d for d in trained if "norm" in trained[d]["settings"]["variants"]), None)
+        box_sets = sorted((p.stem.split("-", 1)[1] for p in (out / STEPS).glob("saliency-*.json")),
+                          key=lambda b: (b != "synthetic", b))
+        return cls(tuple(trained), ablation, separate is not None, figure7_dataset(list(trained)), tuple(box_sets))
+
+
 def sections(out: Path, state: dict) -> list[Section]:
-    """The report's sections from the stored steps of ``out`` (``state``: its reproduce.json)."""
-    trained = {d: rec for d in ACCURACY_DATASETS if (rec := read_step(out, f"train-{d}"))}
-    if state.get("preset") != "quick" and len(trained) > 1:
-        trained.pop("synthetic", None)   # synthetic runs only serve the box experiments
-    datasets = list(trained)
-    separate = next((d for d in ACCURACY_DATASETS if read_step(out, f"train-{d}-ablation")), None)
-    ablation = separate or next((d for d in datasets if "norm" in trained[d]["settings"]["variants"]), None)
+    """The report's sections from the stored steps of ``out`` (``state``: its reproduce.json),
+    following the stored plan; an experiment whose step has not run yet is left out."""
+    plan = StoredPlan.read(out, state)
+    datasets = [d for d in plan.accuracy if read_step(out, f"train-{d}")]
+    table2_step = f"train-{plan.ablation}-ablation" if plan.separate_ablation else f"train-{plan.ablation}"
     result = [table1(out, state, datasets)] if datasets else []
-    if ablation:
-        result.append(table2(out, state, ablation, separate=separate is not None))
-    for part in (table3(out, state), sanity(out, state)):
+    if plan.ablation and (rec := read_step(out, table2_step)) and "norm" in rec["settings"]["variants"]:
+        result.append(table2(out, state, plan.ablation, separate=plan.separate_ablation))
+    for part in (table3(out, state, plan.table3_box_sets), sanity(out, state)):
         if part is not None:
             result.append(part)
     result += figure5_6(out, state)
-    gsnr_dataset = figure7_dataset(datasets)
-    if gsnr_dataset and (s := figure7(out, state, gsnr_dataset)) is not None:
+    if plan.gsnr in datasets and (s := figure7(out, state, plan.gsnr)) is not None:
         result.append(s)
     if (s := figure10(out, state)) is not None:
         result.append(s)

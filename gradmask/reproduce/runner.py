@@ -259,7 +259,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     main = is_main_process()
     state = read_state(out)
     state.update(preset=plan.preset.name, summary=plan.preset.summary, device=plan.device, seeds=plan.seeds,
-                 data=dict(plan.data), machine=machine(), skipped=[list(s) for s in plan.skipped],
+                 data=dict(plan.data), machine=machine(), skipped=[list(s) for s in plan.skipped], plan=plan.to_json(),
                  command=command or " ".join(["gradmask"] + sys.argv[1:]))
     state.setdefault("steps", {})
     bars = progress and sys.stderr.isatty()
