@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from . import __version__
-from .commands import COMMANDS
+from .commands import COMMANDS, HelpFormatter
 
 # The modules that register sub-commands; a new command is one module plus one line here.
 COMMAND_MODULES = ("gradmask.train.cli", "gradmask.mask_stats", "gradmask.compare.cli", "gradmask.saliency.cli",
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, formatter_class=HelpFormatter)
         cmd.configure(p)
         p.set_defaults(run=cmd.run)
     return parser

@@ -4,10 +4,11 @@ list of command modules (``COMMAND_MODULES``) and builds the parser."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Optional
 
-from .settings import MASK_MODES
+from .settings import DEFAULTS, MASK_MODES, MaskSettings
 
 
 @dataclass
@@ -29,17 +30,96 @@ def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
     return wrap
 
 
-def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    """The GradientMask options shared by every command that trains or masks."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already states one (or there is
+    none to state: None, or a suppressed default that the command fills in itself)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, argparse.SUPPRESS)
+                and "default" not in text and "%(default)" not in text):
+            text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+
+def kernel_size_argument(text: str) -> Optional[int]:
+    """``--kernel-size``: an odd integer >= 1, or 'full' (None: the 2*ceil(3 sigma)+1 window)."""
+    if text == "full":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"--kernel-size must be an odd integer >= 1 or 'full', got {text!r}")
+    return value
+
+
+def _setting_argument(name: str, kind: type) -> Callable[[str], Any]:
+    """An argparse type for MaskSettings field ``name``: parsed, then validated by MaskSettings, its
+    error naming the option (``--inhibition-rate``), not the field."""
+    flag = "--" + name.replace("_", "-")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+            MaskSettings(**{name: value})
+        except ValueError as exc:
+            kind_name = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            message = str(exc) if str(exc).startswith(name) else f"{name} must be {kind_name}, got {text!r}"
+            raise argparse.ArgumentTypeError(message.replace(name, flag, 1)) from None
+        return value
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, suppress: bool = False) -> None:
+    """The GradientMask options shared by every command that trains or masks, generated from the
+    :class:`gradmask.MaskSettings` fields (with their help text) plus ``--targets`` / ``--skip-last``.
+
+    ``defaults``: an object with ``mask``, the MaskSettings fields, ``targets`` and ``skip_last``
+    (a ``TrainConfig``); None: the mask's own defaults. ``suppress``: an option not given stays out
+    of the namespace (the caller's preset / defaults apply); the help still shows ``defaults``.
+    """
+    values = {**dataclasses.asdict(DEFAULTS), "mask": DEFAULTS.mode, "targets": None, "skip_last": 2}
+    if defaults is not None:
+        values.update({name: getattr(defaults, name) for name in values if name != "mode"})
     group = parser.add_argument_group("gradient mask")
-    group.add_argument("--mask", default="lateral", choices=MASK_MODES,
-                       help="mask mode (none = vanilla backprop)")
-    group.add_argument("--groups", type=int, default=16, help="channel sets K (default 16)")
-    group.add_argument("--sigma", type=float, default=11.0, help="LoG sigma (default 11)")
-    group.add_argument("--kernel-size", type=lambda s: None if s == "full" else int(s), default=5,
-                       help="odd LoG window, or 'full' for 2*ceil(3 sigma)+1 (default 5)")
-    group.add_argument("--kernel", default="log", choices=["log", "authors"], help="eq. (2) or the authors' window")
-    group.add_argument("--padding", default="reflect", choices=["reflect", "zero"])
-    group.add_argument("--inhibition-rate", type=float, default=0.5, help="quantile q in [0, 1) (default 0.5)")
-    group.add_argument("--targets", default=None,
-                       help="comma-separated module names/patterns (default: every residual block but the last two)")
+
+    def add(flag: str, name: str, help: str, **kwargs) -> None:
+        shown = _shown(values[name])
+        if values[name] is None:
+            shown = {"kernel_size": "full", "targets": "every residual block but the last --skip-last"}[name]
+        default = argparse.SUPPRESS if suppress else values[name]
+        group.add_argument(flag, dest=name, default=default, help=f"{help} (default: {shown})", **kwargs)
+
+    mode = next(f for f in dataclasses.fields(MaskSettings) if f.name == "mode")
+    add("--mask", "mask", f"none (plain backprop), or the mask mode: {mode.metadata['help']}", choices=MASK_MODES)
+    for f in dataclasses.fields(MaskSettings):
+        if f.name == "mode":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("choices"):
+            add(flag, f.name, f.metadata["help"], choices=f.metadata["choices"])
+        elif f.name == "kernel_size":
+            add(flag, f.name, f.metadata["help"], type=kernel_size_argument, metavar="{odd N,full}")
+        else:
+            add(flag, f.name, f.metadata["help"], type=_setting_argument(f.name, type(getattr(DEFAULTS, f.name))))
+    add("--targets", "targets", "comma-separated module names / patterns to mask")
+    add("--skip-last", "skip_last", "default targets: every residual block but the last N", type=int)
+
+
+def device_argument(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (the form :func:`gradmask.device.resolve_device` takes)."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")

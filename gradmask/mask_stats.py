@@ -11,16 +11,19 @@ from .commands import add_mask_arguments, register
 from .hooks import attach
 from .mask import GradientMask
 from .models import create_model
+from .train.config import STEMS, TrainConfig
 
 
 def _mask_stats_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--num-classes", type=int, default=100)
-    parser.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    add_mask_arguments(parser)
+    """The model and mask default to ``gradmask train``'s (TrainConfig's defaults)."""
+    train = TrainConfig()
+    parser.add_argument("--model", default=train.model, help="a gradmask model name, or torchvision:NAME / timm:NAME")
+    parser.add_argument("--num-classes", type=int, default=100, help="classes of the model's head")
+    parser.add_argument("--stem", default="cifar", choices=list(STEMS), help="ResNet stem")
+    parser.add_argument("--image-size", type=int, default=32, help="side of the random square images")
+    parser.add_argument("--batch-size", type=int, default=16, help="random images in the step")
+    parser.add_argument("--seed", type=int, default=train.seed, help="seed of the model's weights and the images")
+    add_mask_arguments(parser, defaults=train)
 
 
 @register("mask-stats", "one training step of a model on random images: what the mask keeps, where",
@@ -32,7 +35,7 @@ def mask_stats(args: argparse.Namespace) -> int:
     targets = args.targets.split(",") if args.targets else None
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     labels = torch.randint(0, args.num_classes, (args.batch_size,))
-    with attach(model, gm, targets=targets) as handle:
+    with attach(model, gm, targets=targets, skip_last=args.skip_last) as handle:
         start = time.perf_counter()
         F.cross_entropy(model(images), labels).backward()
         seconds = time.perf_counter() - start

@@ -47,7 +47,7 @@ def test_cli_preset_quick_with_overrides(tmp_path):
     (["--model", "resnet7"], "resnet7"),
     (["--epochs", "0"], "epochs"),
     (["--lr", "-1"], "lr"),
-    (["--inhibition-rate", "1.5"], "inhibition_rate"),
+    (["--inhibition-rate", "1.5"], r"--inhibition-rate must be in \[0, 1\)"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--amp", "fp8x"], "cuda|amp"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(argv, message, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """``gradmask train``: the command-line face of :func:`gradmask.train.train`.
 
-Options left out keep the preset's value (``--preset``), else the ``TrainConfig`` default; the
-mask options are the shared ones of :func:`gradmask.commands.add_mask_arguments`. Under
+One option per ``TrainConfig`` field, its help ending with the field's default; options left out
+keep the preset's value (``--preset``), else the ``TrainConfig`` default. The mask options are the
+shared ones of :func:`gradmask.commands.add_mask_arguments` (generated from ``MaskSettings``). Under
 ``torchrun --nproc_per_node=N -m gradmask train ...`` every process runs it (DDP).
 """
 from __future__ import annotations
@@ -9,21 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Optional
 
-from ..commands import add_mask_arguments, register
+from ..commands import add_mask_arguments, device_argument, register
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
-from .augment import AUGMENTS
+from .augment import augment_names
 from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
 from .distributed import is_main_process
 from .inhibition import INHIBITION_SCHEDULES
 
-_UNSET = object()  # "not given on the command line": the preset / default applies
-
-# argparse dest -> TrainConfig field, where they differ
-_RENAMED = {"no_progress": "progress"}
-_NOT_FIELDS = ("command", "run", "preset")
-_NONE_IS_A_VALUE = ("kernel_size",)  # --kernel-size full
+_DEFAULTS = TrainConfig()
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -37,85 +34,92 @@ def _optional_int(text: str):
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def _option(group, name: str, help: str, shown: Optional[str] = None, **kwargs) -> None:
+    """``--name`` for TrainConfig field ``name``: not given, it stays out of the namespace (the
+    preset's value, else the TrainConfig default applies); the help ends with that default."""
+    default = getattr(_DEFAULTS, name)
+    if isinstance(default, bool):
+        kwargs.setdefault("action", argparse.BooleanOptionalAction)
+        shown = shown or ("on" if default else "off")
+    elif "type" not in kwargs and "choices" not in kwargs and default is not None:
+        kwargs["type"] = type(default)
+    if shown is None:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                       help=f"{help} (default: {shown})", **kwargs)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``gradmask train`` option on ``parser`` (also used by commands that train, e.g.
-    ``compare``); read them back with :func:`config_from_args`. Options not given stay unset so
-    the preset / TrainConfig default applies."""
+    ``compare``), one per TrainConfig field; read them back with :func:`config_from_args`.
+    Options not given stay unset so the preset / TrainConfig default applies."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="start from a preset: 'paper' (ResNet-18, 200 epochs, lr 0.1 x0.2 at 60/120/160) "
-                             "or 'quick' (about a minute on 2 CPU cores on the synthetic data)")
+                        help="start from a preset: 'paper' (ResNet-18, K=16, 200 epochs, lr 0.1 x0.2 at "
+                             "60/120/160) or 'quick' (about a minute on 2 CPU cores on the synthetic data); "
+                             "options given override it (default: none, the TrainConfig defaults)")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=list(DATASETS), help="default: synthetic")
-    data.add_argument("--data", help="dataset path (directory or archive; not used by synthetic)")
-    data.add_argument("--train-limit", type=_optional_int,
-                      help="use N training images only, drawn at random with a fixed seed (the same in every run)")
-    data.add_argument("--test-limit", type=_optional_int,
-                      help="use N test images only, drawn at random with a fixed seed")
-    data.add_argument("--synthetic-train", type=int, help="synthetic training set size (default 20000)")
-    data.add_argument("--synthetic-test", type=int, help="synthetic test set size (default 5000)")
-    data.add_argument("--augment", choices=sorted(AUGMENTS), help="default: crop-flip")
-    data.add_argument("--num-workers", type=int, help="decoding processes of the streamed ImageNet loader")
-    data.add_argument("--image-size", type=int, help="--dataset folder: resize every image to N x N when decoding "
-                                                     "(default: keep their size, which must be one for all)")
+    _option(data, "dataset", "dataset", choices=list(DATASETS))
+    _option(data, "data", "dataset path (directory or archive; not used by synthetic)", shown="none")
+    _option(data, "train_limit", "use N training images only, drawn at random with a fixed seed (the same in "
+            "every run); 'all': every image", type=_optional_int, shown="all")
+    _option(data, "test_limit", "use N test images only, drawn at random with a fixed seed; 'all': every image",
+            type=_optional_int, shown="all")
+    _option(data, "val_fraction", "share of the training images held out as a validation split (0: none)")
+    _option(data, "synthetic_train", "synthetic training set size")
+    _option(data, "synthetic_test", "synthetic test set size")
+    _option(data, "augment", "training augmentation", choices=augment_names())
+    _option(data, "num_workers", "decoding processes of the streamed ImageNet loader")
+    _option(data, "image_size", "--dataset folder: resize every image to N x N when decoding", type=int,
+            shown="keep their size, which must be one for all")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="a gradmask model name, or torchvision:NAME / timm:NAME "
-                                       "(default: resnet18_narrow)")
-    model.add_argument("--stem", choices=list(STEMS), help="default: cifar for images up to 64 px")
+    _option(model, "model", "a gradmask model name, or torchvision:NAME / timm:NAME")
+    _option(model, "stem", "ResNet stem", choices=list(STEMS), shown="cifar for images up to 64 px, else imagenet")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int)
-    opt.add_argument("--batch-size", type=int, help="global batch size (default 128)")
-    opt.add_argument("--lr", type=float, help="peak / initial learning rate (default 0.1)")
-    opt.add_argument("--momentum", type=float)
-    opt.add_argument("--weight-decay", type=float)
-    opt.add_argument("--nesterov", action="store_true", default=None)
-    opt.add_argument("--schedule", choices=list(SCHEDULES), help="default: multistep")
-    opt.add_argument("--milestones", type=_int_list, help="multistep epochs, e.g. 60,120,160")
-    opt.add_argument("--gamma", type=float, help="multistep factor (default 0.2)")
-    opt.add_argument("--warmup-epochs", type=float, help="linear warm-up (the one-cycle's rising part)")
-    opt.add_argument("--label-smoothing", type=float)
+    _option(opt, "epochs", "training epochs")
+    _option(opt, "batch_size", "global batch size (split over distributed processes)")
+    _option(opt, "lr", "peak / initial learning rate")
+    _option(opt, "momentum", "SGD momentum")
+    _option(opt, "weight_decay", "SGD weight decay")
+    _option(opt, "nesterov", "Nesterov momentum")
+    _option(opt, "schedule", "learning-rate schedule", choices=list(SCHEDULES))
+    _option(opt, "milestones", "multistep epochs, comma-separated", type=_int_list)
+    _option(opt, "gamma", "multistep factor")
+    _option(opt, "warmup_epochs", "linear warm-up (the one-cycle's rising part)")
+    _option(opt, "label_smoothing", "label smoothing of the training loss")
     run = parser.add_argument_group("execution")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    run.add_argument("--amp", choices=list(AMP_MODES), help="autocast dtype (fp16: CUDA only)")
-    run.add_argument("--channels-last", action="store_true", default=None)
-    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    _option(run, "seed", "seed of torch, numpy, python, data order and augmentation")
+    _option(run, "device", "auto (CUDA if available), cpu, cuda, cuda:N", type=device_argument)
+    _option(run, "amp", "autocast dtype (fp16: CUDA only)", choices=list(AMP_MODES))
+    _option(run, "channels_last", "channels-last memory format")
+    _option(run, "compile", "torch.compile the model")
     out = parser.add_argument_group("run directory")
-    out.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<mask>-seed<seed>)")
-    out.add_argument("--resume", action="store_true", default=None,
-                     help="continue the run in --out from its checkpoint (a finished run is reported)")
-    out.add_argument("--overwrite", action="store_true", default=None, help="start again in a used --out")
-    out.add_argument("--tensorboard", action="store_true", default=None, help="also log to <out>/tensorboard")
-    out.add_argument("--gsnr-every", type=int, default=None,
-                     help="record the GSNR of the conv weights every K epochs in <out>/gsnr.jsonl (Figure 7)")
-    out.add_argument("--gsnr-samples", type=int, default=None, help="probe images for the GSNR (default 256)")
-    out.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
-    add_mask_arguments(parser)
-    parser.add_argument("--inhibition-schedule", choices=list(INHIBITION_SCHEDULES),
-                        help="the inhibition rate per step: constant (default), warmup (linear from 0 to "
-                             "--inhibition-rate over --inhibition-warmup epochs), anneal (cosine down to 0)")
-    parser.add_argument("--inhibition-warmup", type=float, metavar="EPOCHS",
-                        help="epochs of the warmup schedule's ramp (> 0, at most --epochs)")
-    parser.add_argument("--skip-last", type=int, help="default targets: residual blocks but the last N (2)")
-    # the shared mask options carry their own defaults: mark them unset so the preset applies
-    parser.set_defaults(mask=_UNSET, groups=_UNSET, sigma=_UNSET, kernel_size=_UNSET, kernel=_UNSET,
-                        padding=_UNSET, inhibition_rate=_UNSET, targets=_UNSET)
+    _option(out, "out", "run directory", shown="runs/<dataset>-<model>-<mask>-seed<seed>")
+    _option(out, "resume", "continue the run in --out from its checkpoint (a finished run is reported)")
+    _option(out, "overwrite", "start again in a used --out")
+    _option(out, "tensorboard", "also log to <out>/tensorboard")
+    _option(out, "gsnr_every", "record the GSNR of the conv weights every K epochs in <out>/gsnr.jsonl "
+            "(Figure 7; 0: off)")
+    _option(out, "gsnr_samples", "probe images for the GSNR")
+    _option(out, "progress", "a progress bar per epoch")
+    add_mask_arguments(parser, defaults=_DEFAULTS, suppress=True)
+    for action in parser._actions:
+        if action.dest == "groups":
+            action.help = action.help.replace(f"(default: {_DEFAULTS.groups})", f"(default: {_DEFAULTS.groups}: the "
+                                              f"paper's channels per set on the default {_DEFAULTS.model})")
+    mask = next(g for g in parser._action_groups if g.title == "gradient mask")
+    _option(mask, "inhibition_schedule", "the inhibition rate per step: constant, warmup (linear from 0 to "
+            "--inhibition-rate over --inhibition-warmup epochs), anneal (cosine down to 0)",
+            choices=list(INHIBITION_SCHEDULES))
+    _option(mask, "inhibition_warmup", "epochs of the warmup schedule's ramp (> 0, at most --epochs)",
+            metavar="EPOCHS")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``gradmask train`` arguments."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {}
-    for dest, value in vars(args).items():
-        if dest in _NOT_FIELDS or value is _UNSET or (value is None and dest not in _NONE_IS_A_VALUE):
-            continue
-        name = _RENAMED.get(dest, dest)
-        if name not in fields:
-            continue
-        if dest == "no_progress":
-            value = not value
-        overrides[name] = value
-    if isinstance(overrides.get("targets"), str):
-        overrides["targets"] = tuple(t.strip() for t in overrides["targets"].split(",") if t.strip())
+    """The TrainConfig of parsed ``gradmask train`` arguments: the preset (if any), then every
+    option given. A None is a value only for fields that take None (``--kernel-size full``,
+    ``--train-limit all``); other commands' options left at None are not passed."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if hasattr(args, f.name) and (getattr(args, f.name) is not None or "Optional" in str(f.type))}
     if args.preset:
         return TrainConfig.from_preset(args.preset, **overrides)
     return TrainConfig(**overrides)

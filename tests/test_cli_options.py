@@ -1,0 +1,83 @@
+"""The command line: every option's help states its default, options generated from the settings
+(MaskSettings, TrainConfig), errors in the flags' own spelling, mask-stats defaults = train's."""
+import argparse
+import dataclasses
+
+import pytest
+
+import gradmask
+from gradmask.cli import build_parser, main
+from gradmask.commands import HelpFormatter
+from gradmask.settings import MaskSettings
+from gradmask.train import TrainConfig
+from gradmask.train.cli import config_from_args
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_states_its_default():
+    missing = []
+    for name, sub in _subparsers().items():
+        formatter = HelpFormatter(name)
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(
+                    action, argparse._HelpAction):
+                continue
+            if "default" not in formatter._get_help_string(action).lower():
+                missing.append((name, action.option_strings))
+    assert not missing, missing
+    assert {"train", "mask-stats", "compare", "reproduce"} <= set(_subparsers())
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"gradmask {gradmask.__version__}"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--kernel-size", "4"], "argument --kernel-size: --kernel-size must be an odd integer >= 1 or 'full'"),
+    (["--kernel-size", "x"], "--kernel-size must be an odd integer"),
+    (["--groups", "0"], "argument --groups: --groups must be an integer >= 1"),
+    (["--groups", "two"], "--groups must be an integer, got 'two'"),
+    (["--sigma", "-1"], "--sigma must be a finite number > 0"),
+    (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_option_values_are_named_by_their_flag(argv, message, capsys):
+    for command in ("train", "mask-stats") if argv[0] != "--device" else ("train",):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([command, *argv])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_train_options_not_given_keep_the_preset_or_the_default():
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["train"])) == TrainConfig()
+    quick = TrainConfig.from_preset("quick")
+    config = config_from_args(parse(["train", "--preset", "quick", "--groups", "8", "--kernel-size", "full",
+                                     "--train-limit", "all", "--no-progress", "--nesterov"]))
+    assert config == quick.replace(groups=8, kernel_size=None, train_limit=None, progress=False, nesterov=True)
+    paper = config_from_args(parse(["train", "--preset", "paper"]))
+    assert (paper.model, paper.groups) == ("resnet18", 16)
+
+
+def test_mask_options_sit_together_and_follow_mask_settings():
+    train = _subparsers()["train"]
+    group = next(g for g in train._action_groups if g.title == "gradient mask")
+    flags = {s for a in group._group_actions for s in a.option_strings}
+    settings = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(MaskSettings) if f.name != "mode"}
+    assert settings | {"--mask", "--targets", "--skip-last", "--inhibition-schedule"} <= flags
+
+
+def test_mask_stats_defaults_are_trains():
+    args = build_parser().parse_args(["mask-stats"])
+    train = TrainConfig()
+    assert args.model == train.model
+    for name in ("mask", "groups", "sigma", "kernel_size", "kernel", "padding", "inhibition_rate", "targets",
+                 "skip_last", "seed"):
+        assert getattr(args, name) == getattr(train, name), name
+    assert gradmask.GradientMask.from_settings(args).settings == train.mask_settings()
