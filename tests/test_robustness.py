@@ -10,12 +10,11 @@ from torch import nn
 
 import gradmask
 from gradmask.data import TensorLoader
+from gradmask.hooks import mask_handles, no_gradient_mask
 from gradmask.models.resnet import Normalize
 from gradmask.robustness import (
     fgsm,
     fgsm_curve,
-    mask_handles,
-    no_gradient_mask,
     prune_model,
     pruning_curve,
     weight_sparsity,

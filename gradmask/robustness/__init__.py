@@ -7,13 +7,13 @@
 - :func:`write_report` and the ``gradmask robustness`` command (:mod:`.cli`).
 
 Images are in [0, 1] everywhere (normalisation is the model's first layer). Gradient mask hooks
-on a model are switched off while it is attacked or evaluated (:func:`no_gradient_mask`).
+on a model are switched off while it is attacked or evaluated (:func:`gradmask.no_gradient_mask`).
 """
-from .fgsm import FGSMCurve, fgsm, fgsm_curve, mask_handles, no_gradient_mask
+from .fgsm import FGSMCurve, fgsm, fgsm_curve
 from .gsnr import GSNRProbe, GSNRResult, gsnr, gsnr_summary, read_gsnr
 from .pruning import PruningCurve, prune_model, pruning_curve, weight_sparsity
 from .report import plot_gsnr, write_report
 
 __all__ = ["FGSMCurve", "GSNRProbe", "GSNRResult", "PruningCurve", "fgsm", "fgsm_curve", "gsnr",
-           "gsnr_summary", "mask_handles", "no_gradient_mask", "plot_gsnr", "prune_model", "pruning_curve",
+           "gsnr_summary", "plot_gsnr", "prune_model", "pruning_curve",
            "read_gsnr", "weight_sparsity", "write_report"]

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data.dataset import SUBSET_SEED, subset_index  # SUBSET_SEED re-exported for callers
+from ..data.dataset import SUBSET_SEED, subset_index
 
 
 class _Streamed:
@@ -94,4 +94,4 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
     return loader, int(images.shape[0]), source
 
 
-__all__ = ["SUBSET_SEED", "evaluation_loader", "training_classes"]
+__all__ = ["evaluation_loader", "training_classes"]

@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.augment import as_images
-from ..hooks import mask_handles, no_gradient_mask, strip_mask_hooks  # noqa: F401  (re-exported)
-from ..models import eval_mode, model_device  # noqa: F401  (re-exported)
+from ..hooks import no_gradient_mask
+from ..models import eval_mode, model_device
 
 SUBSETS = ("joint", "all")
 
@@ -223,6 +223,5 @@ def fgsm_curve(models: Mapping[str, nn.Module], loader: Iterable, epsilons: Sequ
     return result
 
 
-__all__ = ["FGSMCurve", "SUBSETS", "as_images", "check_epsilons", "eval_mode", "fgsm", "fgsm_curve",
-           "input_gradient", "iterate_batches", "unpack_batch", "mask_handles", "model_device", "no_gradient_mask",
-           "strip_mask_hooks"]
+__all__ = ["FGSMCurve", "SUBSETS", "check_epsilons", "fgsm", "fgsm_curve", "input_gradient", "iterate_batches",
+           "unpack_batch"]

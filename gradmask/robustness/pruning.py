@@ -23,8 +23,9 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm import tqdm
 
+from ..hooks import no_gradient_mask, strip_mask_hooks
 from ..models import eval_mode, model_device
-from .fgsm import iterate_batches, no_gradient_mask, strip_mask_hooks
+from .fgsm import iterate_batches
 
 SCHEMES = ("global", "layer")
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -21,7 +21,7 @@ from torch import nn
 from ..data.augment import as_images
 from ..files import write_atomic
 from ..hooks import residual_blocks
-from ..models import eval_mode, model_device  # noqa: F401  (model_device re-exported)
+from ..models import eval_mode, model_device
 from ..reporting import figure, save_figure
 from .base import SaliencyMethod, unwrap_model
 from .gradcam import GradCAM, GradCAMPlusPlus
@@ -29,7 +29,7 @@ from .limap import LIMap
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
 
 __all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
-           "model_device", "predict", "save_figure_grid", "write_localization_report"]
+           "predict", "save_figure_grid", "write_localization_report"]
 
 #: The methods of Table 3, by the names used in results, reports and the command line.
 METHODS = ("limap", "gradcam", "gradcam++")
