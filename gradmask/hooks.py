@@ -123,7 +123,7 @@ def _returns_input_plus_branch(module: nn.Module, graph: fx.Graph) -> bool:
     if source is None:
         return False
     submodules = dict(module.named_modules())
-    depends, through_module, stream, shortcut = {source}, set(), {source}, {source}
+    depends, through_module, shortcut = {source}, set(), {source}  # shortcut: x, projections, residual sums
     result = None
     for node in nodes:
         if node.op == "output":
@@ -137,21 +137,18 @@ def _returns_input_plus_branch(module: nn.Module, graph: fx.Graph) -> bool:
         if any(a in through_module for a in inputs) or (sub is not None and next(sub.parameters(), None) is not None):
             through_module.add(node)
         if _is_elementwise(node, sub):
-            if node.args[0] in stream:
-                stream.add(node)
             if node.args[0] in shortcut:
                 shortcut.add(node)
         elif _is_add(node):
             a, b = node.args[0], node.args[1]
             if a is not b and ((a in shortcut and b in through_module) or (b in shortcut and a in through_module)):
-                stream.add(node)
-                shortcut.add(node)
+                shortcut.add(node)  # a residual sum
         elif sub is not None and len(node.all_input_nodes) == 1 and inputs[0] in shortcut:
             shortcut.add(node)
     while (isinstance(result, fx.Node) and not _is_add(result)
            and _is_elementwise(result, submodules.get(result.target) if result.op == "call_module" else None)):
         result = result.args[0]
-    return isinstance(result, fx.Node) and _is_add(result) and result in stream
+    return isinstance(result, fx.Node) and _is_add(result) and result in shortcut
 
 
 def _attribute_rule(module: nn.Module) -> bool:
