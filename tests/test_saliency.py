@@ -372,3 +372,24 @@ def test_subclass_template_is_small():
     # the last block's output feeds global average pooling: its gradient is spatially constant,
     # a constant map normalises to zeros
     assert torch.equal(GradNorm(resnet(), ["layer4"])(images(2, 32)), torch.zeros(2, 32, 32))
+
+
+def test_a_registered_saliency_method_is_served_by_name():
+    """Adding a method is one class with @register_method: make_method and evaluate_localization
+    take it by name (a one-layer method gets the default CAM layer)."""
+    from gradmask.saliency import SALIENCY_METHODS, GradCAM, LIMap, register_method
+    from gradmask.saliency.evaluate import make_method
+
+    assert {"limap", "gradcam", "gradcam++"} <= set(SALIENCY_METHODS)
+    model = gradmask.create_model("resnet18_narrow", 10)
+    assert isinstance(make_method("limap", model), LIMap)
+    try:
+        @register_method("test-cam", needs_layer=True)
+        class TestCAM(GradCAM):
+            pass
+        method = make_method("test-cam", model, images=torch.rand(1, 3, 16, 16))
+        assert isinstance(method, TestCAM) and len(method.layers) == 1
+    finally:
+        SALIENCY_METHODS.pop("test-cam", None)
+    with pytest.raises(ValueError, match="method must be one of"):
+        make_method("test-cam", model)

@@ -19,7 +19,8 @@ A method is a small subclass of :class:`SaliencyMethod` that implements
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -282,3 +283,26 @@ class SaliencyMethod:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, {len(self.layers)} layers)"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered saliency method: ``factory(model, target_layer) -> SaliencyMethod``;
+    ``needs_layer``: it maps one layer (``target_layer`` None: :func:`default_cam_layer` picks it)."""
+
+    factory: Callable[[nn.Module, Any], "SaliencyMethod"]
+    needs_layer: bool
+
+
+#: Saliency methods by name (results, reports and the command line use these names).
+SALIENCY_METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, needs_layer: bool = False):
+    """Decorator on a :class:`SaliencyMethod` subclass (or any ``factory(model, target_layer)``):
+    it becomes ``make_method(name, ...)`` and a ``--methods`` choice. A new method is one module
+    with this decorator, imported by :mod:`gradmask.saliency`."""
+    def deco(factory):
+        SALIENCY_METHODS[name] = MethodEntry(factory, needs_layer)
+        return factory
+    return deco

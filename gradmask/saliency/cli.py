@@ -22,6 +22,7 @@ from ..commands import register
 from ..device import resolve_device
 from ..reporting import evaluation_warnings
 from . import boxes as _boxes
+from .base import SALIENCY_METHODS
 from .evaluate import (
     METHODS,
     default_cam_layer,
@@ -146,9 +147,10 @@ def _run_dir(path: str) -> Path:
 
 def _methods(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in SALIENCY_METHODS]
     if unknown or not names:
-        raise ValueError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {text!r}")
+        raise ValueError(f"--methods must be a comma-separated subset of {','.join(sorted(SALIENCY_METHODS))}, "
+                         f"got {text!r}")
     return names
 
 

@@ -23,15 +23,14 @@ from ..files import write_atomic
 from ..hooks import residual_blocks
 from ..models import eval_mode, model_device
 from ..reporting import figure, save_figure
-from .base import SaliencyMethod, unwrap_model
-from .gradcam import GradCAM, GradCAMPlusPlus
-from .limap import LIMap
+from . import gradcam, limap  # noqa: F401  (register "gradcam", "gradcam++", "limap")
+from .base import SALIENCY_METHODS, SaliencyMethod, unwrap_model
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
 
 __all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
            "predict", "save_figure_grid", "write_localization_report"]
 
-#: The methods of Table 3, by the names used in results, reports and the command line.
+#: The methods of Table 3 (the default set), by their registered names (SALIENCY_METHODS).
 METHODS = ("limap", "gradcam", "gradcam++")
 #: Table 3 of the paper (mean IoU), for the report.
 PAPER_TABLE3 = {"PASCAL VOC 2007": {"gradcam": 0.44, "gradcam++": 0.45, "limap": 0.50},
@@ -108,14 +107,16 @@ def default_cam_layer(model: nn.Module, images: Optional[torch.Tensor] = None) -
 
 def make_method(name: str, model: nn.Module, target_layer: Optional[Union[str, nn.Module]] = None,
                 images: Optional[torch.Tensor] = None) -> SaliencyMethod:
-    """``"limap"`` -> :class:`LIMap` (every ReLU), ``"gradcam"`` / ``"gradcam++"`` -> Grad-CAM /
+    """The registered method ``name`` (:data:`~gradmask.saliency.base.SALIENCY_METHODS`):
+    ``"limap"`` -> :class:`LIMap` (every ReLU), ``"gradcam"`` / ``"gradcam++"`` -> Grad-CAM /
     Grad-CAM++ on ``target_layer`` (default :func:`default_cam_layer`)."""
-    if name == "limap":
-        return LIMap(model)
-    if name in ("gradcam", "gradcam++"):
-        layer = target_layer if target_layer is not None else default_cam_layer(model, images)
-        return (GradCAM if name == "gradcam" else GradCAMPlusPlus)(model, layer)
-    raise ValueError(f"method must be one of {list(METHODS)}, got {name!r}")
+    if name not in SALIENCY_METHODS:
+        raise ValueError(f"method must be one of {sorted(SALIENCY_METHODS)}, got {name!r}")
+    entry = SALIENCY_METHODS[name]
+    layer = target_layer
+    if entry.needs_layer and layer is None:
+        layer = default_cam_layer(model, images)
+    return entry.factory(model, layer)
 
 
 def _check_fraction(name: str, value, allow_none: bool = False) -> None:
@@ -173,9 +174,10 @@ def evaluate_localization(model: nn.Module, images: torch.Tensor, labels, boxes,
     else:
         if isinstance(methods, str):
             methods = [methods]
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in SALIENCY_METHODS]
         if unknown or not methods:
-            raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")
+            raise ValueError(f"methods must be a non-empty subset of {sorted(SALIENCY_METHODS)}, "
+                             f"got {list(methods)}")
         method_fns = {m: make_method(m, model, target_layer, images) for m in methods}
 
     predictions = predict(model, images, max(batch_size, 1), progress, "predict")
@@ -228,7 +230,8 @@ def evaluate_localization(model: nn.Module, images: torch.Tensor, labels, boxes,
                                       else type(target_layer).__name__),
                      "image_size": [h, w]},
     }
-    cams = [fn for fn in method_fns.values() if isinstance(fn, (GradCAM, GradCAMPlusPlus))]
+    one_layer = tuple(e.factory for e in SALIENCY_METHODS.values() if e.needs_layer and isinstance(e.factory, type))
+    cams = [fn for fn in method_fns.values() if isinstance(fn, one_layer)]
     if cams and out["settings"]["target_layer"] is None:
         out["settings"]["target_layer"] = ",".join(cams[0].layers)
     if return_maps:

@@ -8,7 +8,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .base import SaliencyMethod, resize
+from .base import SaliencyMethod, register_method, resize
 
 
 class _CAM(SaliencyMethod):
@@ -37,6 +37,7 @@ class _CAM(SaliencyMethod):
         return total
 
 
+@register_method("gradcam", needs_layer=True)
 class GradCAM(_CAM):
     """Grad-CAM: ``w_c = mean_ij dP/dA_cij`` (P the target logit), map ``ReLU(sum_c w_c A_c)``,
     bilinear to the input, min-max normalised per image."""
@@ -45,6 +46,7 @@ class GradCAM(_CAM):
         return gradient.mean(dim=(2, 3), keepdim=True)
 
 
+@register_method("gradcam++", needs_layer=True)
 class GradCAMPlusPlus(_CAM):
     """Grad-CAM++ in its closed form (score ``exp(P)``, as the paper and pytorch-grad-cam):
     ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)`` (0 where ``g = 0``; ``eps=1e-6`` added to

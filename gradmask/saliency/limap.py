@@ -9,11 +9,12 @@ from torch import nn
 from ..hooks import residual_blocks
 from ..laplacian import LoGFilter
 from ..settings import DEFAULTS
-from .base import SaliencyMethod, relu_layers, resize
+from .base import SaliencyMethod, register_method, relu_layers, resize
 
 ABSOLUTE = ("layer", "sum")
 
 
+@register_method("limap")
 class LIMap(SaliencyMethod):
     """LI-Map: ``F = sum_l |LoG(D^l)|`` resized to the input, normalised to [0, 1] per image.
 
