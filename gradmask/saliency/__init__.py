@@ -13,6 +13,6 @@ from .gradcam import GradCAM, GradCAMPlusPlus
 from .limap import LIMap
 from .localization import box_iou, localization_scores, saliency_box, saliency_boxes, select_images
 
-__all__ = ["SALIENCY_METHODS", "register_method", "ActivationsAndGradients", "BlurResult", "GradCAM", "GradCAMPlusPlus", "LIBackgroundBlur",
-           "LIMap", "SaliencyMethod", "box_iou", "gaussian_blur", "localization_scores",
-           "normalize_maps", "saliency_box", "saliency_boxes", "select_images"]
+__all__ = ["SALIENCY_METHODS", "ActivationsAndGradients", "BlurResult", "GradCAM", "GradCAMPlusPlus",
+           "LIBackgroundBlur", "LIMap", "SaliencyMethod", "box_iou", "gaussian_blur", "localization_scores",
+           "normalize_maps", "register_method", "saliency_box", "saliency_boxes", "select_images"]
