@@ -12,7 +12,7 @@ from PIL import Image
 
 import gradmask.compare.cli as compare_cli
 from gradmask.cli import main
-from gradmask.compare import check_seeds, check_variants, compare, load_runs, plan, write_report
+from gradmask.compare import check_seeds, check_variants, compare, load_runs, run_order, write_report
 
 T_975_4 = 2.7764451051977987   # Student t, 97.5% quantile, 4 dof (equal n = 3, equal variances)
 
@@ -115,7 +115,7 @@ def test_report_numbers(tmp_path):
     for setting in ("synthetic", "resnet18_narrow", "cosine", "inhibition_rate", "batch_size", "cpu"):
         assert setting in md
 
-    rows = list(csv.DictReader(paths["csv"].open()))
+    rows = list(csv.DictReader(paths["csv"].read_text().splitlines()))
     assert len(rows) == 7
     assert [float(r["test_acc"]) for r in rows if r["variant"] == "none"] == NONE
     assert [r["finished"] for r in rows].count("False") == 1
@@ -208,7 +208,7 @@ def test_runner_validation(tmp_path):
         check_seeds(2, -1)
     assert calls == []
     assert check_variants(" none, norm ") == ("none", "norm")
-    assert plan(("none", "lateral"), 2, "o") == [("none", 0, "o/none-seed0"), ("lateral", 0, "o/lateral-seed0"),
+    assert run_order(("none", "lateral"), 2, "o") == [("none", 0, "o/none-seed0"), ("lateral", 0, "o/lateral-seed0"),
                                                  ("none", 1, "o/none-seed1"), ("lateral", 1, "o/lateral-seed1")]
 
 

@@ -125,7 +125,9 @@ def test_a_process_over_its_time_is_killed_with_its_children(tmp_path):
                                        f"subprocess.Popen([sys.executable, {str(tmp_path / 'grandchild.py')!r}])\n"
                                        "time.sleep(30)\n")
     start = time.perf_counter()
-    exit_code, timed_out, seconds = gpu_check.run_process([sys.executable, str(tmp_path / "child.py")], 1.0, log, {})
+    with log:
+        exit_code, timed_out, seconds = gpu_check.run_process([sys.executable, str(tmp_path / "child.py")], 1.0, log,
+                                                              {})
     assert exit_code is None and timed_out and seconds < 10 and time.perf_counter() - start < 10
     time.sleep(3.5)
     assert not marker.exists()  # the grandchild went with it

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 pytest.importorskip("lightning")
+from pathlib import Path
+
 import lightning  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
@@ -91,7 +93,7 @@ def test_callback_attaches_for_training_only_logs_kept_fractions_and_removes_at_
     assert module.hooked["train"] == [1] * 8          # 2 epochs x 4 steps, the mask on
     assert module.hooked["val"] and set(module.hooked["val"]) == {0}  # sanity check and validation: off
     assert callback.handle is None and not mask_handles(module)
-    rows = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
+    rows = list(csv.DictReader(Path(tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()))
     kept = [float(r["gradmask/kept/model.blocks.0"]) for r in rows if r.get("gradmask/kept/model.blocks.0")]
     assert len(kept) == 2 and all(0.4 < k <= 0.5 for k in kept)  # 8x8 maps, rate 0.5: 32 of 64 kept
     assert "gradmask/kept/model.blocks.2" not in rows[0]  # skip_last=1
@@ -205,7 +207,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     run = subprocess.run([sys.executable, str(script), str(tmp_path), os.path.dirname(__file__)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    ranks = [json.loads(Path(tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["world"] == 2
         assert r["train"] == [1] * 8  # 64 images, 2 ranks, batch 8: 4 steps per epoch, 2 epochs
@@ -213,5 +215,5 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert r["counts"] == [1, 2, 3, 4] * 2  # the stats reset after each epoch's log
         assert r["hooks_after"] == 0
     assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the replicas equal
-    rows = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
+    rows = list(csv.DictReader(Path(tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()))
     assert len([r for r in rows if r.get("gradmask/kept/model.blocks.0")]) == 2

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,17 +142,37 @@ def short_cost_measurement():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """One output folder taken through what a user does: a 1-seed invocation interrupted at the
+    first evaluation step, then the same command with 2 seeds (which must resume: nothing finished
+    is trained or measured again, only the new seed's runs train). The tests below read it."""
     out = tmp_path_factory.mktemp("reproduce")
+    with pytest.MonkeyPatch.context() as patch:
+        def interrupted(plan, out, progress=False):
+            raise KeyboardInterrupt
+
+        patch.setattr(experiments, "robustness", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            reproduce(tiny_plan(seeds=1), out, log=lambda line: None)
+    stored_first = sorted(p.stem for p in (out / "steps").glob("*.json"))
+    from gradmask.train import train
+    trained = []
+
+    def counting_train(config):
+        if not (out.joinpath(config.out) / "final.json").is_file():
+            trained.append(str(Path(config.out).relative_to(out)))
+        return train(config)
+
     lines = []
-    result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lines.append, progress=True)
-    return out, dict(result, log=lines)
+    result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", train_fn=counting_train,
+                       log=lines.append, progress=True)
+    return out, dict(result, log=lines, stored_first=stored_first, trained=trained)
 
 
 @pytest.mark.slow
 def test_every_experiment_is_measured_and_reported(tiny_run):
     out, result = tiny_run
-    assert result["ran"] == ["train-synthetic", "train-synthetic-li-blur", "cost", "robustness",
-                             "saliency-synthetic", "sanity", "blur"]
+    assert result["ran"] + result["skipped"] == ["train-synthetic", "train-synthetic-li-blur", "robustness",
+                                                 "saliency-synthetic", "sanity", "blur", "cost"]
     results = json.loads((out / "results.json").read_text())
     assert list(results["sections"]) == SECTIONS
     for key, section in results["sections"].items():
@@ -164,7 +185,29 @@ def test_every_experiment_is_measured_and_reported(tiny_run):
     # not a terminal: one plain line per training run (8 + 2 li-blur), counted with an ETA, no bars
     counted = [line for line in result["log"] if line.startswith("runs ")]
     assert [line.split(":")[0] for line in counted] == [f"runs {k}/10" for k in range(1, 11)]
+    assert sum("finished earlier" in line for line in counted) == 5
     assert all("ETA" in line for line in counted) and not any("\r" in line for line in result["log"])
+
+
+@pytest.mark.slow
+def test_interrupted_run_continues_where_it_stopped(tiny_run):
+    out, result = tiny_run
+    # the interrupted invocation kept its training and the cost measurement, and nothing after
+    assert result["stored_first"] == ["cost", "train-synthetic", "train-synthetic-li-blur"]
+    # the next one reused the cost step (its inputs unchanged) and measured the rest
+    assert result["skipped"] == ["cost"]
+    assert result["ran"][2:] == ["robustness", "saliency-synthetic", "sanity", "blur"]
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_more_seeds_trains_only_the_new_runs(tiny_run):
+    out, result = tiny_run
+    assert sorted(result["trained"]) == sorted(["synthetic/runs/none-seed1", "synthetic/runs/lateral-seed1",
+                                                "synthetic/runs/norm-seed1", "synthetic/runs/pixel-seed1",
+                                                "synthetic/li-blur/none-seed1"])
+    results = json.loads((out / "results.json").read_text())["sections"]
+    assert len(results["table1"]["numbers"]["synthetic"]["none"]) == 2
 
 
 @pytest.mark.slow
@@ -218,51 +261,6 @@ def test_second_invocation_resumes_without_measuring(tiny_run):
     result = reproduce(tiny_plan(), out, command="gradmask reproduce --test", log=lambda line: None)
     assert result["ran"] == [] and len(result["skipped"]) == 7
     assert {p.name: p.read_text() for p in (out / "steps").glob("*.json")} == before
-
-
-@pytest.mark.slow
-def test_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):
-    calls = []
-
-    def failing(plan, out, progress=False):
-        calls.append("robustness")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiments, "robustness", failing)
-    with pytest.raises(KeyboardInterrupt):
-        reproduce(tiny_plan(seeds=1), tmp_path, log=lambda line: None)
-    assert (tmp_path / "steps" / "train-synthetic.json").is_file()
-    assert not (tmp_path / "steps" / "robustness.json").exists()
-    monkeypatch.undo()
-    trained = []
-    from gradmask.train import train
-
-    def counting_train(config):
-        trained.append(config.out)
-        return train(config)
-
-    result = reproduce(tiny_plan(seeds=1), tmp_path, train_fn=counting_train, log=lambda line: None)
-    assert "train-synthetic" in result["skipped"] and "train-synthetic-li-blur" in result["skipped"]
-    assert result["ran"] == ["robustness", "saliency-synthetic", "sanity", "blur"] and trained == []
-    assert (tmp_path / "report.html").is_file()
-
-
-@pytest.mark.slow
-def test_more_seeds_trains_only_the_new_runs(tmp_path):
-    reproduce(tiny_plan(seeds=1), tmp_path, log=lambda line: None)
-    trained = []
-    from gradmask.train import train
-
-    def counting_train(config):
-        if not (tmp_path.joinpath(config.out) / "final.json").is_file():
-            trained.append(config.out)
-        return train(config)
-
-    reproduce(tiny_plan(seeds=2), tmp_path, train_fn=counting_train, log=lambda line: None)
-    assert sorted(p.rsplit("/", 1)[1] for p in trained) == sorted(
-        ["none-seed1", "lateral-seed1", "norm-seed1", "pixel-seed1", "none-seed1"])
-    results = json.loads((tmp_path / "results.json").read_text())["sections"]
-    assert len(results["table1"]["numbers"]["synthetic"]["none"]) == 2
 
 
 @pytest.mark.slow

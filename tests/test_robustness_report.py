@@ -4,6 +4,7 @@ import base64
 import csv
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -45,7 +46,7 @@ def test_report_files_are_complete_and_self_contained(tmp_path):
     assert "http" not in page.replace("http-equiv", "") and page.count("data:image/png;base64,") == 3
     png = page.split("data:image/png;base64,")[1].split('"')[0]
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = list(csv.DictReader(open(tmp_path / "fgsm.csv")))
+    rows = list(csv.DictReader(Path(tmp_path / "fgsm.csv").read_text().splitlines()))
     assert rows[1] == {"model": "none", "subset": "joint", "n_images": "4", "epsilon_255": "4.0",
                        "epsilon": str(4 / 255), "accuracy": "0.5"}
     assert json.loads((tmp_path / "robustness.json").read_text())["fgsm"]["n_joint"] == 4
@@ -133,7 +134,7 @@ def test_probe_during_training_and_plot(runs):
     assert [r["epoch"] for r in none] == [1, 2] and none[0]["masked"] == []
     assert lateral[0]["masked"] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
     assert all(r["network"] > 0 and "layer1.0.conv1" in r["layers"] for r in none + lateral)
-    metrics = [json.loads(line) for line in open(dirs[1] / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in Path(dirs[1] / "metrics.jsonl").read_text().splitlines()]
     assert [m["gsnr_network"] for m in metrics] == pytest.approx([r["network"] for r in lateral])
     plot_gsnr(dirs, root / "gsnr-epochs.png")
 

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,26 +19,26 @@ def test_cli_runs_a_tiny_job_and_resumes_it(tmp_path, capsys):
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "test acc" in printed and str(out) in printed
-    config = json.load(open(out / "config.json"))
+    config = json.loads(Path(out / "config.json").read_text())
     assert (config["mask"], config["groups"], config["inhibition_rate"], config["seed"], config["epochs"]) == (
         "norm", 8, 0.25, 4, 2)
-    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    records = [json.loads(line) for line in Path(out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(0.7 < v <= 0.75 for v in records[-1]["mask_kept"].values())
-    final = json.load(open(out / "final.json"))
+    final = json.loads(Path(out / "final.json").read_text())
     # a used directory needs --resume (finished: reports without training) or --overwrite
     assert main(["train", *TINY, "--mask", "norm", "--groups", "8", "--inhibition-rate", "0.25", "--seed", "4",
                  "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["train", *TINY, "--mask", "norm", "--groups", "8", "--inhibition-rate", "0.25", "--seed", "4",
                  "--out", str(out), "--resume"]) == 0
-    assert json.load(open(out / "final.json")) == final
+    assert json.loads(Path(out / "final.json").read_text()) == final
 
 
 def test_cli_preset_quick_with_overrides(tmp_path):
     out = tmp_path / "quick"
     assert main(["train", "--preset", "quick", "--train-limit", "64", "--test-limit", "32", "--epochs", "1",
                  "--mask", "none", "--no-progress", "--out", str(out)]) == 0
-    config = json.load(open(out / "config.json"))
+    config = json.loads(Path(out / "config.json").read_text())
     assert config["schedule"] == "onecycle" and config["train_limit"] == 64 and config["mask"] == "none"
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,11 +64,11 @@ def test_two_gloo_processes_train_one_model_on_disjoint_shards(tmp_path):
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
-    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    records = [json.loads(line) for line in Path(out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # written once, by rank 0
     assert records[-1]["images_per_second"] > 0
     assert all(0.45 < v <= 0.5 for v in records[-1]["mask_kept"].values())
-    final = json.load(open(out / "final.json"))
+    final = json.loads(Path(out / "final.json").read_text())
     assert final["device"] == "cpu x2"
     model, _ = load_checkpoint(out)
     assert all(torch.equal(v, weights[0][k]) for k, v in model.state_dict().items())

@@ -3,6 +3,7 @@ callbacks, refusing to clobber a run, finished-run resume, checkpoints."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,12 +47,12 @@ def masked_run(tmp_path_factory):
 
 
 def _jsonl(path):
-    return [json.loads(line) for line in open(path)]
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def test_run_directory_contract(masked_run):
     out, config, final, _ = masked_run
-    saved = json.load(open(out / "config.json"))
+    saved = json.loads(Path(out / "config.json").read_text())
     assert saved.pop("gradmask_version") == gradmask.__version__
     assert TrainConfig.from_dict(saved) == config
     records = _jsonl(out / "metrics.jsonl")
@@ -62,11 +63,11 @@ def test_run_directory_contract(masked_run):
             assert 0.0 <= r[key] <= 1.0
         assert r["test_top5"] >= r["test_acc"]
         assert r["lr"] > 0 and r["epoch_seconds"] > 0 and r["images_per_second"] > 0
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    rows = list(csv.DictReader(Path(out / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert "mask_kept_mean" in rows[0] and "mask_kept" not in rows[0]
     assert float(rows[0]["test_acc"]) == pytest.approx(records[0]["test_acc"])
-    assert json.load(open(out / "final.json")) == final
+    assert json.loads(Path(out / "final.json").read_text()) == final
     assert tuple(final) == FINAL_KEYS
     assert final["epochs"] == 2 and final["mask"] == "lateral" and final["model"] == "resnet18_narrow"
     assert final["test_acc"] == records[-1]["test_acc"] and final["device"] == "cpu"
@@ -86,7 +87,7 @@ def test_mask_is_attached_and_records_the_kept_fraction(masked_run):
         assert sorted(kept) == sorted(rec.handle.targets)
         # q = 0.5 over n = H*W positions keeps n - 1 - floor(0.5 (n - 1)) of n: just under a half
         assert all(0.45 < v <= 0.5 for v in kept.values())
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    rows = list(csv.DictReader(Path(out / "metrics.csv").read_text().splitlines()))
     assert 0.45 < float(rows[-1]["mask_kept_mean"]) <= 0.5
 
 
@@ -94,7 +95,8 @@ def test_callbacks_see_every_epoch_and_can_add_metrics(masked_run):
     out, _, final, rec = masked_run
     assert rec.started == 1 and rec.epochs == [1, 2] and rec.final == final
     assert [r["extra_metric"] for r in _jsonl(out / "metrics.jsonl")] == [0.5, 1.0]
-    assert [float(r["extra_metric"]) for r in csv.DictReader(open(out / "metrics.csv"))] == [0.5, 1.0]
+    rows = csv.DictReader((out / "metrics.csv").read_text().splitlines())
+    assert [float(r["extra_metric"]) for r in rows] == [0.5, 1.0]
 
 
 def test_no_mask_means_no_hooks(tmp_path):
@@ -102,7 +104,7 @@ def test_no_mask_means_no_hooks(tmp_path):
     train(tiny(tmp_path, mask="none", epochs=1, train_limit=128, test_limit=64), callbacks=[rec])
     assert rec.handle is None and rec.hooks == 0
     assert _jsonl(tmp_path / "metrics.jsonl")[0]["mask_kept"] is None
-    assert list(csv.DictReader(open(tmp_path / "metrics.csv")))[0]["mask_kept_mean"] == ""
+    assert list(csv.DictReader(Path(tmp_path / "metrics.csv").read_text().splitlines()))[0]["mask_kept_mean"] == ""
 
 
 @pytest.mark.slow
@@ -180,7 +182,7 @@ def test_overwrite_starts_again(tmp_path):
     train(config.replace(overwrite=True))
     train(config.replace(overwrite=True, seed=1))
     assert len(_jsonl(tmp_path / "metrics.jsonl")) == 1
-    assert json.load(open(tmp_path / "final.json"))["seed"] == 1
+    assert json.loads(Path(tmp_path / "final.json").read_text())["seed"] == 1
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 

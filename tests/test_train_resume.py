@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from gradmask.train import TrainConfig, read_checkpoint, train
 # torch RNG, so the test also checks that the RNG state is restored on resume.
 REGISTER = textwrap.dedent("""
     import torch
-    from gradmask.train.augment import Augment, register_augment
+    from gradmask.train.plugins import Augment, register_augment
 
     def _noise(images, labels, model):
         return (images + 0.05 * torch.randn_like(images)).clamp_(0, 1)
@@ -79,8 +80,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
         assert torch.equal(state["model"][key], value), key
     for a, b in zip(state["optimizer"]["state"].values(), reference["optimizer"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-    metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    reference_metrics = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in Path(out / "metrics.jsonl").read_text().splitlines()]
+    reference_metrics = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert _strip_times(metrics) == _strip_times(reference_metrics)
     assert {k: v for k, v in final.items() if k != "train_seconds"} == \
         {k: v for k, v in final_whole.items() if k != "train_seconds"}

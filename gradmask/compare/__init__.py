@@ -10,9 +10,9 @@ Modules: ``runner`` (training loop over variants x seeds), ``report`` (run dirs 
 Markdown, self-contained HTML), ``stats`` (summaries, Welch's t interval), ``cli`` (``gradmask compare``).
 """
 from .report import VARIANTS, Run, load_runs, summarize_runs, write_report
-from .runner import check_seeds, check_variants, compare, plan, run_dir
+from .runner import check_seeds, check_variants, compare, run_dir, run_order
 from .stats import DiffInterval, Summary, diff_confidence_interval, summarize, welch_dof
 
-__all__ = ["VARIANTS", "Run", "load_runs", "summarize_runs", "write_report", "compare", "plan", "run_dir",
+__all__ = ["VARIANTS", "Run", "load_runs", "summarize_runs", "write_report", "compare", "run_order", "run_dir",
            "check_variants", "check_seeds", "summarize", "diff_confidence_interval", "welch_dof",
            "Summary", "DiffInterval"]

@@ -52,7 +52,7 @@ def run_dir(out: str | os.PathLike, variant: str, seed: int) -> str:
     return f"{os.fspath(out)}/{variant}-seed{seed}"
 
 
-def plan(variants: Iterable[str] = ("none", "lateral"), seeds: int = 3, out: str | os.PathLike = "runs/compare",
+def run_order(variants: Iterable[str] = ("none", "lateral"), seeds: int = 3, out: str | os.PathLike = "runs/compare",
          seed_offset: int = 0) -> list[tuple[str, int, str]]:
     """``(variant, seed, run dir)`` for every run, in training order (seed by seed)."""
     variants = check_variants(variants)
@@ -108,7 +108,7 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     ``tune_epochs`` epochs per grid point, see :mod:`gradmask.compare.tuning`), then trains each
     variant's final runs at its chosen point. Every config is checked before anything trains.
     """
-    runs = plan(variants, seeds, out, seed_offset)
+    runs = run_order(variants, seeds, out, seed_offset)
     variants = check_variants(variants)
     tuning = None if tune is None else make_tuning(tune, tune_epochs, tune_seeds, val_fraction)
     if tuning is not None:  # every config, tuning and final, is built (validated) before anything trains

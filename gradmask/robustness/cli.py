@@ -190,7 +190,7 @@ def measure(args: argparse.Namespace) -> dict:
             raise ValueError(f"{option} must be an integer >= {lo}, got {value}")
     if args.gsnr_samples == 1:
         raise ValueError("--gsnr-samples must be 0 (skip) or >= 2 (a variance needs two samples)")
-    progress = not args.no_progress
+    progress = not args.no_progress and sys.stderr.isatty()  # bars only on a terminal
     device = resolve_device(args.device)
     names = _names(args.runs, args.names)
 

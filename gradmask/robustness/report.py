@@ -307,10 +307,12 @@ def write_report(results: dict, out: Union[str, os.PathLike]) -> dict[str, Path]
     write_atomic(out / "robustness.json", json.dumps(_json_safe(results), indent=2) + "\n")
     paths["json"] = out / "robustness.json"
     if results.get("pruning"):
-        rows = [[name, scheme, c.get("n_images"), p[0], p[1], (c.get("achieved_sparsity") or [None] * len(c["points"]))[i]]
+        rows = [[name, scheme, c.get("n_images"), p[0], p[1],
+                 (c.get("achieved_sparsity") or [None] * len(c["points"]))[i]]
                 for name, curves in results["pruning"].items() for scheme, c in curves.items()
                 for i, p in enumerate(c["points"])]
-        _write_csv(out / "pruning.csv", ["model", "scheme", "n_images", "sparsity", "accuracy", "achieved_sparsity"], rows)
+        _write_csv(out / "pruning.csv", ["model", "scheme", "n_images", "sparsity", "accuracy", "achieved_sparsity"],
+                   rows)
         paths["pruning_csv"] = out / "pruning.csv"
         paths["pruning_png"] = plot_pruning(results["pruning"], out / "pruning.png")
         figures["pruning"] = "pruning.png"

@@ -189,7 +189,7 @@ def saliency_command(args: argparse.Namespace) -> int:
                                     top_fraction=args.top_fraction, single_object=not args.multi_object,
                                     max_box_fraction=args.max_box_fraction,
                                     correct_only=not args.no_correct_only, batch_size=args.batch_size,
-                                    target_layer=args.target_layer, return_maps=True, progress=True)
+                                    target_layer=args.target_layer, return_maps=True, progress=sys.stderr.isatty())
     figure = None
     shown = results["index"][: max(args.figure_images, 0)]
     if shown:
@@ -245,7 +245,7 @@ def sanity_command(args: argparse.Namespace) -> int:
     for m in methods:
         steps = cascading_randomization(model, data.images, lambda mod, m=m: make_method(m, mod, layer),
                                         seed=args.seed, granularity=args.granularity,
-                                        batch_size=args.batch_size, return_maps=True, progress=True)
+                                        batch_size=args.batch_size, return_maps=True, progress=sys.stderr.isatty())
         save_sanity_maps(out / f"sanity_maps_{m.replace('+', 'p')}.png", data.images, steps, method=m)
         results[m] = steps
     setting = {"checkpoint": args.checkpoint, "model": config.model, "mask": config.mask,
@@ -302,7 +302,7 @@ def blur_eval_command(args: argparse.Namespace) -> int:
     for label, run, t in zip(labels, args.runs, trained):
         _check_classes(t.model, data, run)
         curves[label] = blurred_background_accuracy(t.model, data.images, data.labels, data.boxes, sigmas,
-                                                    batch_size=args.batch_size, progress=True)
+                                                    batch_size=args.batch_size, progress=sys.stderr.isatty())
         models[label] = f"{t.config.model}, mask {t.config.mask}"
     out = Path(args.out) if args.out else _run_dir(args.runs[0]).parent / "blur-eval"
     setting = {"data": _describe(args, name, data), "models": models}
