@@ -52,8 +52,8 @@ def test_training_plugins_missing_say_what_to_import(monkeypatch):
     a config that needs one whose module was not imported fails before any work, naming the module."""
     import pytest
 
-    from gradmask.train import TrainConfig, augment, plugins
-    monkeypatch.setattr(augment, "AUGMENTS", {k: v for k, v in augment.AUGMENTS.items() if k != "li-blur"})
+    from gradmask.train import TrainConfig, plugins
+    monkeypatch.setattr(plugins, "AUGMENTS", {k: v for k, v in plugins.AUGMENTS.items() if k != "li-blur"})
     monkeypatch.setattr(plugins, "CONFIG_CALLBACKS", {})
     config = TrainConfig(augment="li-blur")  # a stored config naming a plug-in still validates
     with pytest.raises(ValueError, match="gradmask.saliency.li_blur_augment"):
@@ -68,10 +68,10 @@ def test_training_plugins_missing_say_what_to_import(monkeypatch):
 def test_plugin_modules_register_with_the_engine():
     from gradmask.robustness import gsnr_callback
     from gradmask.saliency import li_blur_augment
-    from gradmask.train import augment, plugins
-    assert augment.AUGMENTS["li-blur"] is li_blur_augment.li_blur
+    from gradmask.train import plugins
+    assert plugins.AUGMENTS["li-blur"] is li_blur_augment.li_blur
     assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_callback.gsnr_probe
-    assert set(augment.PLUGIN_AUGMENTS.values()) | set(plugins.PLUGIN_CALLBACKS.values()) == {
+    assert set(plugins.PLUGIN_AUGMENTS.values()) | set(plugins.PLUGIN_CALLBACKS.values()) == {
         li_blur_augment.__name__, gsnr_callback.__name__}
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ..hooks import no_gradient_mask
-from ..train.augment import Augment, register_augment
 from ..train.config import TrainConfig
+from ..train.plugins import Augment, register_augment
 from .blur import LIBackgroundBlur
 
 

@@ -5,15 +5,15 @@
     model, config = load_checkpoint("runs/quick")
 
 Modules: config (TrainConfig, PRESETS), engine (train, callbacks), data (loaders of a run),
-augment (named augmentations, the per-batch hook), schedule (per-step lr), inhibition (per-step
-inhibition rate), checkpoint (atomic save, load), rundir (the run directory contract), rng
-(seeding, RNG state), distributed (torchrun / DDP), cli (``gradmask train``).
+plugins (named augmentations and config-driven callbacks, registered by their owners), schedule
+(per-step lr), inhibition (per-step inhibition rate), checkpoint (atomic save, load), rundir (the
+run directory contract), rng (seeding, RNG state), distributed (torchrun / DDP), cli (``gradmask train``).
 """
-from .augment import AUGMENTS, Augment, register_augment
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import PRESETS, TrainConfig
 from .engine import TrainContext, train
 from .inhibition import INHIBITION_SCHEDULES, InhibitionSchedule
+from .plugins import AUGMENTS, Augment, register_augment
 from .rundir import FINAL_KEYS, METRIC_KEYS, RunDir
 from .schedule import LRSchedule
 

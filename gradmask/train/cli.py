@@ -15,10 +15,10 @@ from typing import Optional
 from ..commands import add_mask_arguments, device_argument, register
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
-from .augment import augment_names
 from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
 from .distributed import is_main_process
 from .inhibition import INHIBITION_SCHEDULES
+from .plugins import augment_names
 
 _DEFAULTS = TrainConfig()
 

@@ -15,8 +15,8 @@ from typing import Any, Optional
 from ..models import list_models
 from ..settings import DEFAULTS as MASK_DEFAULTS
 from ..settings import MASK_MODES, MaskSettings
-from .augment import augment_names
 from .inhibition import INHIBITION_SCHEDULES
+from .plugins import augment_names
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
 STEMS = ("cifar", "imagenet")
@@ -66,7 +66,7 @@ class TrainConfig:
     as a validation split: the run trains on the rest (``train_limit`` then draws from the rest),
     evaluates on the validation split (metrics ``val_*`` instead of ``test_*``) and never reads the
     test split (tuning); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
-    ``augment`` a name in ``gradmask.train.augment.AUGMENTS`` ("crop-flip": random crop with
+    ``augment`` a name in ``gradmask.train.plugins.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
     ``num_workers`` decoding processes of the streamed ImageNet loader; ``image_size``
     (dataset "folder" only) resize every image to ``image_size`` x ``image_size`` when decoding

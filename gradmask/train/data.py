@@ -29,8 +29,8 @@ from ..data import (
     subset_index,
     to_float,
 )
-from .augment import Augment
 from .config import TrainConfig
+from .plugins import Augment
 
 _CROP_PADDING = 4
 SYNTHETIC_DATA_SEED = 0  # the synthetic data set is fixed; ``seed`` varies the training only

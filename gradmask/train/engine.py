@@ -32,13 +32,12 @@ from .. import __version__
 from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
-from .augment import build_augment
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import TrainConfig
 from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
 from .inhibition import build_inhibition_schedule
-from .plugins import check_plugins, config_callbacks
+from .plugins import build_augment, check_plugins, config_callbacks
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir, claim
 from .schedule import build_scheduler
