@@ -9,13 +9,13 @@ How it is fast: every kernel offered here is a sum of two separable terms,
 batched matrix products, ``out = sum_t R_t @ D @ C_t^T``, whatever the kernel size. Small maps
 (``H*W <= 4 (H + W)``, e.g. 8x8) instead go through the whole 2-D operator
 ``sum_t kron(R_t, C_t)`` as one ``(HW x HW)`` matrix: the same multiply-adds, but one large
-matrix product over all maps instead of many tiny ones (3.5x faster for 8x8 maps on CPU). The
+matrix product over all maps instead of many tiny ones (faster on CPU; figures in docs/DESIGN.md). The
 matrices are built once per (map size, device, dtype) and cached.
 
 On CPU, float32 maps larger than that with a window of radius 1-4 (the default 5x5 has radius 2)
 go through the compiled banded filter instead (``gradmask/_banded.c``, built at install time when
 a C compiler is there): ``5 + 5`` taps per term and position instead of ``H + W`` multiply-adds,
-about 1.7x faster than the matrix products on 32x32 maps with one thread against two.
+faster than the matrix products (docs/DESIGN.md has the measurements).
 :func:`banded_available` tells whether it was built; without it everything goes through the
 matrix products.
 """
@@ -294,7 +294,7 @@ class LoGFilter:
         position ranks first and is kept); without it NaN and inf spread over the window.
 
         On CPU the maps go through in blocks of about ``CPU_BLOCK_BYTES`` so that both matrix
-        products work in cache (3x faster than one large batch on a 1 MiB-L2 core).
+        products work in cache.
         """
         if maps.dim() < 2 or not maps.is_floating_point():
             raise ValueError(f"maps must be a floating-point tensor (..., H, W), got "

@@ -4,23 +4,20 @@ On CPU the rows go to numpy over row blocks on a small thread pool (numpy releas
 
 - floats are first viewed as integers whose order is the float order (for a non-negative float
   the bit pattern already is; negative ones get their magnitude bits flipped), because numpy's
-  selection and sorting are about twice as fast on int32 as on float32 for short rows;
+  selection and sorting are faster on int32 than on float32 for short rows;
 - rows of up to 512 values (maps up to 16x16 and 22x22) are sorted: numpy's vectorized sort of
-  such rows is as fast as ``numpy.partition`` (numpy 2.4: within 1% on 64- to 512-long rows) and
-  also yields each row's largest value;
+  such rows is as fast as ``numpy.partition`` and also yields each row's largest value;
 - rows of 513-1024 values (a 32x32 map) are split in two halves that are each sorted (numpy's
   sort of rows up to 512 is much faster than selection in rows over 512), then the k-th smallest
   of the two sorted halves is a min over splits of a max, vectorized over rows, chunk by chunk
-  in reused buffers: 2.9x faster than ``numpy.partition`` on 4096 x 1024 rows with 2 workers,
-  1.6x faster than the vectorized binary search this replaced (measured on an idle 2-core CPU;
-  inside a backward hook the second worker gains little, see docs/DESIGN.md);
+  in reused buffers (faster than ``numpy.partition``; the measurements are in docs/DESIGN.md);
 - longer rows use ``numpy.partition`` (introselect).
 
 Elsewhere ``torch.kthvalue`` runs on the device. Every path returns the same value: the k-th
 smallest element of each row (``-0.0`` may come back for ``+0.0`` and vice versa: equal floats).
 :func:`kth_smallest_and_max` also returns each row's largest element: on CPU the last of a sorted
 row or of the two sorted halves (free), or ``torch.amax`` over the integer keys beside the
-partition (+5% on 56x56 maps).
+partition.
 """
 from __future__ import annotations
 
@@ -100,7 +97,7 @@ def _kth_keys(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return ordered[:, k - 1], ordered[:, -1]
     if n <= _SORTED_HALVES[1]:
         return _kth_of_sorted_halves(keys, k)
-    largest = torch.from_numpy(keys).amax(dim=1).numpy()  # 4x faster than numpy's max over rows
+    largest = torch.from_numpy(keys).amax(dim=1).numpy()  # faster than numpy's max over rows
     return np.partition(keys, k - 1, axis=1)[:, k - 1], largest
 
 
