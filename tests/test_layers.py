@@ -114,3 +114,21 @@ def test_mask_settings_own_the_defaults():
             MaskSettings(**bad)
         with pytest.raises(ValueError, match=match.split()[0]):
             gradmask.GradientMask(**bad)
+
+
+def test_the_mask_works_with_torch_and_numpy_alone():
+    """scipy, PIL, matplotlib and tqdm (the experiments extra) made unimportable: the core, the
+    models and a masked backward still work."""
+    code = """
+import sys
+for name in ('scipy', 'PIL', 'matplotlib', 'tqdm'):
+    sys.modules[name] = None  # import raises ImportError, find_spec says not installed
+import torch, gradmask
+model = gradmask.create_model('resnet18_narrow', 10)
+with gradmask.attach(model, gradmask.GradientMask(groups=4)) as handle:
+    model(torch.rand(2, 3, 16, 16)).sum().backward()
+    assert all(s['calls'] == 1 for s in handle.stats().values())
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
