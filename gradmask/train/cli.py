@@ -94,9 +94,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _option(run, "compile", "torch.compile the model")
     out = parser.add_argument_group("run directory")
     _option(out, "out", "run directory", shown="runs/<dataset>-<model>-<mask>-seed<seed>")
-    _option(out, "resume", "continue the run in --out from its checkpoint (a finished run is reported)")
-    _option(out, "overwrite", "start again in a used --out")
-    _option(out, "tensorboard", "also log to <out>/tensorboard")
+    _option(out, "resume", "continue the run in --out from its checkpoint (a finished run is reported)",
+            action="store_true")
+    _option(out, "overwrite", "start again in a used --out", action="store_true")
+    _option(out, "tensorboard", "also log to <out>/tensorboard", action="store_true")
     _option(out, "gsnr_every", "record the GSNR of the conv weights every K epochs in <out>/gsnr.jsonl "
             "(Figure 7; 0: off)")
     _option(out, "gsnr_samples", "probe images for the GSNR")
