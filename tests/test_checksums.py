@@ -19,7 +19,7 @@ from PIL import Image
 from gradmask.cli import main
 from gradmask.data import load_dataset
 from gradmask.files import CHECKSUM, ChecksumError, UnverifiedFileWarning, digest, verify, with_checksum
-from gradmask.reproduce.runner import read_step, write_step
+from gradmask.reproduce.store import read_step, write_step
 from gradmask.train import TrainConfig, load_checkpoint, read_checkpoint, train
 
 

@@ -289,7 +289,8 @@ def test_cifar_full_preset_is_tuned_table1_at_full_scale(tmp_path):
 
 
 def test_reproduce_tunes_table1_then_trains_seed_by_seed_and_resumes(tmp_path, monkeypatch):
-    from gradmask.reproduce import experiments, write_report
+    from gradmask.reproduce import write_report
+    from gradmask.reproduce.experiments import table2 as table2_experiment
     order = []
 
     def recording(config):
@@ -299,7 +300,7 @@ def test_reproduce_tunes_table1_then_trains_seed_by_seed_and_resumes(tmp_path, m
     def killed(*args, **kwargs):      # the evaluations are tested elsewhere: stop after the training
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiments, "robustness", killed)
+    monkeypatch.setattr(table2_experiment, "training_cost", killed)
     with pytest.raises(KeyboardInterrupt):
         reproduce(tiny_full_plan(), tmp_path, train_fn=recording, log=lambda line: None)
     table1 = [p for p in order if p.startswith("synthetic/runs/")]
@@ -354,7 +355,7 @@ def test_epoch_gap_is_welch_over_seeds_per_epoch():
     from scipy import stats
 
     from gradmask.compare.report import Run
-    from gradmask.reproduce.report import epoch_gap
+    from gradmask.reproduce.experiments.table1 import epoch_gap
 
     def run(variant, seed, accs):
         return Run(Path(f"{variant}-seed{seed}"), {"mask": variant, "seed": seed},

@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from gradmask.compare.stats import DiffInterval
-from gradmask.reproduce import experiments, make_plan, parse_data, reproduce, write_report
+from gradmask.reproduce import make_plan, parse_data, reproduce, write_report
+from gradmask.reproduce.experiments import table2 as table2_experiment
 from gradmask.reproduce.presets import PRESETS, Evaluation
 from gradmask.reproduce.verdict import (
     DOES_NOT_HOLD,
@@ -135,8 +136,8 @@ def test_combine_verdicts():
 def short_cost_measurement():
     """Table 2's cost step with 2 rounds of 1 step (the real one: 5 rounds of 2)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiments, "COST_ROUNDS", 2)
-        patch.setattr(experiments, "COST_STEPS", 1)
+        patch.setattr(table2_experiment, "COST_ROUNDS", 2)
+        patch.setattr(table2_experiment, "COST_STEPS", 1)
         yield
 
 
@@ -147,10 +148,10 @@ def tiny_run(tmp_path_factory):
     is trained or measured again, only the new seed's runs train). The tests below read it."""
     out = tmp_path_factory.mktemp("reproduce")
     with pytest.MonkeyPatch.context() as patch:
-        def interrupted(plan, out, progress=False):
+        def interrupted(plan, out, rounds, steps):
             raise KeyboardInterrupt
 
-        patch.setattr(experiments, "robustness", interrupted)
+        patch.setattr(table2_experiment, "training_cost", interrupted)   # the first measurement
         with pytest.raises(KeyboardInterrupt):
             reproduce(tiny_plan(seeds=1), out, log=lambda line: None)
     stored_first = sorted(p.stem for p in (out / "steps").glob("*.json"))
@@ -171,8 +172,8 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_experiment_is_measured_and_reported(tiny_run):
     out, result = tiny_run
-    assert result["ran"] + result["skipped"] == ["train-synthetic", "train-synthetic-li-blur", "robustness",
-                                                 "saliency-synthetic", "sanity", "blur", "cost"]
+    assert result["ran"] == ["train-synthetic", "train-synthetic-li-blur", "cost", "saliency-synthetic", "sanity",
+                             "robustness", "blur"]
     results = json.loads((out / "results.json").read_text())
     assert list(results["sections"]) == SECTIONS
     for key, section in results["sections"].items():
@@ -192,11 +193,11 @@ def test_every_experiment_is_measured_and_reported(tiny_run):
 @pytest.mark.slow
 def test_interrupted_run_continues_where_it_stopped(tiny_run):
     out, result = tiny_run
-    # the interrupted invocation kept its training and the cost measurement, and nothing after
-    assert result["stored_first"] == ["cost", "train-synthetic", "train-synthetic-li-blur"]
-    # the next one reused the cost step (its inputs unchanged) and measured the rest
-    assert result["skipped"] == ["cost"]
-    assert result["ran"][2:] == ["robustness", "saliency-synthetic", "sanity", "blur"]
+    # the interrupted invocation kept its training, and nothing after
+    assert result["stored_first"] == ["train-synthetic", "train-synthetic-li-blur"]
+    # the next one measured everything (its new seed's runs trained, nothing else: see below)
+    assert result["skipped"] == [] and result["ran"][2:] == ["cost", "saliency-synthetic", "sanity", "robustness",
+                                                             "blur"]
     assert (out / "report.html").is_file()
 
 
@@ -338,14 +339,14 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
 
 # ------------------------------------------------------------------------------ sections from stored steps
 def _store(out, name, result):
-    from gradmask.reproduce.runner import write_step
+    from gradmask.reproduce.store import write_step
     write_step(out, name, {"settings": {}, "result": result, "wall_seconds": 1.0})
 
 
 def test_figure10_verdict_is_on_the_change_from_each_models_own_clean_accuracy(tmp_path):
     """A weaker augmented model (15% vs 22% unblurred) that loses less under blur holds the claim,
     though its raw accuracy under blur stays below the normal model's."""
-    from gradmask.reproduce.report import figure10
+    from gradmask.reproduce.experiments.figure10 import section as figure10
     seeds = {str(k): {"baseline": [[0, 0.22 + d], [2, 0.14 + d], [4, 0.12 + d]],
                       "li-blur": [[0, 0.15 + d], [2, 0.10 + d], [4, 0.09 + d]]}
              for k, d in enumerate((0.0, 0.01, -0.01))}
@@ -360,7 +361,7 @@ def test_figure10_verdict_is_on_the_change_from_each_models_own_clean_accuracy(t
 
 
 def test_table2_cost_verdict_comes_from_paired_step_times(tmp_path):
-    from gradmask.reproduce.report import table2
+    from gradmask.reproduce.experiments.table2 import section as table2
     ratios = {"none": [0.9, 0.92, 0.91], "lateral": [1.0, 1.0, 1.0], "norm": [1.0, 1.1, 1.05],
               "pixel": [3.1, 2.9, 3.0]}
     cost = {"dataset": "synthetic", "batch_size": 8, "image_size": 32, "rounds": 3, "steps": 1, "threads": 1,
@@ -423,7 +424,7 @@ def test_evaluation_warnings_name_chance_level_and_one_class_images():
 
 def test_sections_warn_when_the_models_are_near_chance(tmp_path):
     """A Table 3 evaluation at 10% accuracy on images of one class says so in its section."""
-    from gradmask.reproduce.report import table3
+    from gradmask.reproduce.experiments.table3 import section as table3
     methods = {m: {"mean_iou": 0.4, "frac_iou_ge_05": 0.2, "n": 3} for m in ("limap", "gradcam", "gradcam++")}
     ious = {m: [0.5, 0.4, 0.3] for m in methods}
     model = {"methods": methods, "ious": ious, "index": [0, 1, 2], "accuracy": 0.101, "n_evaluated": 3,
@@ -438,7 +439,7 @@ def test_sections_warn_when_the_models_are_near_chance(tmp_path):
 
 
 def test_the_plan_is_stored_with_the_run_and_read_back_by_the_report(tmp_path):
-    from gradmask.reproduce.report import StoredPlan
+    from gradmask.reproduce.store import StoredPlan
     plan = make_plan("cifar-full", {"cifar10": str(tmp_path)})
     stored = StoredPlan.read(tmp_path, {"plan": json.loads(json.dumps(plan.to_json()))})
     assert stored == StoredPlan(("cifar10",), "cifar10", True, "cifar10", ("synthetic",))

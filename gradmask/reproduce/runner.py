@@ -15,71 +15,25 @@ and readable, their measurements no older than those runs. All training comes fi
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..files import ChecksumError, json_digest, verify, with_checksum, write_atomic
+from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.distributed import is_main_process
 from ..train.rundir import FINAL
-from . import experiments
+from . import runs as training
+from .experiments import EXPERIMENTS
 from .presets import ABLATION_VARIANTS, Plan
-
-STEPS = "steps"
-STATE = "reproduce.json"
-
-
-@dataclass
-class Step:
-    name: str
-    title: str
-    settings: dict
-    run: Callable[[], dict]
-    training: bool = False
-    runs: int = 0            # training runs of a training step (tuning runs included)
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def read_state(out) -> dict:
-    """The run's ``reproduce.json`` (preset, device, machine, command, step wall times), or ``{}``."""
-    path = Path(out) / STATE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def read_step(out, name: str) -> dict | None:
-    """The stored record of step ``name`` (``{"settings", "result", "wall_seconds", ...}``) or None.
-    A record whose content does not match its checksum raises :class:`gradmask.files.ChecksumError`
-    naming the file; one that is not JSON (a damaged write) counts as absent (measured again)."""
-    path = Path(out) / STEPS / f"{name}.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None  # a damaged record is measured again
-    verify(record, path, "step result", json_digest)
-    return record
-
-
-def write_step(out, name: str, record: dict) -> Path:
-    """Store step ``name``'s record (JSON values) with its checksum, atomically."""
-    path = Path(out) / STEPS / f"{name}.json"
-    _write_json(path, with_checksum(record, json_digest))
-    return path
+from .store import STATE, STEPS, Step, read_state, read_step, write_json, write_step
 
 
 class _Runs:
@@ -173,7 +127,6 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
           log: Callable[[str], None] = print) -> list[Step]:
     """The steps of ``plan`` in execution order (all training first); ``progress``: bars (a terminal)."""
     out = Path(out)
-    ev = dataclasses.asdict(plan.preset.evaluation)
     result: list[Step] = []
     trained = []
     for dataset in plan.accuracy:
@@ -187,7 +140,7 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
             settings["tune"] = tuning.to_json()
         title = f"{'tune, then ' if tuning else ''}train {', '.join(variants)} on {dataset}"
         result.append(Step(f"train-{dataset}", title, settings,
-                           lambda d=dataset, v=variants, t=tuning: experiments.train_runs(
+                           lambda d=dataset, v=variants, t=tuning: training.train_runs(
                                plan, out, d, v, train_fn=train_fn, log=log, tuning=t, progress=progress),
                            training=True, runs=len(variants) * plan.seeds + _tuning_runs(tuning, variants)))
     if plan.separate_ablation:
@@ -195,32 +148,17 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
                            f"train {', '.join(ABLATION_VARIANTS)} on {plan.ablation} (Table 2, its own scale)",
                            {"fields": plan.training(plan.ablation, ablation=True), "variants": ABLATION_VARIANTS,
                             "seeds": plan.seeds},
-                           lambda: experiments.train_runs(plan, out, plan.ablation, ABLATION_VARIANTS,
+                           lambda: training.train_runs(plan, out, plan.ablation, ABLATION_VARIANTS,
                                                           train_fn=train_fn, log=log, ablation=True,
                                                           progress=progress),
                            training=True, runs=len(ABLATION_VARIANTS) * plan.seeds))
     result.append(Step("train-synthetic-li-blur", "train none with the LI background blur on synthetic",
                        {"fields": plan.training("synthetic"), "seeds": plan.seeds},
-                       lambda: experiments.train_runs(plan, out, "synthetic", ("none",), augment="li-blur",
+                       lambda: training.train_runs(plan, out, "synthetic", ("none",), augment="li-blur",
                                                       train_fn=train_fn, log=log, progress=progress),
                        training=True, runs=plan.seeds))
-    result.append(Step("cost", f"training step time of {', '.join(experiments.COST_VARIANTS)} on {plan.ablation}, "
-                               f"interleaved in one process (Table 2)",
-                       {"fields": plan.training(plan.ablation, ablation=plan.separate_ablation),
-                        "rounds": experiments.COST_ROUNDS, "steps": experiments.COST_STEPS, "device": plan.device},
-                       lambda: experiments.training_cost(plan, out, experiments.COST_ROUNDS, experiments.COST_STEPS)))
-    common = {"seeds": plan.seeds, "evaluation": ev}
-    result.append(Step("robustness", f"pruning and FGSM on {plan.robustness} (Figures 5, 6)",
-                       dict(common, dataset=plan.robustness),
-                       lambda: experiments.robustness(plan, out, progress)))
-    for box_set in ("synthetic",) + tuple(plan.box_sets):
-        result.append(Step(f"saliency-{box_set}", f"box IoU of the saliency maps on {box_set} (Table 3)",
-                           dict(common, box_set=box_set),
-                           lambda b=box_set: experiments.saliency(plan, out, b, progress)))
-    result.append(Step("sanity", "cascading randomization (Appendix A)", common,
-                       lambda: experiments.sanity(plan, out, progress)))
-    result.append(Step("blur", "accuracy with a blurred background (Figure 10)", common,
-                       lambda: experiments.blur(plan, out, progress)))
+    for experiment in EXPERIMENTS:
+        result += experiment.steps(plan, out, progress)
     return result
 
 
@@ -279,7 +217,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
         counter.close()
     if not main:
         return {"report": None, "ran": ran, "skipped": done}
-    _write_json(out / STATE, state)
+    write_json(out / STATE, state)
     paths = write_report(out)
     log(f"wrote {paths['markdown']} and {paths['html']}")
     return {"report": paths, "ran": ran, "skipped": done}
@@ -322,6 +260,6 @@ def _run_steps(all_steps: list[Step], out: Path, main: bool, state: dict, counte
                 record["inputs"] = {runs.relative(p): identity for p, identity in reads.items()}
             write_step(out, step.name, record)
             state["steps"][step.name] = {"title": step.title, "wall_seconds": wall}
-            _write_json(out / STATE, state)
+            write_json(out / STATE, state)
         ran.append(step.name)
     return ran, done

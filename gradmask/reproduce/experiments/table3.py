@@ -1,0 +1,123 @@
+"""Table 3: box IoU of LI-Map, Grad-CAM and Grad-CAM++ (``saliency-<box set>`` steps)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from ...compare.report import fmt_duration
+from ...compare.tuning import read_tuning
+from ...reporting import evaluation_warnings
+from ...train import load_checkpoint
+from .. import paper
+from ..presets import Plan
+from ..runs import FIGURES, box_data, run_path, runs_dir
+from ..sections import METHOD_NAMES, Section, finished_runs, interval_text, mean_std, paper_value, run_setting
+from ..store import Step, read_step
+from ..verdict import mean_interval, verdict
+from .base import Experiment, evaluation_settings
+
+
+def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> dict:
+    """Table 3: LI-Map, Grad-CAM, Grad-CAM++ box IoU on ``box_set`` for each seed's ``lateral``
+    (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic boxes use the
+    synthetic runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
+    explained and misclassified images are kept, as VOC labels are not ImageNet classes)."""
+    from ...saliency.evaluate import evaluate_localization, save_figure_grid
+
+    ev, device = plan.preset.evaluation, torch.device(plan.device)
+    dataset = "synthetic" if box_set == "synthetic" else "imagenet"
+    data = box_data(box_set, plan, ev.saliency_images, run_path(out, dataset, "lateral", 0))
+    voc = box_set == "voc2007"
+    seeds, figure = {}, None
+    for seed in range(plan.seeds):
+        seeds[str(seed)] = {}
+        for variant in ("lateral", "none"):
+            model, _ = load_checkpoint(run_path(out, dataset, variant, seed), map_location=device)
+            r = evaluate_localization(model, data.images, data.labels, data.boxes, correct_only=not voc,
+                                      targets="predicted" if voc else "label", return_maps=True,
+                                      progress=progress)
+            if seed == 0 and variant == "lateral" and r["index"]:
+                shown = r["index"][:6]
+                figure = save_figure_grid(Path(out) / FIGURES / f"table3-{box_set}.png", data.images[shown],
+                                          [data.boxes[i] for i in shown],
+                                          {m: maps[: len(shown)] for m, maps in r["maps"].items()}, n=len(shown),
+                                          titles=[data.classes[int(data.labels[i])] for i in shown])
+            evaluated = data.labels[r["index"]].tolist() if r["index"] else []
+            seeds[str(seed)][variant] = {"methods": r["methods"], "ious": r["ious"], "index": r["index"],
+                                         "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"],
+                                         "evaluated_labels": [int(v) for v in evaluated]}
+    return {"box_set": box_set, "n_images": int(data.images.shape[0]), "num_classes": len(data.classes), "seeds": seeds,
+            "figure": str(figure.relative_to(out)) if figure else None}
+
+
+def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) -> Optional[Section]:
+    """Table 3 from the stored ``saliency-<box set>`` steps of ``box_sets`` (those measured)."""
+    s = Section(paper.TABLE3)
+    settings = []
+    for box_set in box_sets:
+        rec = read_step(out, f"saliency-{box_set}")
+        if rec is None:
+            continue
+        r = rec["result"]
+        paper_row = paper.TABLE3.numbers.get("imagenet" if box_set == "imagenet-boxes" else box_set, {})
+        rows = []
+        for m in ("gradcam", "gradcam++", "limap"):
+            per_seed = {v: [r["seeds"][k][v]["methods"][m]["mean_iou"] for k in r["seeds"]]
+                        for v in ("lateral", "none")}
+            rows.append([METHOD_NAMES[m], paper_value(paper_row.get(m)), mean_std(per_seed["lateral"], 1, 3),
+                         mean_std(per_seed["none"], 1, 3)])
+        tests = {}
+        for other in ("gradcam", "gradcam++"):
+            diffs = []
+            for k in r["seeds"]:
+                ious = r["seeds"][k]["lateral"]["ious"]
+                diffs += [a - b for a, b in zip(ious["limap"], ious[other])]
+            ci = mean_interval(diffs)
+            v = verdict(ci)
+            s.verdicts.append((f"{box_set}: LI-Map > {METHOD_NAMES[other]}", v))
+            tests[other] = {"difference": ci._asdict(), "n_pairs": len(diffs), "verdict": v}
+            rows.append([f"LI-Map − {METHOD_NAMES[other]} (paired, lateral models) [95% CI]",
+                         paper_value(paper_row["limap"] - paper_row[other]) if paper_row else "—",
+                         interval_text(ci, 1, 3), ""])
+        for k in r["seeds"]:
+            for v, m in r["seeds"][k].items():
+                s.warnings += evaluation_warnings(m.get("accuracy"), r.get("num_classes"),
+                                                  m.get("evaluated_labels", ()),
+                                                  what=f"the {v} model of seed {k} on {box_set}")
+        s.blocks.append(("p", f"**{box_set}** ({r['n_images']} images; evaluated: "
+                              f"{', '.join(str(r['seeds'][k]['lateral']['n_evaluated']) for k in r['seeds'])} per "
+                              f"seed after the filters)."))
+        s.blocks.append(("table", ["method", "paper IoU", "ours: lateral models", "ours: none models"], rows,
+                         ["l", "r", "r", "r"]))
+        if r.get("figure"):
+            s.blocks.append(("img", f"saliency maps on {box_set} (seed 0, lateral model; green: object box, "
+                                    f"red: top-15% box)", r["figure"]))
+        s.numbers[box_set] = {"seeds": {k: {v: r["seeds"][k][v]["methods"] for v in r["seeds"][k]} for k in r["seeds"]},
+                              "tests": tests, "paper": paper_row}
+        settings.append(f"{box_set}: IoU of the box around the top 15% of pixels, images with one object whose "
+                        f"box covers at most half the image" + (", correctly classified" if box_set != "voc2007"
+                                                                 else ", the predicted class explained") +
+                        f"; mean ± std over seeds; paired interval over all (image, seed) pairs; wall time "
+                        f"{fmt_duration(rec.get('wall_seconds'))}.")
+    if not settings:   # no box set measured yet
+        return None
+    syn = finished_runs(out, "synthetic")
+    s.measured_on(syn.get("lateral", []) + syn.get("none", []), read_tuning(runs_dir(out, "synthetic")))
+    settings.append("Models: " + run_setting(syn.get("lateral", []) + syn.get("none", []), state))
+    s.finish(" ".join(settings))
+    return s
+
+
+class Table3(Experiment):
+    def steps(self, plan, out, progress):
+        return [Step(f"saliency-{box_set}", f"box IoU of the saliency maps on {box_set} (Table 3)",
+                     dict(evaluation_settings(plan), box_set=box_set), lambda b=box_set: run(plan, out, b, progress))
+                for box_set in ("synthetic",) + tuple(plan.box_sets)]
+
+    def sections(self, out, state, plan):
+        return [s] if (s := section(out, state, plan.table3_box_sets)) is not None else []
+
+
+EXPERIMENT = Table3()

@@ -1,0 +1,64 @@
+"""The training runs of ``reproduce``: where they live and how they are trained (through
+:func:`gradmask.compare.compare`), and the box images the saliency experiments read.
+
+Run directories are ``{out}/{dataset}/runs/{variant}-seed{s}`` (Tables 1-2, Figures 5-7),
+``{out}/{dataset}/ablation/...`` (Table 2 at its own scale) and ``{out}/synthetic/li-blur/none-seed{s}``
+(Figure 10, trained with Algorithm 2's augmentation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..compare.runner import compare, run_dir
+from ..compare.tuning import Tuning, read_tuning
+from ..train import TrainConfig
+from ..train.checkpoint import read_checkpoint, trained_image_size
+from .presets import Plan
+
+FIGURES = "figures"
+
+
+def runs_dir(out, dataset: str, augment: str | None = None, ablation: bool = False) -> Path:
+    """Folder of a dataset's compared runs; ``augment="li-blur"``: the Figure 10 runs; ``ablation``:
+    Table 2's runs when they have their own scale."""
+    return Path(out) / dataset / ("li-blur" if augment == "li-blur" else "ablation" if ablation else "runs")
+
+
+def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = None) -> Path:
+    return Path(run_dir(runs_dir(out, dataset, augment), variant, seed))
+
+
+def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: str | None = None,
+               train_fn: Callable | None = None, log: Callable[[str], None] = print,
+               tuning: Tuning | None = None, ablation: bool = False, progress: bool = False) -> dict:
+    """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` with :func:`gradmask.compare.compare`
+    (resuming finished / interrupted ones; it writes the comparison report of that folder), each
+    variant first tuned on a validation split when ``tuning`` is given; ``ablation``: Table 2's
+    runs at their own scale; ``progress``: the engine's epoch bar (a terminal). Returns
+    ``{"runs": [paths], "config": fields}`` (+ ``"tuning"``)."""
+    fields = plan.training(dataset, ablation=ablation)
+    if augment is not None:
+        fields["augment"] = augment
+    base = TrainConfig(**fields, progress=progress)
+    folder = runs_dir(out, dataset, augment, ablation)
+    tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
+                                         tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)
+    label = f"{dataset}{f' ({augment})' if augment else ''}{' (ablation)' if ablation else ''}"
+    runs = compare(base, tuple(variants), plan.seeds, folder, train_fn=train_fn,
+                   log=lambda line: log(f"  {label} {line}"), **tune)
+    result = {"runs": [str(p) for p in runs], "config": fields}
+    if tuning is not None:
+        result["tuning"] = read_tuning(folder)
+    return result
+
+
+def box_data(name: str, plan: Plan, limit: int, run: Path):
+    """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint)."""
+    from ..saliency.boxes import load_box_dataset
+    state = read_checkpoint(run / "checkpoint.pt")
+    size = trained_image_size(TrainConfig.from_dict(dict(state["config"])), state["model_args"])
+    if name == "synthetic":
+        return load_box_dataset("synthetic", limit=limit, image_size=size)
+    return load_box_dataset("voc2007" if name == "voc2007" else "xml", root=plan.data[name], limit=limit,
+                            image_size=size)
