@@ -132,3 +132,19 @@ print('ok')
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_import_contracts_hold_and_no_subpackage_imports_another_in_a_cycle():
+    """The layers contract of pyproject.toml (lint-imports, also run by .ci/run) and the import
+    graph of .ci/import_graph.py: no cycle between sub-packages (command modules counted as the
+    command line)."""
+    import shutil
+
+    import pytest
+    if shutil.which("lint-imports") is None:
+        pytest.skip("import-linter is not installed (it is in the test extra)")
+    out = subprocess.run(["lint-imports"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+    graph = subprocess.run([sys.executable, ".ci/import_graph.py"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert "sub-package cycles: 0" in graph, graph
