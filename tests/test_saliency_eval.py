@@ -13,19 +13,19 @@ from torch import nn
 import gradmask
 from gradmask.models.resnet import Normalized
 from gradmask.saliency import GradCAM, LIMap, gaussian_blur, localization_scores
+from gradmask.saliency.blur_eval import (
+    blur_background,
+    blurred_background_accuracy,
+    box_masks,
+    plot_blur_curves,
+    write_blur_report,
+)
 from gradmask.saliency.evaluate import (
     default_cam_layer,
     evaluate_localization,
     predict,
     save_figure_grid,
     write_localization_report,
-)
-from gradmask.saliency.robustness_blur import (
-    blur_background,
-    blurred_background_accuracy,
-    box_masks,
-    plot_blur_curves,
-    write_blur_report,
 )
 
 

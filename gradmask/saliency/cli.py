@@ -23,6 +23,7 @@ from ..device import resolve_device
 from ..reporting import evaluation_warnings
 from . import boxes as _boxes
 from .base import SALIENCY_METHODS
+from .blur_eval import blurred_background_accuracy, write_blur_report
 from .evaluate import (
     METHODS,
     default_cam_layer,
@@ -32,7 +33,6 @@ from .evaluate import (
     save_figure_grid,
     write_localization_report,
 )
-from .robustness_blur import blurred_background_accuracy, write_blur_report
 from .sanity import cascading_randomization, save_sanity_maps, write_sanity_report
 
 

@@ -31,7 +31,7 @@ from .base import Experiment, evaluation_settings
 def run(plan: Plan, out, progress: bool = False) -> dict:
     """Accuracy with the background outside the boxes blurred, for each seed's synthetic model
     trained without (``none``) and with the LI background-blur augmentation (``li-blur``)."""
-    from ...saliency.robustness_blur import blurred_background_accuracy
+    from ...saliency.blur_eval import blurred_background_accuracy
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = box_data("synthetic", plan, ev.blur_images, run_path(out, "synthetic", "none", 0))
