@@ -33,7 +33,7 @@ from ..train.rundir import FINAL
 from . import runs as training
 from .experiments import EXPERIMENTS
 from .presets import ABLATION_VARIANTS, Plan
-from .store import STATE, STEPS, Step, read_state, read_step, write_json, write_step
+from .store import STATE, STEPS, Step, read_state, read_step, stored_json, write_json, write_step
 
 
 class _Runs:
@@ -250,7 +250,7 @@ def _run_steps(all_steps: list[Step], out: Path, main: bool, state: dict, counte
             result = step.run()
         wall = time.perf_counter() - start
         if main:
-            record = {"settings": settings, "result": _json_safe(result), "wall_seconds": wall,
+            record = {"settings": settings, "result": _json_safe(stored_json(result)), "wall_seconds": wall,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             if step.training:
                 produced = [Path(r) for r in result.get("runs", [])]

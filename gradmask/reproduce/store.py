@@ -3,6 +3,7 @@ checksummed), the run's ``reproduce.json`` and the plan stored in it (:class:`St
 :class:`Step`, one resumable unit of work. A leaf of the reproduce package."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,12 @@ class Step:
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def stored_json(result):
+    """A step's result as stored: a dataclass result's fields (``dataclasses.asdict``, the same JSON as
+    the dicts of earlier versions, so their stored results stay readable), anything else as is."""
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
 
 
 def read_state(out) -> dict:

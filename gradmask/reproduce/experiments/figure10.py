@@ -3,6 +3,7 @@ LI background blur (the ``blur`` step)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +29,19 @@ from ..verdict import difference_interval, verdict
 from .base import Experiment, evaluation_settings
 
 
-def run(plan: Plan, out, progress: bool = False) -> dict:
+@dataclass(frozen=True)
+class BlurResult:
+    """The ``blur`` step: ``seeds[seed][arm]`` the ``[(sigma, accuracy)]`` curve of each arm
+    (``baseline``: trained without, ``li-blur``: with the LI background blur) on ``n_images``."""
+    n_images: int
+    sigmas: list
+    seeds: dict
+
+    def curves(self, arm: str) -> list:
+        return [self.seeds[k][arm] for k in self.seeds]
+
+
+def run(plan: Plan, out, progress: bool = False) -> BlurResult:
     """Accuracy with the background outside the boxes blurred, for each seed's synthetic model
     trained without (``none``) and with the LI background-blur augmentation (``li-blur``)."""
     from ...saliency.blur_eval import blurred_background_accuracy
@@ -43,7 +56,7 @@ def run(plan: Plan, out, progress: bool = False) -> dict:
             curve = blurred_background_accuracy(model, data.images, data.labels, data.boxes, ev.blur_sigmas,
                                                 progress=progress)
             seeds[str(seed)][label] = [list(p) for p in curve]
-    return {"n_images": int(data.images.shape[0]), "sigmas": list(ev.blur_sigmas), "seeds": seeds}
+    return BlurResult(int(data.images.shape[0]), list(ev.blur_sigmas), seeds)
 
 
 def section(out: Path, state: dict) -> Optional[Section]:
@@ -53,16 +66,15 @@ def section(out: Path, state: dict) -> Optional[Section]:
     rec = read_step(out, "blur")
     if rec is None:
         return None
-    r = rec["result"]
+    r = BlurResult(**rec["result"])
     s = Section(paper.FIGURE10)
-    seeds = list(r["seeds"])
     arms = {"baseline": "none", "li-blur": "none + li-blur"}
     rows = []
-    for i, sigma in enumerate(r["sigmas"]):
-        rows.append([f"{sigma:g}"] + [mean_std([r["seeds"][k][v][i][1] for k in seeds], 100) for v in arms])
+    for i, sigma in enumerate(r.sigmas):
+        rows.append([f"{sigma:g}"] + [mean_std([c[i][1] for c in r.curves(v)], 100) for v in arms])
     s.blocks.append(("table", ["background blur sigma"] + list(arms.values()), rows, ["r", "r", "r"]))
-    clean = {v: [clean_accuracy(r["seeds"][k][v]) for k in seeds] for v in arms}
-    blurred = {v: [mean_beyond_zero(r["seeds"][k][v]) for k in seeds] for v in arms}
+    clean = {v: [clean_accuracy(c) for c in r.curves(v)] for v in arms}
+    blurred = {v: [mean_beyond_zero(c) for c in r.curves(v)] for v in arms}
     change = {v: [b - c for b, c in zip(blurred[v], clean[v])] for v in arms}
     robust = difference_interval(change["li-blur"], change["baseline"])
     s.verdicts.append(("none + li-blur loses less accuracy than none when the background is blurred (change of "
@@ -82,7 +94,7 @@ def section(out: Path, state: dict) -> Optional[Section]:
                           "is about robustness to the blurred background, and a model that is less accurate to "
                           "begin with would otherwise fail it for that reason alone."))
     path = plot_seed_curves(out / FIGURES / "figure10.png",
-                            {label: [r["seeds"][k][v] for k in seeds] for v, label in arms.items()},
+                            {label: r.curves(v) for v, label in arms.items()},
                             "background blur sigma (pixels)", "top-1 accuracy (%)",
                             "Accuracy with the background blurred (synthetic)", 100)
     s.numbers = {"unblurred_accuracy": clean, "mean_blurred_accuracy": blurred, "change": change,
@@ -90,7 +102,7 @@ def section(out: Path, state: dict) -> Optional[Section]:
     s.blocks.append(("img", "accuracy with a blurred background", str(path.relative_to(out))))
     runs = finished_runs(out, "synthetic").get("none", []) + finished_runs(out, "synthetic", "li-blur").get("none", [])
     s.measured_on(runs, read_tuning(runs_dir(out, "synthetic")))
-    s.finish(f"{r['n_images']} synthetic test images with boxes, background = outside the box. The augmented "
+    s.finish(f"{r.n_images} synthetic test images with boxes, background = outside the box. The augmented "
              f"models are trained from scratch with Algorithm 2 at the same budget as the normal ones (the paper "
              f"fine-tunes a trained ResNet-50 for 30 epochs). Runs: " + run_setting(runs, state))
     return s

@@ -1,6 +1,7 @@
 """Figures 5 and 6: accuracy after L1 pruning and under FGSM (the ``robustness`` step)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +17,31 @@ from ..store import Step, read_step
 from .base import Experiment, evaluation_settings
 
 
-def run(plan: Plan, out, progress: bool = False) -> dict:
+@dataclass(frozen=True)
+class RobustnessResult:
+    """The ``robustness`` step on ``n_images`` test images of ``dataset``: per seed the pruning curves
+    ``[(sparsity, accuracy)]`` of each variant and scheme, and the FGSM curves (``FGSMCurve.to_dict``)."""
+    dataset: str
+    source: str
+    n_images: int
+    sparsities: list
+    epsilons_255: list
+    seeds: dict
+
+    def pruning(self, variant: str, scheme: str) -> list:
+        """The pruning curve of each seed."""
+        return [self.seeds[k]["pruning"][variant][scheme] for k in self.seeds]
+
+    def fgsm(self, variant: str) -> list:
+        """The FGSM accuracy curve of each seed."""
+        return [self.seeds[k]["fgsm"]["curves"][variant] for k in self.seeds]
+
+    def n_joint(self) -> dict:
+        """Per seed the images both models classify correctly (the ones attacked)."""
+        return {k: self.seeds[k]["fgsm"]["n_joint"] for k in self.seeds}
+
+
+def run(plan: Plan, out, progress: bool = False) -> RobustnessResult:
     """Pruning (global and per-layer L1) and FGSM of each seed's ``none`` and ``lateral`` models
     on ``robustness_images`` test images of the robustness dataset (a fixed random subset)."""
     from ...robustness import fgsm_curve, pruning_curve
@@ -35,57 +60,55 @@ def run(plan: Plan, out, progress: bool = False) -> dict:
                        for scheme in ("global", "layer")} for v, m in models.items()}
         fgsm = fgsm_curve(models, loader, ev.epsilons, subset="joint", progress=progress).to_dict()
         seeds[str(seed)] = {"pruning": pruning, "fgsm": fgsm}
-    return {"dataset": dataset, "source": source, "n_images": n, "sparsities": list(ev.sparsities),
-            "epsilons_255": list(ev.epsilons), "seeds": seeds}
+    return RobustnessResult(dataset, source, n, list(ev.sparsities), list(ev.epsilons), seeds)
 
 
 def section(out: Path, state: dict) -> list[Section]:
     rec = read_step(out, "robustness")
     if rec is None:
         return []
-    r = rec["result"]
-    setting = (f"{r['dataset']} test images ({r['n_images']}, fixed random subset), each seed's none and "
+    r = RobustnessResult(**rec["result"])
+    setting = (f"{r.dataset} test images ({r.n_images}, fixed random subset), each seed's none and "
                f"lateral models from Table 1/2's runs; wall time {fmt_duration(rec.get('wall_seconds'))}.")
-    seeds = list(r["seeds"])
     s5 = Section(paper.FIGURE5)
     s5.blocks.append(("p", "Top-1 accuracy (%) after L1 pruning (`torch.nn.utils.prune`), mean ± std over seeds."))
     rows = []
-    for i, sp in enumerate(r["sparsities"]):
+    for i, sp in enumerate(r.sparsities):
         row = [f"{sp:g}"]
         for scheme in ("global", "layer"):
             for v in ("none", "lateral"):
-                row.append(mean_std([r["seeds"][k]["pruning"][v][scheme][i][1] for k in seeds], 100))
+                row.append(mean_std([c[i][1] for c in r.pruning(v, scheme)], 100))
         rows.append(row)
     s5.blocks.append(("table", ["sparsity", "global: none", "global: lateral", "per layer: none",
                                 "per layer: lateral"], rows, ["r", "r", "r", "r", "r"]))
     for scheme in ("global", "layer"):
         means, ci, path = compare_curves(
             s5, out, f"figure5-{scheme}.png",
-            {v: (v, [r["seeds"][k]["pruning"][v][scheme] for k in seeds]) for v in ("none", "lateral")},
+            {v: (v, r.pruning(v, scheme)) for v in ("none", "lateral")},
             f"{scheme} pruning: lateral > none (mean accuracy over sparsities > 0)",
-            "sparsity (fraction of conv/linear weights removed)", f"L1 pruning ({scheme}) on {r['dataset']}")
+            "sparsity (fraction of conv/linear weights removed)", f"L1 pruning ({scheme}) on {r.dataset}")
         s5.numbers[scheme] = {"mean_pruned_accuracy": means, "difference": ci._asdict()}
         s5.blocks.append(("img", f"accuracy after {scheme} L1 pruning", str(path.relative_to(out))))
-    runs = finished_runs(out, r["dataset"])
-    s5.measured_on(runs.get("none", []) + runs.get("lateral", []), read_tuning(runs_dir(out, r["dataset"])))
+    runs = finished_runs(out, r.dataset)
+    s5.measured_on(runs.get("none", []) + runs.get("lateral", []), read_tuning(runs_dir(out, r.dataset)))
     s5.finish(setting)
 
     s6 = Section(paper.FIGURE6)
     s6.budget, s6.warnings = s5.budget, list(s5.warnings)
-    joint = ", ".join(str(r["seeds"][k]["fgsm"]["n_joint"]) for k in seeds)
+    joint = ", ".join(str(n) for n in r.n_joint().values())
     s6.blocks.append(("p", f"Top-1 accuracy (%) under FGSM on the images both models of a seed classify "
                            f"correctly ({joint} per seed), mean ± std over seeds."))
     rows = []
-    for i, e in enumerate(r["epsilons_255"]):
-        rows.append([f"{e:g}/255"] + [mean_std([r["seeds"][k]["fgsm"]["curves"][v][i][1] for k in seeds], 100)
+    for i, e in enumerate(r.epsilons_255):
+        rows.append([f"{e:g}/255"] + [mean_std([c[i][1] for c in r.fgsm(v)], 100)
                                       for v in ("none", "lateral")])
     s6.blocks.append(("table", ["epsilon", "none", "lateral"], rows, ["r", "r", "r"]))
     means, ci, path = compare_curves(
         s6, out, "figure6.png",
-        {v: (v, [r["seeds"][k]["fgsm"]["curves"][v] for k in seeds]) for v in ("none", "lateral")},
-        "lateral > none (mean accuracy over epsilons > 0)", "epsilon (1/255)", f"FGSM on {r['dataset']}")
+        {v: (v, r.fgsm(v)) for v in ("none", "lateral")},
+        "lateral > none (mean accuracy over epsilons > 0)", "epsilon (1/255)", f"FGSM on {r.dataset}")
     s6.numbers = {"mean_attacked_accuracy": means, "difference": ci._asdict(),
-                  "n_joint": {k: r["seeds"][k]["fgsm"]["n_joint"] for k in seeds}}
+                  "n_joint": r.n_joint()}
     s6.blocks.append(("img", "accuracy under FGSM", str(path.relative_to(out))))
     s6.finish(setting)
     return [s5, s6]

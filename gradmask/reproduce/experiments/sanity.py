@@ -1,6 +1,7 @@
 """Appendix A: cascading randomization of LI-Map and Grad-CAM (the ``sanity`` step)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,17 @@ SANITY_RHO = 0.5
 """Appendix A passes when the mean Spearman correlation between the trained model's LI-Map and the
 fully randomized model's is below this (95% interval over images entirely below it)."""
 
-def run(plan: Plan, out, progress: bool = False) -> dict:
+@dataclass(frozen=True)
+class SanityResult:
+    """The ``sanity`` step: ``steps[method]`` the cascading-randomization records (step, group
+    randomized, Spearman / SSIM with the trained model's maps, per image too) of LI-Map and Grad-CAM."""
+    n_images: int
+    gradcam_layer: str
+    steps: dict
+    figures: list
+
+
+def run(plan: Plan, out, progress: bool = False) -> SanityResult:
     """Cascading randomization of LI-Map and Grad-CAM on seed 0's ``lateral`` synthetic model."""
     from ...saliency import GradCAM, LIMap
     from ...saliency.evaluate import default_cam_layer
@@ -40,17 +51,17 @@ def run(plan: Plan, out, progress: bool = False) -> dict:
             save_sanity_maps(Path(out) / FIGURES / "sanity-maps.png", data.images, result, method="LI-Map")
         steps[name] = [{k: v for k, v in s.items() if k != "maps"} for s in result]
     plot_sanity(Path(out) / FIGURES / "sanity.png", steps)
-    return {"n_images": int(data.images.shape[0]), "gradcam_layer": layer, "steps": steps,
-            "figures": [f"{FIGURES}/sanity.png", f"{FIGURES}/sanity-maps.png"]}
+    return SanityResult(int(data.images.shape[0]), layer, steps,
+                        [f"{FIGURES}/sanity.png", f"{FIGURES}/sanity-maps.png"])
 
 
 def section(out: Path, state: dict) -> Optional[Section]:
     rec = read_step(out, "sanity")
     if rec is None:
         return None
-    r = rec["result"]
+    r = SanityResult(**rec["result"])
     s = Section(paper.SANITY)
-    steps = r["steps"]
+    steps = r.steps
     rows = []
     for i, st in enumerate(steps["limap"]):
         g = steps["gradcam"][i]
@@ -67,13 +78,13 @@ def section(out: Path, state: dict) -> Optional[Section]:
     s.blocks.append(("p", f"After randomizing every block the LI-Map keeps a mean Spearman correlation of "
                           f"{interval_text(mi, 1, 3).lstrip('+')} with the trained model's map (a map that ignored "
                           f"the weights would keep 1)."))
-    for f in r["figures"]:
+    for f in r.figures:
         if (out / f).is_file():
             s.blocks.append(("img", "cascading randomization", f))
     s.measured_on([r for r in finished_runs(out, "synthetic").get("lateral", []) if r.seed == 0],
                       read_tuning(runs_dir(out, "synthetic")))
-    s.finish(f"seed 0's lateral synthetic model, {r['n_images']} synthetic test images, groups re-initialised "
-             f"top-down per block, Grad-CAM on {r['gradcam_layer']}; wall time "
+    s.finish(f"seed 0's lateral synthetic model, {r.n_images} synthetic test images, groups re-initialised "
+             f"top-down per block, Grad-CAM on {r.gradcam_layer}; wall time "
              f"{fmt_duration(rec.get('wall_seconds'))}.")
     return s
 

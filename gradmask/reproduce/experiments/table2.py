@@ -3,6 +3,7 @@ the training runs, training cost from the ``cost`` step."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +39,21 @@ COST_ROUNDS = 5          # timed rounds (a warm-up round before them is not reco
 COST_STEPS = 2           # timed steps per variant and round
 
 
-def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_STEPS) -> dict:
+@dataclass(frozen=True)
+class CostResult:
+    """The ``cost`` step: per variant the seconds of one SGD step in each round, and their ratio to
+    ``lateral`` in the same round; what was timed (dataset, batch, image side, rounds, steps, threads)."""
+    dataset: str
+    batch_size: int
+    image_size: int
+    rounds: int
+    steps: int
+    threads: int
+    seconds: dict
+    ratios: dict
+
+
+def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_STEPS) -> CostResult:
     """Table 2's "trains 3 times slower", measured the way the benchmarks do: in one process, on one
     model of Table 2's runs (seed 0's ``lateral`` checkpoint: its architecture and image size), one
     fixed random batch of the runs' batch size; in each of ``rounds`` rounds every variant of
@@ -94,8 +109,7 @@ def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_
             if handle is not None:
                 handle.remove()
     ratios = {v: [t / b for t, b in zip(seconds[v], seconds["lateral"])] for v in COST_VARIANTS}
-    return {"dataset": plan.ablation, "batch_size": config.batch_size, "image_size": size, "rounds": rounds,
-            "steps": steps, "threads": torch.get_num_threads(), "seconds": seconds, "ratios": ratios}
+    return CostResult(plan.ablation, config.batch_size, size, rounds, steps, torch.get_num_threads(), seconds, ratios)
 
 
 def section(out: Path, state: dict, dataset: str, separate: bool = False) -> Section:
@@ -104,38 +118,37 @@ def section(out: Path, state: dict, dataset: str, separate: bool = False) -> Sec
     s = Section(paper.TABLE2)
     runs = finished_runs(out, dataset, ablation=separate)
     acc = {v: accuracies(runs.get(v, [])) for v in ("lateral", "norm", "pixel")}
-    cost = (read_step(out, "cost") or {}).get("result")
-    if cost is not None and cost.get("dataset") != dataset:
-        cost = None
+    stored = (read_step(out, "cost") or {}).get("result")
+    cost = CostResult(**stored) if stored is not None and stored.get("dataset") == dataset else None
     rows = []
     for v in ("lateral", "norm", "pixel"):
         ci = difference_interval(acc[v], acc["lateral"]) if v != "lateral" else None
-        step = median(cost["seconds"][v]) if cost else math.nan
+        step = median(cost.seconds[v]) if cost else math.nan
         rows.append([v, paper_value(paper.TABLE2.numbers["accuracy"][v] if dataset == paper.TABLE2_DATA else None),
                      mean_std(acc[v], 100), interval_text(ci, 100) if ci else "—",
                      f"{1000 * step:.0f}" if finite(step) else "n/a",
-                     f"{median(cost['ratios'][v]):.2f}" if cost else "n/a",
+                     f"{median(cost.ratios[v]):.2f}" if cost else "n/a",
                      paper_value(paper.TABLE2.numbers["slowdown"].get(v, 1.0) if dataset == paper.TABLE2_DATA else None,
                             0 if v == "pixel" else 2)])
         s.numbers[v] = {"accuracy": acc[v], "difference_to_lateral": ci._asdict() if ci else None,
-                        "step_seconds": cost["seconds"][v] if cost else None}
+                        "step_seconds": cost.seconds[v] if cost else None}
     for v, label in (("norm", "norm is less accurate than lateral"), ("pixel", "pixel is less accurate than lateral")):
         ci = difference_interval(acc["lateral"], acc[v])
         s.verdicts.append((label, verdict(ci)))
-    ratio = mean_interval(cost["ratios"]["pixel"]) if cost else mean_interval([])
+    ratio = mean_interval(cost.ratios["pixel"]) if cost else mean_interval([])
     s.verdicts.append((f"pixel trains >= {SLOWDOWN:g}x slower than lateral (paired step times)",
                        verdict(ratio, SLOWDOWN)))
     s.numbers["slowdown_pixel"] = ratio._asdict()
     if cost:
-        s.numbers["cost"] = cost
+        s.numbers["cost"] = stored
     s.blocks.append(("table", ["variant", "paper acc.", "ours acc.", "− lateral [95% CI]", "step ms (median)",
                                "step time / lateral (median)", "paper slowdown"], rows,
                      ["l", "r", "r", "r", "r", "r", "r"]))
     cost_text = ("not measured (no `cost` step)" if cost is None else
-                 f"{cost['rounds']} rounds in one process, in each the variants {', '.join(cost['ratios'])} in turn "
-                 f"on one fixed batch of {cost['batch_size']} images of {cost['image_size']}x{cost['image_size']} "
-                 f"(forward, masked backward, SGD step; {cost['steps']} timed steps per variant after one settling "
-                 f"step, a warm-up round first, torch threads {cost['threads']}), the ratio taken within each round")
+                 f"{cost.rounds} rounds in one process, in each the variants {', '.join(cost.ratios)} in turn "
+                 f"on one fixed batch of {cost.batch_size} images of {cost.image_size}x{cost.image_size} "
+                 f"(forward, masked backward, SGD step; {cost.steps} timed steps per variant after one settling "
+                 f"step, a warm-up round first, torch threads {cost.threads}), the ratio taken within each round")
     s.blocks.append(("p", "`norm`: the mask from the channel-group norm alone (no LoG). `pixel`: one mask per "
                           "channel from |gradient| and the LoG. Training cost: " + cost_text +
                           f"; the verdict is the 95% interval of the per-round ratio pixel / lateral against "

@@ -1,6 +1,7 @@
 """Table 3: box IoU of LI-Map, Grad-CAM and Grad-CAM++ (``saliency-<box set>`` steps)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -19,7 +20,39 @@ from ..verdict import mean_interval, verdict
 from .base import Experiment, evaluation_settings
 
 
-def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> dict:
+@dataclass(frozen=True)
+class ModelScores:
+    """One model's box IoUs: ``methods`` (method -> its summary: ``mean_iou``, ...), ``ious`` (method ->
+    the IoU of each evaluated image), ``index`` (the evaluated images), the model's ``accuracy`` on
+    the box images, ``n_evaluated``, ``evaluated_labels`` (None in results stored before them)."""
+    methods: dict
+    ious: dict
+    index: list
+    accuracy: float
+    n_evaluated: int
+    evaluated_labels: Optional[list] = None
+
+    def mean_iou(self, method: str) -> float:
+        return self.methods[method]["mean_iou"]
+
+
+@dataclass(frozen=True)
+class SaliencyResult:
+    """A ``saliency-<box set>`` step: ``seeds[seed][variant]`` the :class:`ModelScores` of each model."""
+    box_set: str
+    n_images: int
+    num_classes: Optional[int]
+    seeds: dict
+    figure: Optional[str]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SaliencyResult":
+        return cls(d["box_set"], d["n_images"], d.get("num_classes"),
+                   {k: {v: ModelScores(**m) for v, m in per.items()} for k, per in d["seeds"].items()},
+                   d.get("figure"))
+
+
+def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> SaliencyResult:
     """Table 3: LI-Map, Grad-CAM, Grad-CAM++ box IoU on ``box_set`` for each seed's ``lateral``
     (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic boxes use the
     synthetic runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
@@ -45,11 +78,10 @@ def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> 
                                           {m: maps[: len(shown)] for m, maps in r["maps"].items()}, n=len(shown),
                                           titles=[data.classes[int(data.labels[i])] for i in shown])
             evaluated = data.labels[r["index"]].tolist() if r["index"] else []
-            seeds[str(seed)][variant] = {"methods": r["methods"], "ious": r["ious"], "index": r["index"],
-                                         "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"],
-                                         "evaluated_labels": [int(v) for v in evaluated]}
-    return {"box_set": box_set, "n_images": int(data.images.shape[0]), "num_classes": len(data.classes), "seeds": seeds,
-            "figure": str(figure.relative_to(out)) if figure else None}
+            seeds[str(seed)][variant] = ModelScores(r["methods"], r["ious"], r["index"], r["accuracy"],
+                                                    r["n_evaluated"], [int(v) for v in evaluated])
+    return SaliencyResult(box_set, int(data.images.shape[0]), len(data.classes), seeds,
+                          str(figure.relative_to(out)) if figure else None)
 
 
 def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) -> Optional[Section]:
@@ -60,19 +92,19 @@ def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) ->
         rec = read_step(out, f"saliency-{box_set}")
         if rec is None:
             continue
-        r = rec["result"]
+        r = SaliencyResult.from_json(rec["result"])
         paper_row = paper.TABLE3.numbers.get("imagenet" if box_set == "imagenet-boxes" else box_set, {})
         rows = []
         for m in ("gradcam", "gradcam++", "limap"):
-            per_seed = {v: [r["seeds"][k][v]["methods"][m]["mean_iou"] for k in r["seeds"]]
+            per_seed = {v: [r.seeds[k][v].mean_iou(m) for k in r.seeds]
                         for v in ("lateral", "none")}
             rows.append([METHOD_NAMES[m], paper_value(paper_row.get(m)), mean_std(per_seed["lateral"], 1, 3),
                          mean_std(per_seed["none"], 1, 3)])
         tests = {}
         for other in ("gradcam", "gradcam++"):
             diffs = []
-            for k in r["seeds"]:
-                ious = r["seeds"][k]["lateral"]["ious"]
+            for k in r.seeds:
+                ious = r.seeds[k]["lateral"].ious
                 diffs += [a - b for a, b in zip(ious["limap"], ious[other])]
             ci = mean_interval(diffs)
             v = verdict(ci)
@@ -81,20 +113,19 @@ def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) ->
             rows.append([f"LI-Map − {METHOD_NAMES[other]} (paired, lateral models) [95% CI]",
                          paper_value(paper_row["limap"] - paper_row[other]) if paper_row else "—",
                          interval_text(ci, 1, 3), ""])
-        for k in r["seeds"]:
-            for v, m in r["seeds"][k].items():
-                s.warnings += evaluation_warnings(m.get("accuracy"), r.get("num_classes"),
-                                                  m.get("evaluated_labels", ()),
+        for k in r.seeds:
+            for v, m in r.seeds[k].items():
+                s.warnings += evaluation_warnings(m.accuracy, r.num_classes, m.evaluated_labels or (),
                                                   what=f"the {v} model of seed {k} on {box_set}")
-        s.blocks.append(("p", f"**{box_set}** ({r['n_images']} images; evaluated: "
-                              f"{', '.join(str(r['seeds'][k]['lateral']['n_evaluated']) for k in r['seeds'])} per "
+        s.blocks.append(("p", f"**{box_set}** ({r.n_images} images; evaluated: "
+                              f"{', '.join(str(r.seeds[k]['lateral'].n_evaluated) for k in r.seeds)} per "
                               f"seed after the filters)."))
         s.blocks.append(("table", ["method", "paper IoU", "ours: lateral models", "ours: none models"], rows,
                          ["l", "r", "r", "r"]))
-        if r.get("figure"):
+        if r.figure:
             s.blocks.append(("img", f"saliency maps on {box_set} (seed 0, lateral model; green: object box, "
-                                    f"red: top-15% box)", r["figure"]))
-        s.numbers[box_set] = {"seeds": {k: {v: r["seeds"][k][v]["methods"] for v in r["seeds"][k]} for k in r["seeds"]},
+                                    f"red: top-15% box)", r.figure))
+        s.numbers[box_set] = {"seeds": {k: {v: m.methods for v, m in per.items()} for k, per in r.seeds.items()},
                               "tests": tests, "paper": paper_row}
         settings.append(f"{box_set}: IoU of the box around the top 15% of pixels, images with one object whose "
                         f"box covers at most half the image" + (", correctly classified" if box_set != "voc2007"
