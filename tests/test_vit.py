@@ -153,6 +153,16 @@ def test_li_map_on_a_vit_uses_the_blocks_on_the_grid():
     torch.testing.assert_close(li.attribute(images), total, rtol=1e-4, atol=1e-6)
 
 
+def test_grad_cam_default_layer_on_a_vit_is_its_blocks_on_the_grid():
+    from gradmask.saliency.evaluate import default_cam_layer
+
+    torch.manual_seed(0)
+    model = gradmask.create_model("vit_tiny", 10).eval()
+    assert default_cam_layer(model) == "blocks"
+    maps = gradmask.GradCAM(model, target_layer="blocks")(torch.rand(2, 3, 32, 32))
+    assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
+
+
 def test_cli_trains_vit_tiny_with_the_lateral_mask(tmp_path):
     out = tmp_path / "vit"
     assert main(["train", "--model", "vit_tiny", "--mask", "lateral", "--groups", "4", "--synthetic-train", "96",
