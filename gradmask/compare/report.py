@@ -39,8 +39,8 @@ _PER_RUN_KEYS = {"mask", "seed", "out", "resume"}
 _NOT_SETTING_KEYS = {"overwrite", "progress", "tensorboard"}
 # setting keys shown first (matched on the last component of a flattened key), in this order
 _PREFERRED_KEYS = [
-    "dataset", "data", "train_limit", "test_limit", "synthetic_train", "synthetic_test", "model",
-    "num_classes", "stem", "image_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+    "dataset", "data", "train_limit", "test_limit", "synthetic_train", "synthetic_test", "synthetic_clutter",
+    "model", "num_classes", "stem", "image_size", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
     "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "label_smoothing", "augment",
     "inhibition_rate", "groups", "sigma", "kernel_size", "kernel", "padding", "targets", "skip_last",
     "device", "amp", "channels_last", "compile", "num_workers",

@@ -54,11 +54,13 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
 
 
 def box_data(name: str, plan: Plan, limit: int, run: Path):
-    """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint)."""
+    """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint);
+    synthetic ones with the clutter of ``run``'s training data."""
     from ..saliency.boxes import load_box_dataset
     state = read_checkpoint(run / "checkpoint.pt")
-    size = trained_image_size(TrainConfig.from_dict(dict(state["config"])), state["model_args"])
+    config = TrainConfig.from_dict(dict(state["config"]))
+    size = trained_image_size(config, state["model_args"])
     if name == "synthetic":
-        return load_box_dataset("synthetic", limit=limit, image_size=size)
+        return load_box_dataset("synthetic", limit=limit, image_size=size, clutter=config.synthetic_clutter)
     return load_box_dataset("voc2007" if name == "voc2007" else "xml", root=plan.data[name], limit=limit,
                             image_size=size)

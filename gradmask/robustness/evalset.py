@@ -47,7 +47,7 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
 
     ``limit``: a fixed random subset of that many images (seed :data:`SUBSET_SEED`, the same for
     every caller); in-memory datasets come as a :class:`~gradmask.data.TensorLoader` on ``device``,
-    ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes, the worker count and
+    ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes and clutter, the worker count and
     ``image_size``. Labels are the indices of ``classes`` (the training split's class names, from
     the checkpoint; None: read from the data's training split), matched by name: a class unknown
     to the model raises ``ValueError``. ``image_size``: the side to evaluate at (None: the
@@ -77,7 +77,8 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
         from ..train.data import SYNTHETIC_DATA_SEED
         default = config.synthetic_test if split == "test" else config.synthetic_train
         n = default if limit is None else limit
-        ds = load_dataset("synthetic", split=split, n=n, seed=SYNTHETIC_DATA_SEED, **decode)
+        ds = load_dataset("synthetic", split=split, n=n, seed=SYNTHETIC_DATA_SEED,
+                          clutter=config.synthetic_clutter, **decode)
         images, labels, source = ds.images, ds.labels, "rendered synthetic data"
     else:
         if dataset == "folder" and split == "test":

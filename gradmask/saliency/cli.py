@@ -4,7 +4,8 @@ cascading randomization) and ``gradmask blur-eval`` (Figure 10).
 Each loads trained models with :func:`gradmask.train.checkpoint.load_trained` (a run directory
 or a ``checkpoint.pt``) and images with boxes with
 :func:`~gradmask.saliency.boxes.load_box_dataset`: ``--data synthetic`` (default: the synthetic
-test split the training engine uses, nothing from outside), a VOC 2007 tree or an ImageFolder
+test split the training engine uses, nothing from outside, with the clutter the model was trained
+with unless ``--synthetic-clutter`` says otherwise), a VOC 2007 tree or an ImageFolder
 tree with box XMLs (``--dataset`` is inferred from the path when not given). The images are
 resized to the side the model was trained at (recorded in its checkpoint) unless
 ``--image-size`` says otherwise; the command says which it used. The labels of an ImageFolder
@@ -48,6 +49,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, im
                        help="split to read (default: test for synthetic / voc2007, val for xml)")
     group.add_argument("--image-size", type=int, default=None,
                        help="resize images to this side (default: the side the model was trained at)")
+    group.add_argument("--synthetic-clutter", type=float, default=None,
+                       help="--data synthetic: the distractors' amount, >= 0 (default: the one the model was "
+                            "trained with, its synthetic_clutter)")
     group.add_argument("--images", type=int, default=images_default,
                        help=images_help or "use the first N images (default: all; synthetic: 1000)")
     group.add_argument("--batch-size", type=int, default=64, help="images per forward/backward (default 64)")
@@ -75,6 +79,8 @@ def _check_options(args: argparse.Namespace) -> None:
                           ("--image-size", args.image_size)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be an integer >= 1, got {value}")
+    if args.synthetic_clutter is not None and not args.synthetic_clutter >= 0:
+        raise ValueError(f"--synthetic-clutter must be a number >= 0, got {args.synthetic_clutter}")
 
 
 def _image_size(args: argparse.Namespace, trained: list) -> int:
@@ -115,11 +121,30 @@ def _match_classes(data: "_boxes.BoxDataset", classes) -> "_boxes.BoxDataset":
                              data.source)
 
 
+def _synthetic_clutter(args: argparse.Namespace, trained: list) -> float:
+    """The synthetic images' clutter: ``--synthetic-clutter``, else the one the models were trained
+    with (their configs' ``synthetic_clutter``; they must agree)."""
+    if args.synthetic_clutter is not None:
+        return args.synthetic_clutter
+    clutters = {t.config.synthetic_clutter for t in trained}
+    if len(clutters) > 1:
+        raise ValueError(f"the runs were trained on synthetic data of different clutter "
+                         f"({', '.join(f'{t.path.parent.name}: {t.config.synthetic_clutter}' for t in trained)}); "
+                         f"pass --synthetic-clutter to evaluate them on one")
+    return clutters.pop()
+
+
 def _load_data(args: argparse.Namespace, trained: list) -> tuple[str, "_boxes.BoxDataset"]:
     name = _dataset_name(args)
     root = None if name == "synthetic" else args.data
+    if name == "synthetic":
+        extra = {"clutter": _synthetic_clutter(args, trained)}
+    elif args.synthetic_clutter is not None:
+        raise ValueError(f"--synthetic-clutter applies to --data synthetic, not to {name} data")
+    else:
+        extra = {}
     data = _boxes.load_box_dataset(name, root=root, split=args.split, image_size=_image_size(args, trained),
-                                   limit=args.images)
+                                   limit=args.images, **extra)
     return name, _match_classes(data, trained[0].classes)
 
 

@@ -67,6 +67,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _option(data, "val_fraction", "share of the training images held out as a validation split (0: none)")
     _option(data, "synthetic_train", "synthetic training set size")
     _option(data, "synthetic_test", "synthetic test set size")
+    _option(data, "synthetic_clutter", "synthetic data's distractor strokes, blobs, patches and noise (0: none, "
+            "the objects on a plain colour-noise background; 1: the full clutter)")
     _option(data, "augment", "training augmentation", choices=augment_names())
     _option(data, "num_workers", "decoding processes of the streamed ImageNet loader")
     _option(data, "image_size", "--dataset folder: resize every image to N x N when decoding", type=int,

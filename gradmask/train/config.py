@@ -66,6 +66,9 @@ class TrainConfig:
     as a validation split: the run trains on the rest (``train_limit`` then draws from the rest),
     evaluates on the validation split (metrics ``val_*`` instead of ``test_*``) and never reads the
     test split (tuning); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
+    ``synthetic_clutter`` the synthetic data's distractors (strokes, blobs, patches, mid-frequency
+    texture and pixel noise; :func:`gradmask.data.make_synthetic`): 1 the default, 0 none (the
+    objects on the low-frequency colour-noise background only), the same in every evaluation of the run;
     ``augment`` a name in ``gradmask.train.plugins.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
     ``num_workers`` decoding processes of the streamed ImageNet loader; ``image_size``
@@ -111,6 +114,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     synthetic_train: int = 20000
     synthetic_test: int = 5000
+    synthetic_clutter: float = 1.0
     augment: str = "crop-flip"
     num_workers: int = 8
     image_size: Optional[int] = None
@@ -258,6 +262,7 @@ class TrainConfig:
                              "validation split (use 0)")
         positive_int("synthetic_train")
         positive_int("synthetic_test")
+        number("synthetic_clutter", 0.0)
         choice("augment", augment_names())
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise bad("num_workers", "an integer >= 0")

@@ -124,10 +124,12 @@ def _small_splits(config: TrainConfig):
         if config.val_fraction:  # render enough that train_limit images remain besides the validation split
             n_train = min(config.synthetic_train, math.ceil(n_train / (1.0 - config.val_fraction)))
         n_test = min(config.synthetic_test, config.test_limit or config.synthetic_test)
-        train = load_dataset("synthetic", split="train", n=n_train, seed=SYNTHETIC_DATA_SEED)
+        train = load_dataset("synthetic", split="train", n=n_train, seed=SYNTHETIC_DATA_SEED,
+                             clutter=config.synthetic_clutter)
         if config.val_fraction:
             return train, None
-        test = load_dataset("synthetic", split="test", n=n_test, seed=SYNTHETIC_DATA_SEED)
+        test = load_dataset("synthetic", split="test", n=n_test, seed=SYNTHETIC_DATA_SEED,
+                            clutter=config.synthetic_clutter)
         return train, test
     decode = {"image_size": config.image_size} if config.image_size is not None else {}  # folder only
     train = load_dataset(config.dataset, root=config.data, split="train", **decode)
