@@ -311,7 +311,8 @@ def main(argv=None) -> None:
         hook_ms = statistics.median(h for h, _ in hooks[variant]) * 1e3
         hook_ratio = statistics.median(h / v for h, v in hooks[variant])
         in_step = f"{statistics.median(h / v for h, v in zip(in_hooks[variant], times['vanilla'])):.3f}"
-        print(f"| {variant} | {t * 1e3:.0f} | {paired:.3f} | {hook_ms:.1f} | {hook_ratio:.3f} | {in_step} | {mem_cols} |")
+        print(f"| {variant} | {t * 1e3:.0f} | {paired:.3f} | {hook_ms:.1f} | {hook_ratio:.3f} | {in_step} "
+              f"| {mem_cols} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "passthrough"},

@@ -183,7 +183,8 @@ def environment() -> dict:
     info["commit"] = info["commit"] or os.environ.get("GRADMASK_COMMIT")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), gpu_memory_gib=round(props.total_memory / 2**30, 1),
+        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpu_capability=f"{props.major}.{props.minor}", gpu_multiprocessors=props.multi_processor_count)
         try:
             info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -269,7 +270,8 @@ def step_tests(args, seconds: float, log, env: dict) -> dict:
         return {"status": "failed", "reason": f"timed out after {took:.0f} s (its share of the budget); "
                                               f"counts are from the tests that finished", "result": result}
     if not cuda:
-        return {"status": "skipped", "reason": f"{NO_CUDA}: pytest collected {sum(counts[k] for k in ('passed', 'failed', 'errors', 'skipped'))} "
+        collected = sum(counts[k] for k in ("passed", "failed", "errors", "skipped"))
+        return {"status": "skipped", "reason": f"{NO_CUDA}: pytest collected {collected} "
                                                f"CUDA tests and skipped {counts['skipped']}", "result": result}
     if counts["failed"] or counts["errors"] or code not in (0, 1):
         return {"status": "failed", "reason": f"{counts['failed']} failed, {counts['errors']} errors "
@@ -282,6 +284,7 @@ def step_tests(args, seconds: float, log, env: dict) -> dict:
 # ------------------------------------------------------------------------------ step 2: the mask's cost
 
 from bench_mask import VARIANTS, HookTimer, attach_timed  # noqa: E402  (benchmarks/ is on sys.path)
+
 
 class Arm:
     """One variant of the mask bench: its own model (same initial weights for every variant),
@@ -520,8 +523,9 @@ def step_train_speed(args, record: StepResult, deadline: float) -> None:
         record.result(mask_slowdown=runs["lateral"]["train_seconds_per_50k_images"]
                       / runs["none"]["train_seconds_per_50k_images"])
     none = runs["none"]["train_seconds_per_50k_images"]
+    stand_in = "" if args.cifar10 else ", stand-in data"
     record.update(status="passed", targets=[{
-        "what": f"ResNet-18 epoch without the mask (50,000 images, second epoch{'' if args.cifar10 else ', stand-in data'})",
+        "what": f"ResNet-18 epoch without the mask (50,000 images, second epoch{stand_in})",
         "target": f"<= {TARGETS['epoch_seconds']} s", "measured": none,
         "met": none <= TARGETS["epoch_seconds"] if sizes.device == "cuda" else None}])
 
@@ -588,8 +592,9 @@ def step_compare(args, record: StepResult, deadline: float) -> None:
                        amp=sizes.compare_amp, channels_last=True, compile=compiled, device=sizes.device,
                        groups=sizes.train_groups, progress=False)
     out = Path(args.work) / "compare"
-    record.result(setting={"data": description, "model": sizes.train_model, "epochs": epochs, "seeds": sizes.compare_seeds,
-                           "variants": ["none", "lateral"], "batch": sizes.train_batch, "lr": 0.1,
+    record.result(setting={"data": description, "model": sizes.train_model, "epochs": epochs,
+                           "seeds": sizes.compare_seeds, "variants": ["none", "lateral"], "batch": sizes.train_batch,
+                           "lr": 0.1,
                            "schedule": "onecycle", "amp": sizes.compare_amp, "compile": compiled, "out": str(out)})
     compare(base, variants=("none", "lateral"), seeds=sizes.compare_seeds, out=out,
             log=lambda line: print(line, flush=True))
@@ -630,20 +635,23 @@ def child_main(args) -> int:
 def render_markdown(summary: dict) -> str:
     env, steps = summary["environment"], summary["steps"]
     lines = [f"# gradmask GPU check{' (dry run on the CPU: no GPU figures)' if summary['dry_run'] else ''}", "",
-             f"{summary['started']} to {summary.get('finished') or '(running)'}, {summary.get('wall_seconds', 0):.0f} s "
+             f"{summary['started']} to {summary.get('finished') or '(running)'}, "
+             f"{summary.get('wall_seconds', 0):.0f} s "
              f"of a {summary['budget_seconds']:.0f} s budget. `{summary['command']}`", "",
              "| | |", "|---|---|"]
-    for key in ("gpu", "driver", "torch", "torch_cuda", "cudnn", "python", "torchvision", "timm", "gradmask", "commit", "cpus"):
+    for key in ("gpu", "driver", "torch", "torch_cuda", "cudnn", "python", "torchvision", "timm", "gradmask", "commit",
+                "cpus"):
         if env.get(key) is not None:
             lines.append(f"| {key} | {env[key]} |")
     lines += ["", "| step | status | seconds | note |", "|---|---|---:|---|"]
     for name, step in steps.items():
         note = step.get("reason") or ""
-        lines.append(f"| {name} | **{step['status']}** | {step.get('seconds', 0):.0f} | {note.replace('|', '/')[:300]} |")
+        note = note.replace("|", "/")[:300]
+        lines.append(f"| {name} | **{step['status']}** | {step.get('seconds', 0):.0f} | {note} |")
     tests = (steps.get("tests") or {}).get("result") or {}
     if tests:
-        lines += ["", f"Tests: {tests.get('passed')} passed, {tests.get('failed')} failed, {tests.get('errors')} errors, "
-                      f"{tests.get('skipped')} skipped (`{tests.get('command')}`)."]
+        lines += ["", f"Tests: {tests.get('passed')} passed, {tests.get('failed')} failed, "
+                      f"{tests.get('errors')} errors, {tests.get('skipped')} skipped (`{tests.get('command')}`)."]
         lines += [f"- {f}" for f in tests.get("failures", [])[:20]]
     bench = (steps.get("mask_bench") or {}).get("result") or {}
     if bench.get("setting"):
@@ -651,13 +659,15 @@ def render_markdown(summary: dict) -> str:
         lines += ["", f"Mask cost: {s['model']} ({s['stem']} stem, {s['classes']} classes), batch {s['batch']}, "
                       f"{s['image']}x{s['image']}, bf16 autocast, channels_last, {s['device']}; medians over rounds "
                       f"of {s['steps_per_round']} steps (compiled: backend {s['compile_backend']}).", "",
-                  "| mode | variant | step (ms) | step / vanilla | hooks (ms) | hooks / vanilla step | peak memory / vanilla |",
+                  "| mode | variant | step (ms) | step / vanilla | hooks (ms) | hooks / vanilla step "
+                  "| peak memory / vanilla |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         memory = bench.get("memory") or {}
         for mode in ("eager", "compiled"):
             for variant, row in (bench.get(mode) or {}).items():
                 mem = memory.get(variant, {}).get("ratio")
-                lines.append(f"| {mode} | {variant} | {_fmt(row['step_ms'], '.2f')} | {_fmt(row['step_ratio'], '.3f')} | "
+                lines.append(f"| {mode} | {variant} | {_fmt(row['step_ms'], '.2f')} | "
+                             f"{_fmt(row['step_ratio'], '.3f')} | "
                              f"{_fmt(row['hook_ms'], '.3f')} | {_fmt(row['hook_share'], '.2%')} | "
                              f"{_fmt(mem if mode == 'eager' else None, '.4f')} |")
         lines += [f"- {n}" for n in bench.get("notes", [])]
@@ -708,7 +718,8 @@ def parse_args(argv=None):
                         help="cifar10=PATH: the CIFAR-10 archive or folder (python release, ImageFolder or .tar.gz)")
     parser.add_argument("--budget-minutes", type=float, default=9.0, help="wall-clock budget of all steps (default 9)")
     parser.add_argument("--work", help="scratch folder (runs, cache); default: a new folder under the temp dir")
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"which steps, comma-separated (default {','.join(STEPS)})")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"which steps, comma-separated (default {','.join(STEPS)})")
     parser.add_argument("--child", choices=sorted(CHILD_STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -726,7 +737,8 @@ def parse_args(argv=None):
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in args.steps if s not in STEPS]
     if unknown or not args.steps:
-        parser.error(f"--steps takes a comma-separated subset of {','.join(STEPS)}, got {','.join(unknown) or 'nothing'}")
+        parser.error(f"--steps takes a comma-separated subset of {','.join(STEPS)}, "
+                     f"got {','.join(unknown) or 'nothing'}")
     return args
 
 
@@ -746,7 +758,8 @@ def main(argv=None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     env.setdefault("GRADMASK_CACHE", str(work / "cache"))
-    summary = {"format": 1, "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    summary = {"format": 1, "command": command,
                "dry_run": args.dry_run, "started": started, "finished": None, "budget_seconds": budget,
                "work": str(work), "sizes": asdict(sizes_for(args)), "environment": environment(), "steps": {}}
     with open(out / "gpu_check.log", "a", buffering=1) as log:
