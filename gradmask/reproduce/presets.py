@@ -89,7 +89,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick", "every experiment on the built-in synthetic data without distractors (clutter 0), narrow "
-                 "ResNet-18, 4 epochs on 3000 images, batch 32, lr 0.05; about 10 minutes on 2 CPU cores",
+                 "ResNet-18, 4 epochs on 3000 images, batch 32, lr 0.05; about 12 minutes on 2 CPU cores",
         ("synthetic",),
         {"synthetic": {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_QUICK}},
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_QUICK}),
