@@ -23,11 +23,12 @@ from gradmask.reproduce.verdict import (
     verdict,
 )
 
-TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=32, lr=0.05, schedule="onecycle",
-                     warmup_epochs=0.5, augment="none", train_limit=96, test_limit=64, synthetic_train=96,
-                     synthetic_test=64)
-TINY_EVALUATION = Evaluation(robustness_images=48, sparsities=(0, 0.5), epsilons=(0, 2), saliency_images=48,
-                             sanity_images=2, blur_images=48, blur_sigmas=(0, 2), gsnr_samples=8, gsnr_every=1)
+# the smallest plan that still exercises every step: 2 SGD steps of 16 images per run, 32 test images
+TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=16, lr=0.05, schedule="onecycle",
+                     warmup_epochs=0.5, augment="none", train_limit=32, test_limit=32, synthetic_train=32,
+                     synthetic_test=32)
+TINY_EVALUATION = Evaluation(robustness_images=32, sparsities=(0, 0.5), epsilons=(0, 2), saliency_images=32,
+                             sanity_images=2, blur_images=32, blur_sigmas=(0, 2), gsnr_samples=4, gsnr_every=1)
 SECTIONS = ["table1", "table2", "table3", "sanity", "figure5", "figure6", "figure7", "figure10"]
 
 
@@ -329,7 +330,8 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
     shot = tmp_path / "report.png"
     height = min(check["height"], 16000)               # the whole page, figures included
     _run_browser(f"--window-size=1000,{height}", f"--screenshot={shot}", (out / "report.html").as_uri())
-    image = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    with Image.open(shot) as screenshot:
+        image = np.asarray(screenshot.convert("RGB")).astype(np.int16)
     assert image.shape[:2] == (height, 1000)
     ink = (image.sum(-1) < 600).mean()                  # text, table borders, plot lines
     colour = (image.max(-1) - image.min(-1) > 60).mean()  # the figures' coloured lines and maps
