@@ -88,7 +88,8 @@ def test_plot_gsnr_from_run_dirs(tmp_path):
 
 def test_compatibility_errors():
     from gradmask.robustness.cli import _check_compatible
-    cfg = lambda model="resnet18_narrow", dataset="synthetic": SimpleNamespace(model=model, dataset=dataset, data=None)  # noqa: E731
+    cfg = lambda model="resnet18_narrow", dataset="synthetic": SimpleNamespace(model=model, dataset=dataset, data=None,  # noqa: E731
+                                                                                     synthetic_clutter=1.0)
     base = {"path": "a", "config": cfg(), "arch": [("w", (3,))], "num_classes": 10}
     _check_compatible([base, dict(base, path="b")], "synthetic", False)
     with pytest.raises(ValueError, match="different architectures"):

@@ -15,6 +15,7 @@ and plain containers, so a tampered file cannot run code.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -24,6 +25,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+
+from .dataset import ImageDataset
+from .folder import is_archive, load_image_folder
+from .registry import Stats, need_root, register_dataset
 
 __all__ = ["CIFAR_LAYOUTS", "find_cifar_root", "is_cifar_archive", "read_cifar_batch", "read_cifar"]
 
@@ -210,3 +215,45 @@ def read_cifar(
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
     return images, labels, classes
+
+
+def _load_cifar(variant: str, root=None, split="train", cache_dir=None, label_mode: str = "fine",
+                **kw) -> ImageDataset:
+    """root: the python release folder, its parent, or its .tar.gz -- read directly;
+    or an ImageFolder directory / archive -- decoded through the cache (kw: use_cache,
+    num_workers, image_size)."""
+    root = need_root(variant, root)
+    lay = CIFAR_LAYOUTS[variant]
+    if (root.is_dir() and find_cifar_root(root, variant) is not None) or (
+        root.is_file() and is_cifar_archive(root, variant)
+    ):
+        if kw:
+            raise TypeError(f"unexpected options for the {variant} python release: {sorted(kw)}")
+        images, labels, classes = read_cifar(root, variant, split, label_mode)
+        return ImageDataset(images, labels, classes, None, name=variant, split=split, source=str(root))
+    if root.is_file() and not is_archive(root):
+        raise ValueError(
+            f"{root} is neither a {variant} python release ({lay['folder']}/ or its .tar.gz) "
+            "nor an ImageFolder directory / .tar / .tar.gz"
+        )
+    try:
+        ds = load_image_folder(root, split, name=variant, cache_dir=cache_dir, **kw)
+    except ValueError as e:
+        raise ValueError(
+            f"{root} is not a {variant} python release (no {lay['meta']} in it or in {lay['folder']}/) "
+            f"and not a usable ImageFolder tree: {e}"
+        ) from e
+    expected = lay["num_classes"][label_mode]
+    if ds.num_classes != expected:
+        raise ValueError(
+            f"{variant} ImageFolder tree {root} split {split!r} has {ds.num_classes} class folders, "
+            f"expected {expected}: {ds.classes[:12]}"
+        )
+    return ds
+
+
+_CIFAR = dict(image_size=32, fixed_size=True, train_images=50000)
+register_dataset("cifar10", stats=Stats((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), num_classes=10,
+                 **_CIFAR)(functools.partial(_load_cifar, "cifar10"))
+register_dataset("cifar100", stats=Stats((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), num_classes=100,
+                 **_CIFAR)(functools.partial(_load_cifar, "cifar100"))

@@ -28,6 +28,7 @@ from PIL import Image
 
 from .cache import cached, file_signature, fingerprint, signatures_of
 from .dataset import ImageDataset
+from .registry import need_root, register_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -358,3 +359,14 @@ def load_image_folder(
         name, split or "all", fp, build, cache_dir=cache_dir, use_cache=use_cache
     )
     return ImageDataset(images, labels, classes, None, name=name, split=split or "", source=str(root))
+
+
+def _scanned_train_classes(root) -> Optional[list]:
+    """The training class folders of an ImageFolder directory (None for an archive: decode it)."""
+    return scan_image_folder(root, "train").classes if Path(root).is_dir() else None
+
+
+@register_dataset("folder", test_splits=("test", "val"), resizable=True, train_classes=_scanned_train_classes)
+def _load_folder(root=None, split="train", cache_dir=None, **kw) -> ImageDataset:
+    """kw: name, use_cache, image_size, num_workers (see load_image_folder)."""
+    return load_image_folder(need_root("folder", root), split, cache_dir=cache_dir, **kw)

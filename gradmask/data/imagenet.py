@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .dataset import class_mapping
 from .folder import scan_image_folder
+from .registry import Stats, register_dataset
 from .transforms import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, ResizeShorter, ToTensor
 
 __all__ = ["ImageFolderDataset", "train_transform", "eval_transform", "make_imagenet_loader"]
@@ -116,3 +117,13 @@ def make_imagenet_loader(
         generator=g,
         persistent_workers=num_workers > 0,
     )
+
+
+def _train_classes(root) -> list:
+    return scan_image_folder(root, "train").classes
+
+
+# streamed (make_imagenet_loader); its val/ split is the test split
+register_dataset("imagenet", stats=Stats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), streamed=True,
+                 test_splits=("val",), image_size=224, train_classes=_train_classes, num_classes=1000,
+                 train_images=1281167)(None)

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..commands import register
+from ..commands import device_argument, register
 from ..compare.tuning import make_tuning, parse_tune
 from ..device import resolve_device
 from .presets import DATA_NAMES, PRESETS, make_plan, parse_data
@@ -23,8 +23,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                                                     "re-running resumes what is there")
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds per accuracy comparison (default 3; fewer gives no confidence interval)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: CUDA when available (default)")
+    parser.add_argument("--device", default="auto", type=device_argument,
+                        help="auto, cpu, cuda or cuda:N; auto: CUDA when available (default). The preset's "
+                             "recipes are the device type's (cuda for cuda:N)")
     parser.add_argument("--tune", action="append", default=[], metavar="FIELD=V1,V2,...",
                         help="tune Table 1's arms: FIELD (a TrainConfig field, e.g. lr=0.05,0.1,0.2; repeatable: a "
                              "grid) chosen per arm on a validation split before the final runs (replaces the "
@@ -58,7 +59,7 @@ def tuning_from_args(args: argparse.Namespace):
 @register("reproduce", "run (or resume) every experiment of the paper on the given data and write "
                        "report.md / report.html with verdicts", _configure)
 def reproduce_command(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device).type
+    device = str(resolve_device(args.device))
     plan = make_plan(args.preset, parse_data(args.data), device, args.seeds, tuning_from_args(args))
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     command = "gradmask " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..compare.tuning import Tuning
+from ..data import DATASETS
 
 #: ``--data NAME=PATH`` names reproduce accepts.
 DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")
@@ -145,7 +146,7 @@ class Plan:
     """Which dataset serves which experiment, for one preset, data and device."""
     preset: Preset
     data: Mapping[str, str]
-    device: str                          # "cpu" or "cuda"
+    device: str                          # "cpu", "cuda" or "cuda:N" (the training / evaluation steps run there)
     seeds: int
     accuracy: tuple                      # Table 1 datasets
     ablation: str                        # Table 2
@@ -154,6 +155,11 @@ class Plan:
     box_sets: tuple                      # Table 3 beyond synthetic: ("voc2007", "imagenet-boxes") when usable
     skipped: tuple                       # (experiment, reason) pairs
     tuning: Optional[Tuning] = None      # Table 1's arms tuned on a validation split (None: not tuned)
+
+    @property
+    def device_type(self) -> str:
+        """``"cpu"`` or ``"cuda"`` (``"cuda"`` for ``"cuda:1"``): the key of the preset's per-device recipes."""
+        return self.device.partition(":")[0]
 
     @property
     def separate_ablation(self) -> bool:
@@ -174,14 +180,14 @@ class Plan:
         """TrainConfig fields of ``dataset``'s runs (dataset and data path included); ``ablation``:
         of its separate Table 2 runs."""
         if ablation:
-            fields = dict(self.preset.ablation_training[dataset][self.device])
+            fields = dict(self.preset.ablation_training[dataset][self.device_type])
         elif dataset == "synthetic" and dataset not in self.preset.training:
-            fields = dict(self.preset.boxes_training[self.device])
+            fields = dict(self.preset.boxes_training[self.device_type])
         else:
-            fields = dict(self.preset.training[dataset][self.device])
+            fields = dict(self.preset.training[dataset][self.device_type])
         # the GSNR probe needs an in-memory training set (streamed ImageNet has none; Figure 7 is CIFAR's)
         fields.update(dataset=dataset, data=self.data.get(dataset), device=self.device,
-                      gsnr_every=0 if dataset == "imagenet" else self.preset.evaluation.gsnr_every,
+                      gsnr_every=0 if DATASETS[dataset].streamed else self.preset.evaluation.gsnr_every,
                       gsnr_samples=self.preset.evaluation.gsnr_samples)
         return fields
 
@@ -198,12 +204,14 @@ def figure7_dataset(trained) -> Optional[str]:
 
 def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = "cpu",
               seeds: Optional[int] = None, tuning: Optional[Tuning] = None) -> Plan:
-    """The :class:`Plan` of ``preset`` with ``data`` (``{name: path}``) on ``device`` ("cpu"/"cuda");
+    """The :class:`Plan` of ``preset`` with ``data`` (``{name: path}``) on ``device`` ("cpu", "cuda" or
+    "cuda:N": the recipes are the device type's, the runs and evaluations use that device);
     ``tuning`` (``--tune``) replaces the preset's own."""
     if preset not in PRESETS:
         raise ValueError(f"preset (--preset) must be one of {', '.join(PRESETS)}, got {preset!r}")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or
+                                           (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     p = PRESETS[preset]
     data = dict(data or {})
     seeds = p.seeds if seeds is None else seeds

@@ -10,15 +10,12 @@ from typing import Optional
 import numpy as np
 
 from ..compare.report import fmt_duration, load_runs
+from ..data import DATASETS
 from ..reporting import evaluation_warnings, figure, save_figure
 from . import paper
 from .runs import FIGURES, runs_dir
 from .verdict import combine, difference_interval, verdict
 
-#: classes of each dataset (chance level: 1 / classes)
-NUM_CLASSES = {"synthetic": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
-#: training-set sizes of the datasets whose runs use all their images (``train_limit`` None)
-TRAIN_IMAGES = {"cifar10": 50000, "cifar100": 50000, "imagenet": 1281167}
 METHOD_NAMES = {"limap": "LI-Map", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 
@@ -123,8 +120,8 @@ def finished_runs(out: Path, dataset: str, augment: Optional[str] = None, ablati
 
 def train_images(config: dict) -> Optional[int]:
     """Training images per epoch of a run's config (None when unknown)."""
-    dataset = config.get("dataset")
-    full = config.get("synthetic_train") if dataset == "synthetic" else TRAIN_IMAGES.get(dataset)
+    spec = DATASETS.get(config.get("dataset"))
+    full = None if spec is None else config.get("synthetic_train") if spec.rendered else spec.train_images
     limit = config.get("train_limit")
     return full if limit is None else (limit if full is None else min(limit, full))
 
@@ -155,7 +152,8 @@ def chance_warnings(runs: list) -> list[str]:
     warnings = []
     for (dataset, variant, augment), accs in arms.items():
         name = f"{variant} + li-blur" if augment == "li-blur" else variant
-        warnings += evaluation_warnings(float(np.mean(accs)), NUM_CLASSES.get(dataset),
+        classes = DATASETS[dataset].num_classes if dataset in DATASETS else None   # chance level: 1 / classes
+        warnings += evaluation_warnings(float(np.mean(accs)), classes,
                                         what=f"{name} on {dataset} (the mean final test accuracy of its runs)")
     return warnings
 

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from ..commands import register
+from ..data import dataset_spec
 from ..device import resolve_device
 from ..reporting import evaluation_warnings
 from .evalset import evaluation_loader
@@ -140,7 +141,7 @@ def _check_compatible(loaded: list[dict], dataset: str, explicit_data: bool) -> 
             raise ValueError(f"runs {first['path']} and {other['path']} were trained on different data "
                              f"({a.dataset} {a.data or ''} vs {b.dataset} {b.data or ''}); pass --data / --dataset "
                              f"to evaluate all of them on one set")
-        if dataset == "synthetic" and a.synthetic_clutter != b.synthetic_clutter:
+        if dataset_spec(dataset).rendered and a.synthetic_clutter != b.synthetic_clutter:
             raise ValueError(f"runs {first['path']} and {other['path']} were trained on synthetic data of different "
                              f"clutter ({a.synthetic_clutter} vs {b.synthetic_clutter}); the evaluation set is "
                              f"rendered with the first run's: evaluate them separately")
@@ -208,10 +209,11 @@ def measure(args: argparse.Namespace) -> dict:
     if args.data == "synthetic" and args.dataset not in (None, "synthetic"):
         raise ValueError(f"--data synthetic contradicts --dataset {args.dataset}")
     dataset = args.dataset or ("synthetic" if args.data == "synthetic" else config.dataset)
-    root = None if dataset == "synthetic" else (args.data or config.data)
-    if dataset != "synthetic" and not root:
+    needs_root = dataset_spec(dataset).needs_root
+    root = (args.data or config.data) if needs_root else None
+    if needs_root and not root:
         raise ValueError(f"dataset {dataset!r} needs --data PATH (the runs' config names none)")
-    if dataset != "synthetic" and not Path(root).exists():
+    if needs_root and not Path(root).exists():
         raise FileNotFoundError(f"--data {root} does not exist")
 
     image_size, classes = _evaluation_size(args, loaded), loaded[0]["trained"].classes

@@ -31,13 +31,12 @@ def training_classes(dataset: str, root, **decode) -> Optional[list[str]]:
     """The class names of the training split of ``dataset`` at ``root`` (the label order of a
     model trained on it), for runs whose checkpoint does not record them; None for synthetic.
     ``decode``: options of the loader (``image_size``) where the split must be decoded."""
-    from ..data import load_dataset
-    from ..data.folder import scan_image_folder
-    if dataset == "synthetic":
+    from ..data import dataset_spec, load_dataset
+    spec = dataset_spec(dataset)
+    if spec.rendered:
         return None
-    if dataset == "imagenet" or (dataset == "folder" and Path(root).is_dir()):
-        return scan_image_folder(root, "train").classes
-    return load_dataset(dataset, root=root, split="train", **decode).classes
+    classes = spec.train_classes(Path(root)) if spec.train_classes is not None else None
+    return classes if classes is not None else load_dataset(dataset, root=root, split="train", **decode).classes
 
 
 def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], config, batch_size: int,
@@ -53,19 +52,20 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
     to the model raises ``ValueError``. ``image_size``: the side to evaluate at (None: the
     training side: ``config.image_size`` for folder data, the dataset's own size otherwise);
     CIFAR's python release has a fixed 32 px."""
-    from ..data import TensorLoader, load_dataset, load_test_split, match_classes
-    size = image_size if image_size is not None else (config.image_size if dataset == "folder" else None)
-    if dataset in ("cifar10", "cifar100") and size is not None:
-        if size != 32:
-            raise ValueError(f"{dataset} images are 32 px (the models trained on them too); image size {size} "
-                             f"does not apply")
+    from ..data import TensorLoader, dataset_spec, load_dataset, load_eval_split, match_classes
+    spec = dataset_spec(dataset)
+    size = image_size if image_size is not None else (config.image_size if spec.resizable else None)
+    if spec.fixed_size and size is not None:
+        if size != spec.image_size:
+            raise ValueError(f"{dataset} images are {spec.image_size} px (the models trained on them too); "
+                             f"image size {size} does not apply")
         size = None
     decode = {} if size is None else {"image_size": size}
     if classes is None and split != "train":
         classes = training_classes(dataset, root, **decode)
-    if dataset == "imagenet":
+    if spec.streamed:
         from ..data import eval_transform, make_imagenet_loader
-        split = "val" if split == "test" else split
+        split = spec.test_splits[0] if split == "test" else split
         transform = eval_transform(uint8=True) if size is None else eval_transform(round(size * 256 / 224), size,
                                                                                    uint8=True)
         loader = make_imagenet_loader(root, split, batch_size, train=True, drop_last=False, seed=SUBSET_SEED,
@@ -73,16 +73,16 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
                                       uint8=True, classes=classes)  # train=True: shuffled, evaluation transform
         n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
         return _Streamed(loader, limit), n, str(root)
-    if dataset == "synthetic":
+    if spec.rendered:
         from ..train.data import SYNTHETIC_DATA_SEED
         default = config.synthetic_test if split == "test" else config.synthetic_train
         n = default if limit is None else limit
-        ds = load_dataset("synthetic", split=split, n=n, seed=SYNTHETIC_DATA_SEED,
+        ds = load_dataset(dataset, split=split, n=n, seed=SYNTHETIC_DATA_SEED,
                           clutter=config.synthetic_clutter, **decode)
         images, labels, source = ds.images, ds.labels, "rendered synthetic data"
     else:
-        if dataset == "folder" and split == "test":
-            ds = load_test_split("folder", root=root, **decode)  # "val" if the tree has no test/
+        if split == "test":
+            ds = load_eval_split(dataset, root=root, **decode)  # folder: "val" if the tree has no test/
         else:
             ds = load_dataset(dataset, root=root, split=split, **decode)
         if classes is not None:

@@ -23,6 +23,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..data.registry import DATASETS
 from ..files import load_torch, verify, with_checksum, write_atomic
 from ..models import create_model
 from .config import TrainConfig
@@ -121,7 +122,8 @@ def trained_image_size(config: TrainConfig, model_args: dict) -> Optional[int]:
         return int(model_args["image_size"])
     if getattr(config, "image_size", None):
         return int(config.image_size)
-    return {"synthetic": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224}.get(config.dataset)
+    spec = DATASETS.get(config.dataset)
+    return None if spec is None else spec.image_size
 
 
 @dataclass

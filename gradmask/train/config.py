@@ -12,13 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..data.registry import DATASETS, dataset_spec
 from ..models import list_models
 from ..settings import DEFAULTS as MASK_DEFAULTS
 from ..settings import MASK_MODES, MaskSettings
 from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "folder", "imagenet")
 STEMS = ("cifar", "imagenet")
 SCHEDULES = ("multistep", "cosine", "onecycle")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -59,7 +59,8 @@ def _is_number(v) -> bool:
 class TrainConfig:
     """All hyperparameters of one run (airbench style). See ``docs/DESIGN.md`` for the engine.
 
-    Data: ``dataset`` one of ``DATASETS``; ``data`` its path (not used by "synthetic");
+    Data: ``dataset`` one of ``DATASETS`` (the dataset registry, :mod:`gradmask.data.registry`);
+    ``data`` its path (not used by "synthetic");
     ``train_limit`` / ``test_limit`` use only N images of a split, drawn with a fixed seed (the
     same in every run; streamed ImageNet: N images per epoch); ``val_fraction`` > 0 holds out that
     share of the training images (a fixed seeded draw, :func:`gradmask.train.data.validation_split`)
@@ -249,17 +250,18 @@ class TrainConfig:
                 raise bad(name, "True or False")
 
         # data
-        choice("dataset", DATASETS)
-        if self.dataset != "synthetic" and not self.data:
+        choice("dataset", tuple(DATASETS))
+        spec = dataset_spec(self.dataset)
+        if spec.needs_root and not self.data:
             raise ValueError(f"data must be the path of the {self.dataset!r} dataset "
                              f"(a directory or archive), got {self.data!r}")
         positive_int("train_limit", optional=True)
         positive_int("test_limit", optional=True)
         if not _is_number(self.val_fraction) or not 0.0 <= self.val_fraction <= MAX_VAL_FRACTION:
             raise bad("val_fraction", f"0 (no validation split) or a number in (0, {MAX_VAL_FRACTION}]")
-        if self.val_fraction and self.dataset == "imagenet":
-            raise ValueError("val_fraction needs an in-memory dataset; the streamed 'imagenet' loader has no "
-                             "validation split (use 0)")
+        if self.val_fraction and spec.streamed:
+            raise ValueError(f"val_fraction needs an in-memory dataset; the streamed {self.dataset!r} loader has no "
+                             f"validation split (use 0)")
         positive_int("synthetic_train")
         positive_int("synthetic_test")
         number("synthetic_clutter", 0.0)
@@ -267,8 +269,9 @@ class TrainConfig:
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise bad("num_workers", "an integer >= 0")
         positive_int("image_size", optional=True)
-        if self.image_size is not None and self.dataset != "folder":
-            raise ValueError(f"image_size applies to dataset 'folder' (ImageFolder trees decoded to memory); "
+        if self.image_size is not None and not spec.resizable:
+            resizable = ", ".join(repr(name) for name, d in DATASETS.items() if d.resizable)
+            raise ValueError(f"image_size applies to dataset {resizable} (ImageFolder trees decoded to memory); "
                              f"{self.dataset!r} images keep their own size, got image_size={self.image_size!r}")
         # model
         if not isinstance(self.model, str) or not self.model:

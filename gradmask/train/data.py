@@ -20,10 +20,11 @@ import torch
 from ..data import (
     RandomCropFlip,
     TensorLoader,
+    dataset_spec,
     dataset_stats,
     eval_transform,
     load_dataset,
-    load_test_split,
+    load_eval_split,
     make_imagenet_loader,
     match_classes,
     subset_index,
@@ -119,27 +120,24 @@ def _channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple
 def _small_splits(config: TrainConfig):
     """``(train, test)`` datasets; ``test`` is None when a validation split replaces it (the test
     split is then not read at all)."""
-    if config.dataset == "synthetic":
+    spec = dataset_spec(config.dataset)
+    if spec.rendered:  # the first n images of a fixed sequence, sized by the run's synthetic_* fields
         n_train = min(config.synthetic_train, config.train_limit or config.synthetic_train)
         if config.val_fraction:  # render enough that train_limit images remain besides the validation split
             n_train = min(config.synthetic_train, math.ceil(n_train / (1.0 - config.val_fraction)))
         n_test = min(config.synthetic_test, config.test_limit or config.synthetic_test)
-        train = load_dataset("synthetic", split="train", n=n_train, seed=SYNTHETIC_DATA_SEED,
+        train = load_dataset(config.dataset, split="train", n=n_train, seed=SYNTHETIC_DATA_SEED,
                              clutter=config.synthetic_clutter)
         if config.val_fraction:
             return train, None
-        test = load_dataset("synthetic", split="test", n=n_test, seed=SYNTHETIC_DATA_SEED,
+        test = load_dataset(config.dataset, split="test", n=n_test, seed=SYNTHETIC_DATA_SEED,
                             clutter=config.synthetic_clutter)
         return train, test
-    decode = {"image_size": config.image_size} if config.image_size is not None else {}  # folder only
+    decode = {"image_size": config.image_size} if config.image_size is not None else {}  # resizable only
     train = load_dataset(config.dataset, root=config.data, split="train", **decode)
     if config.val_fraction:
         return train, None
-    if config.dataset == "folder":
-        test = load_test_split("folder", root=config.data, **decode)  # "val" if the tree has no test/
-    else:
-        test = load_dataset(config.dataset, root=config.data, split="test")
-    return train, test
+    return train, load_eval_split(config.dataset, root=config.data, **decode)  # folder: "val" if no test/
 
 
 def random_subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +170,8 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
                          f"processes ({world_size})")
     batch = config.batch_size // world_size
     eval_batch = max(2 * batch, 256)
-    if config.dataset == "imagenet":
+    spec = dataset_spec(config.dataset)
+    if spec.streamed:
         return _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch)
 
     train_ds, test_ds = _small_splits(config)
@@ -186,11 +185,10 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
         raise ValueError(f"train and test images of {config.dataset!r} differ in shape: "
                          f"{tuple(train_ds.images.shape[1:])} vs {tuple(test_ds.images.shape[1:])}")
     num_classes = len(train_ds.classes)
-    if config.dataset == "folder":
+    if spec.stats is None:  # no published statistics: measured on the training images
         mean, std = _channel_stats(train_ds.images)
     else:
-        stats = dataset_stats(config.dataset)
-        mean, std = tuple(stats.mean), tuple(stats.std)
+        mean, std = tuple(spec.stats.mean), tuple(spec.stats.std)
     train_images, train_labels = train_ds.images, train_ds.labels
     eval_split = "test"
     if config.val_fraction:  # evaluate on a held-out share of the training images (test_limit unused)
@@ -239,8 +237,9 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
         raise ValueError(f"the training split of {config.data} has {len(train.dataset)} training images, fewer "
                          f"than one batch (batch_size {config.batch_size} over {world_size} process(es); the last "
                          f"partial batch is dropped): lower batch_size or add images")
-    stats = dataset_stats("imagenet")
-    return RunData(train, test, len(train.dataset.classes), 224, tuple(stats.mean), tuple(stats.std),
+    stats = dataset_stats(config.dataset)
+    return RunData(train, test, len(train.dataset.classes), dataset_spec(config.dataset).image_size,
+                   tuple(stats.mean), tuple(stats.std),
                    train_size=n_train, test_size=n_test, device=device, rank=rank, world_size=world_size,
                    streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
 

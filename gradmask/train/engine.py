@@ -161,7 +161,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     seed_everything(config.seed)
     augment = build_augment(config)
     data = build_data(config, augment, device, dist_ctx.rank, dist_ctx.world_size)
-    stem = config.stem or ("imagenet" if config.dataset == "imagenet" or data.image_size > 64 else "cifar")
+    stem = config.stem or ("imagenet" if data.image_size > 64 else "cifar")  # ImageNet: 224
     model_args = {"name": config.model, "num_classes": data.num_classes, "stem": stem,
                   "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
                   "classes": list(data.classes)}
