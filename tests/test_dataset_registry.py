@@ -67,7 +67,7 @@ def test_a_dataset_registered_in_one_place_trains_and_evaluates(toy, tmp_path):
 
 def test_builtin_specs_carry_the_per_dataset_rules():
     syn, c10, c100, folder, imnet = (DATASETS[n] for n in ("synthetic", "cifar10", "cifar100", "folder", "imagenet"))
-    assert syn.rendered and not syn.needs_root and syn.has_boxes and syn.image_size == 32 and syn.num_classes == 10
+    assert syn.rendered and not syn.needs_root and syn.image_size == 32 and syn.num_classes == 10
     assert c10.image_size == c100.image_size == 32 and c10.fixed_size
     assert (c10.num_classes, c100.num_classes) == (10, 100)
     assert c10.train_images == c100.train_images == 50000 and c10.test_splits == ("test",)

@@ -39,7 +39,7 @@ class DatasetSpec:
     (decoded to that side); ``fixed_size``: the evaluations cannot resize it either;
     ``train_classes(root)``: the training split's class names without decoding it (None, or a
     None result: read the split); ``num_classes`` / ``train_images``: the standard release's,
-    for the reports (None: not fixed); ``has_boxes``: its images carry object boxes."""
+    for the reports (None: not fixed)."""
 
     name: str
     load: Optional[Loader]
@@ -54,7 +54,6 @@ class DatasetSpec:
     train_classes: Optional[Callable[[Path], Optional[list]]] = None
     num_classes: Optional[int] = None
     train_images: Optional[int] = None
-    has_boxes: bool = False
 
     def __post_init__(self):
         if (self.load is None) != self.streamed:
