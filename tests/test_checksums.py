@@ -41,12 +41,14 @@ def flip_tensor_bytes(path, n=100):
     structure stays readable: only weight values change)."""
     with zipfile.ZipFile(path) as zf:
         info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(open(path, "rb").read())
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
     name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
     start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2 - n // 2
     for i in range(start, start + n):
         data[i] ^= 0x5A
-    open(path, "wb").write(bytes(data))
+    with open(path, "wb") as fh:
+        fh.write(bytes(data))
 
 
 def test_flipped_bytes_in_a_checkpoint_are_an_error_naming_the_file(finished_run, tmp_path, capsys):

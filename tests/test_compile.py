@@ -119,6 +119,6 @@ def test_cli_train_compile_with_the_mask(tmp_path, monkeypatch):
                  "--synthetic-train", "64", "--synthetic-test", "32", "--epochs", "1", "--batch-size", "32",
                  "--no-progress", "--out", str(out)]) == 0
     assert calls and all(c.get("dynamic") is False for c in calls)
-    record = json.loads(open(out / "metrics.jsonl").readline())
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert list(record["mask_kept"]) == ["stages.0.0", "stages.1.0", "stages.1.1", "stages.2.0"]
     assert all(0.4 < v <= 0.55 for v in record["mask_kept"].values())

@@ -53,7 +53,8 @@ def test_directory_decode_order_labels_and_pixels(tree):
     assert images.shape == (9, 3, 8, 8) and images.dtype == torch.uint8
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     # PNG is lossless: sample 0 of "cat" is 000.png
-    ref = np.array(Image.open(tree / "train" / "cat" / "000.png"))
+    with Image.open(tree / "train" / "cat" / "000.png") as png:
+        ref = np.array(png)
     assert torch.equal(images[0], torch.from_numpy(ref).permute(2, 0, 1))
 
 

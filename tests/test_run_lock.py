@@ -49,6 +49,7 @@ def _hold(out, script=HOLD, *args):
     proc = subprocess.Popen([sys.executable, "-c", script, *args, str(out)], stdout=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     pid = int(proc.stdout.readline().strip())
+    proc.stdout.close()  # the holder prints only its pid
     return proc, pid
 
 

@@ -86,4 +86,4 @@ def test_torchrun_runs_the_cli(tmp_path):
                       "--batch-size", "32", "--mask", "none", "--no-progress", "--out", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("test acc") == 1  # rank 0 reports
-    assert len(open(out / "metrics.jsonl").readlines()) == 1 and (out / "final.json").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and (out / "final.json").exists()

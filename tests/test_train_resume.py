@@ -69,7 +69,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     out = tmp_path / "resumed"
     assert not (out / "final.json").exists()
     assert read_checkpoint(out)["epoch"] == 1
-    assert len(open(out / "metrics.jsonl").readlines()) == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
     epochs_run = []
     final = train(resumed.replace(resume=True), callbacks=[lambda ctx, record: epochs_run.append(ctx.epoch)])

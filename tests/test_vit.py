@@ -168,6 +168,6 @@ def test_cli_trains_vit_tiny_with_the_lateral_mask(tmp_path):
     assert main(["train", "--model", "vit_tiny", "--mask", "lateral", "--groups", "4", "--synthetic-train", "96",
                  "--synthetic-test", "32", "--epochs", "1", "--batch-size", "32", "--lr", "0.01", "--no-progress",
                  "--out", str(out)]) == 0
-    record = json.loads(open(out / "metrics.jsonl").readline())
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert list(record["mask_kept"]) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
     assert all(0.4 < v <= 0.55 for v in record["mask_kept"].values())
