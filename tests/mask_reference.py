@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from gradmask import GradientMask
+
 
 def reference_kernel(kernel: str, sigma: float, size: int) -> torch.Tensor:
     """The ``size x size`` float64 kernel: eq. (2) sampled, or scipy's LoG of an impulse."""
@@ -74,3 +76,15 @@ def assert_agrees_except_near_ties(keep: torch.Tensor, reference, rtol: float = 
     gap = (scores - threshold).abs()
     near = gap <= rtol * threshold.abs() + 1e-30
     assert bool(near[differ].all()), (differ.nonzero()[:5].tolist(), gap[differ][:5].tolist())
+
+
+class RecordingMask(GradientMask):
+    """A GradientMask that keeps every gradient it saw and every compact mask it made."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def apply(self, grad):
+        self.seen.append((grad.detach().clone(), self.keep_map(grad)))
+        return super().apply(grad)

@@ -7,22 +7,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from mask_reference import RecordingMask
 from torch import nn
 
 import gradmask
 from gradmask import GradientMask
-
-
-class RecordingMask(GradientMask):
-    """A GradientMask that keeps every gradient it saw and every compact mask it made."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seen = []
-
-    def apply(self, grad):
-        self.seen.append((grad.detach().clone(), self.keep_map(grad)))
-        return super().apply(grad)
 
 
 def small_resnet(seed=0, **kw):

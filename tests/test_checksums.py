@@ -15,18 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tiny_runs import tiny
 
 from gradmask.cli import main
 from gradmask.data import load_dataset
 from gradmask.files import CHECKSUM, ChecksumError, UnverifiedFileWarning, digest, verify, with_checksum
 from gradmask.reproduce.store import read_step, write_step
-from gradmask.train import TrainConfig, load_checkpoint, read_checkpoint, train
-
-
-def tiny(out, **kw) -> TrainConfig:
-    base = dict(train_limit=16, test_limit=16, synthetic_train=16, synthetic_test=16, epochs=1, batch_size=16,
-                lr=0.05, mask="none", progress=False, out=str(out))
-    return TrainConfig(**{**base, **kw})
+from gradmask.train import load_checkpoint, read_checkpoint, train
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import NO_CUDA
+from mask_reference import RecordingMask
 from torch import nn
 
 import gradmask
@@ -45,18 +46,6 @@ def assert_masks_equal_except_near_ties(gm: GradientMask, grad: torch.Tensor, go
 def small_resnet(seed=0):
     torch.manual_seed(seed)
     return gradmask.create_model("resnet18_narrow", 10, stem="cifar")
-
-
-class RecordingMask(GradientMask):
-    """Keeps every gradient it masks and the keep map it made."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seen = []
-
-    def apply(self, grad):
-        self.seen.append((grad.detach().clone(), self.keep_map(grad)))
-        return super().apply(grad)
 
 
 SHAPES = [(2, 32, 32, 32), (3, 64, 16, 16), (4, 128, 8, 8), (2, 16, 7, 7), (2, 16, 4, 4), (2, 16, 9, 13)]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import tiny
 
 from gradmask.cli import main
 from gradmask.compare import compare
@@ -21,12 +22,6 @@ from gradmask.reproduce import make_plan, reproduce, runner
 from gradmask.reproduce import report as reproduce_report
 from gradmask.train import TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.checkpoint import save_checkpoint
-
-
-def tiny(out, **kw) -> TrainConfig:
-    base = dict(train_limit=16, test_limit=16, synthetic_train=16, synthetic_test=16, epochs=1, batch_size=16,
-                lr=0.05, mask="none", progress=False, out=str(out))
-    return TrainConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,12 @@
 """GradientMask: the fast path against a per-sample loop with conv2d and torch.quantile."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
+from mask_reference import reference_kernel
 
 from gradmask import GradientMask
-
-
-def reference_kernel(kernel, sigma, size):
-    """The 2-D kernel built independently of gradmask: eq. (2) or scipy on an impulse."""
-    r = size // 2
-    if kernel == "authors":
-        impulse = np.zeros((size, size))
-        impulse[r, r] = 1
-        return torch.from_numpy(ndimage.gaussian_laplace(impulse, sigma))
-    y, x = np.mgrid[-r:r + 1, -r:r + 1]
-    d2 = (x**2 + y**2) / (2 * sigma**2)
-    return torch.from_numpy(-1 / (math.pi * sigma**4) * (1 - d2) * np.exp(-d2))
 
 
 def reference_scores_and_masks(grad, groups, mode, kernel="log", padding="reflect", rate=0.5,
