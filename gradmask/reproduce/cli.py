@@ -15,7 +15,7 @@ from .runner import reproduce
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick", choices=list(PRESETS),
-                        help="quick: synthetic data, ~10 min on 2 CPU cores (default); cifar: CIFAR-10/100 "
+                        help="quick: synthetic data, ~12 min on 2 CPU cores (default); cifar: CIFAR-10/100 "
                              "(narrow ResNet on CPU, ResNet-18 on a GPU); paper: the paper's settings")
     parser.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                         help=f"a dataset path, repeatable; NAME one of {', '.join(DATA_NAMES)}")
