@@ -88,3 +88,15 @@ class RecordingMask(GradientMask):
     def apply(self, grad):
         self.seen.append((grad.detach().clone(), self.keep_map(grad)))
         return super().apply(grad)
+
+
+def grads(model):
+    """The parameter gradients of ``model``, detached copies by name."""
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def run_step(model, x, y):
+    """One cross-entropy backward from zeroed gradients; returns ``grads(model)``."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    return grads(model)

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from mask_reference import RecordingMask
+from mask_reference import RecordingMask, grads, run_step
 from torch import nn
 
 import gradmask
@@ -17,16 +17,6 @@ from gradmask import GradientMask
 def small_resnet(seed=0, **kw):
     torch.manual_seed(seed)
     return gradmask.create_model("resnet18_narrow", 10, stem="cifar", **kw)
-
-
-def grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def run_step(model, x, y):
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    return grads(model)
 
 
 def test_weight_gradient_is_the_sum_over_kept_positions_eq7(device):

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from mask_reference import run_step
 from torch import nn
 
 import gradmask
@@ -26,16 +27,6 @@ def on_output_gradient(module, fn):
     return module.register_forward_hook(hook)
 
 
-def grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def step(model, x, y):
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    return grads(model)
-
-
 def by_hand_mask(gm, grad, height, width, prefix):
     """Slow, obvious reference: patch tokens -> (N, H, W, D) -> (N, D, H, W), mask, and back."""
     n, t, d = grad.shape
@@ -50,13 +41,13 @@ def test_parameter_gradients_equal_masking_the_grid_by_hand_float64(mode):
     gm = GradientMask(groups=2, mode=mode)
     reference = tiny_vit()
     manual = on_output_gradient(reference.blocks[0], lambda g: by_hand_mask(gm, g, 4, 4, 1))
-    expected = step(reference, x, y)
+    expected = run_step(reference, x, y)
     manual.remove()
-    vanilla = step(reference, x, y)
+    vanilla = run_step(reference, x, y)
     model = tiny_vit()
     with gradmask.attach(model, gm, skip_last=2) as handle:  # 3 blocks: the first is the target
         assert list(handle.targets) == ["blocks.0"]
-        got = step(model, x, y)
+        got = run_step(model, x, y)
         assert handle.stats()["blocks.0"]["shape"] == (3, 8, 4, 4)
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], rtol=1e-12, atol=1e-14)
