@@ -18,6 +18,26 @@ from gradmask.mask import _sample_scales
 MODES = ["lateral", "norm", "pixel"]
 
 
+class _EditGradient(torch.autograd.Function):
+    """Identity forward; backward passes a copy of the gradient through ``edit`` (in place)."""
+
+    @staticmethod
+    def forward(ctx, x, edit):
+        ctx.edit = edit
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        ctx.edit(g)
+        return g, None
+
+
+def edit_gradient(x, edit):
+    """``x`` unchanged, with ``edit(grad)`` applied in place to the gradient flowing back to it."""
+    return _EditGradient.apply(x, edit)
+
+
 def masked_and_keep(gm, grad):
     """(apply's result, keep (N, G, H, W))."""
     return gm.apply(grad), gm.keep_map(grad).squeeze(2)
@@ -73,24 +93,17 @@ def test_inf_gradient_stays_nonfinite_for_the_scaler(mode):
     """GradScaler-style check after the hook: a step with an inf gradient at a target is still
     non-finite after masking (the scaler skips it), and the inf itself arrives unchanged."""
     torch.manual_seed(2)
+
+    def set_inf(g):
+        g[1, 2, 4, 4] = math.inf
+
     target, head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
-
-    class InjectInf(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            g = g.clone()
-            g[1, 2, 4, 4] = math.inf
-            return g
 
     seen = []
     gm = GradientMask(groups=4, mode=mode)
     with gradmask.attach(target, gm, targets=[target]):
         target.register_forward_hook(lambda m, i, o: o.register_hook(seen.append) and None)
-        out = head(InjectInf.apply(target(torch.randn(2, 3, 8, 8))))
+        out = head(edit_gradient(target(torch.randn(2, 3, 8, 8)), set_inf))
         params = [p for p in (*target.parameters(), *head.parameters())]
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
         optimizer = torch.optim.SGD(params, lr=0.1)
@@ -182,22 +195,14 @@ def small_net(channels=8):
 def test_stats_count_nonfinite_and_tied_maps():
     net = small_net()
 
-    class Inject(torch.autograd.Function):  # sample 0 gets a NaN, sample 2 a zero gradient
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            g = g.clone()
-            g[0, 5, 1, 1] = math.nan
-            g[2] = 0.0
-            return g
+    def nan_and_zero(g):  # sample 0 gets a NaN, sample 2 a zero gradient
+        g[0, 5, 1, 1] = math.nan
+        g[2] = 0.0
 
     with gradmask.attach(net, GradientMask(groups=2), targets=["0"]) as handle:
         x = torch.randn(3, 3, 6, 6)
         for _ in range(2):
-            net[2](net[1](Inject.apply(net[0](x)))).sum().backward()
+            net[2](net[1](edit_gradient(net[0](x), nan_and_zero))).sum().backward()
         stats = handle.stats()["0"]
         assert stats["maps"] == 2 * 3 * 2 and stats["nonfinite_maps"] == 2 and stats["tied_maps"] == 2 * 2
         handle.reset_stats()
