@@ -67,7 +67,8 @@ class TrainContext:
     epoch: int = 0
     history: list = field(default_factory=list)
     gradient_mask: Optional[GradientMask] = None
-    inhibition: Optional[Callable[[int, int], float]] = None  # (step, total_steps) -> rate, set every step
+    # (step, total_steps) -> rate, set before every step; None: the mask's rate is constant
+    inhibition: Optional[Callable[[int, int], float]] = None
 
     @property
     def is_main(self) -> bool:
@@ -144,6 +145,15 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
         dist_ctx.close()
 
 
+def _inhibition_schedule(gm: Optional[GradientMask], config: TrainConfig, steps_per_epoch: int):
+    """The per-step rate schedule, built (and validated) once; None without a mask or when constant
+    (the mask already holds ``config.inhibition_rate``: nothing to set per step)."""
+    if gm is None:
+        return None
+    schedule = build_inhibition_schedule(config, steps_per_epoch)
+    return None if schedule.kind == "constant" else schedule
+
+
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: torch.device) -> dict:
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
@@ -215,7 +225,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history, gradient_mask=gm,
-                       inhibition=None if gm is None else build_inhibition_schedule(config, data.train_steps))
+                       inhibition=_inhibition_schedule(gm, config, data.train_steps))
     callbacks = [*callbacks, *config_callbacks(config, data)]  # e.g. the GSNR probe of gsnr_every
     for cb in _callbacks(callbacks, "on_train_start"):
         cb(ctx)
