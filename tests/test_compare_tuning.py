@@ -13,6 +13,7 @@ import gradmask.train.data as train_data
 from gradmask.cli import main
 from gradmask.compare import compare
 from gradmask.compare.tuning import (
+    grid_edges,
     grid_points,
     make_tuning,
     parse_tune,
@@ -85,8 +86,10 @@ def test_each_variant_gets_its_best_mean_validation_accuracy(tmp_path):
     assert "## Tuning on a validation split" in md
     assert "| none | lr=0.05 | 55.00 ± 7.07 | 2 | chosen |" in md
     assert "| lateral | lr=0.2,inhibition_rate=0.3 | 70.50 ± 0.71 | 2 | chosen |" in md
-    assert "lateral vs none (arms tuned on a 10% validation split: none at lr=0.05, lateral at " \
-           "lr=0.2,inhibition_rate=0.3)" in md
+    assert "lateral vs none (arms tuned on a 10% validation split: none at lr=0.05 (smallest lr of the grid), " \
+           "lateral at lr=0.2,inhibition_rate=0.3 (largest lr, smallest inhibition_rate of the grid))" in md
+    assert "At the edge of the grid: none chose the smallest lr; lateral chose the largest lr; lateral chose the " \
+           "smallest inhibition_rate. The best value may lie beyond it" in md
     assert "tuning 36.0 s (18 runs), final runs 12.0 s (4 finished runs)" in md
 
 
@@ -97,6 +100,27 @@ def test_ties_go_to_the_first_grid_point_and_untuned_variants_keep_the_base(tmp_
     assert result.chosen == {"none": {}, "lateral": {"inhibition_rate": 0.3}}
     assert {c.mask for c in fake.calls} == {"lateral"}         # nothing to sweep for none
     assert read_tuning(tmp_path)["variants"]["none"]["tuned"] is False
+
+
+@pytest.mark.parametrize("chosen, edges", [
+    ({"lr": 0.1}, {}),                                        # inside the grid
+    ({"lr": 0.2}, {"lr": "largest"}),
+    ({"lr": 0.05, "epochs": 3}, {"lr": "smallest"}),          # epochs has one value: no edge
+    ({"inhibition_schedule": "warmup"}, {}),                  # names have no order
+    ({"nesterov": True}, {}),                                 # neither do booleans
+])
+def test_grid_edges_flags_choices_at_an_end_of_a_numeric_grid(chosen, edges):
+    grid = {"lr": [0.2, 0.05, 0.1], "epochs": [3], "inhibition_schedule": ["constant", "warmup"],
+            "nesterov": [False, True]}
+    assert grid_edges(grid, chosen) == edges
+
+
+def test_a_choice_inside_the_grid_is_not_called_an_edge(tmp_path):
+    fake = FakeTrain(lambda c: {0.05: 0.3, 0.1: 0.6, 0.2: 0.4}[c.lr])
+    compare(tiny(), ("none",), seeds=1, out=tmp_path, train_fn=fake, log=None, tune={"lr": [0.05, 0.1, 0.2]})
+    md = (tmp_path / "report.md").read_text()
+    assert "| none | lr=0.1 | 60.00 | 1 | chosen |" in md
+    assert "edge of the grid" not in md and "of the grid)" not in md
 
 
 def test_grid_points_skip_fields_that_do_not_apply():
@@ -329,8 +353,12 @@ def test_reproduce_tunes_table1_then_trains_seed_by_seed_and_resumes(tmp_path, m
     # every verdict names its budget; Table 1's says it was tuned, Table 2's that it was not
     verdict_lines = [line for line in md.splitlines() if line.startswith("**Verdict:")]
     assert verdict_lines and all("Budget: " in line for line in verdict_lines)
+    # a two-value grid: every choice is at one of its ends, and the budget says which
+    edges = ", ".join(f"{v}: {'largest' if chosen[v]['chosen']['lr'] == 0.2 else 'smallest'} lr"
+                      for v in ("none", "lateral"))
     assert results["table1"]["budget"] == ("synthetic: 32 training images x 1 epoch, 2 seeds, resnet18_narrow, "
-                                           "tuned: lr per arm on a 10% validation split")
+                                           f"tuned: lr per arm on a 10% validation split (chosen at the grid's "
+                                           f"edge: {edges})")
     assert results["table2"]["budget"].endswith("not tuned (one setting for every arm)")
     assert "| none | lr=0.05 |" in md and "| synthetic | 1 |" in md     # sweep, per-epoch gap
     gap = results["table1"]["numbers"]["synthetic"]["difference_per_epoch"]

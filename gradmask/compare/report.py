@@ -25,7 +25,7 @@ from ..files import write_atomic, write_csv
 from ..reporting import figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
-from .tuning import point_label, read_tuning
+from .tuning import grid_edges, point_label, read_tuning
 
 VARIANTS = MASK_MODES
 """The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
@@ -355,8 +355,12 @@ def tuning_text(tuning: dict | None, variants: Iterable[str]) -> str:
     chosen = []
     for v in variants:
         record = tuning["variants"].get(v)
-        chosen.append(f"{v} at {point_label(record['chosen'])}" if record and record["tuned"]
-                      else f"{v} not tuned (no tuned field applies)")
+        if not (record and record["tuned"]):
+            chosen.append(f"{v} not tuned (no tuned field applies)")
+            continue
+        edges = grid_edges(tuning["grid"], record["chosen"])
+        edge = f" ({', '.join(f'{size} {name}' for name, size in edges.items())} of the grid)" if edges else ""
+        chosen.append(f"{v} at {point_label(record['chosen'])}{edge}")
     return f"arms tuned on a {tuning['val_fraction']:.0%} validation split: " + ", ".join(chosen)
 
 
@@ -549,6 +553,11 @@ def tuning_blocks(tuning: dict, runs: list[Run]) -> list[tuple]:
                          "chosen" if p["point"] == record["chosen"] else ""])
     blocks.append(("table", ["variant", "grid point", "validation top-1 (%) mean ± std", "seeds", ""], rows,
                    "llrrl"))
+    at_edge = [f"{variant} chose the {size} {name}" for variant, record in tuning["variants"].items()
+               if record["tuned"] for name, size in grid_edges(tuning["grid"], record["chosen"]).items()]
+    if at_edge:
+        blocks.append(("p", f"At the edge of the grid: {'; '.join(at_edge)}. The best value may lie beyond it; "
+                            f"such an arm is tuned only within the grid."))
     final = [r.train_seconds for r in runs if r.finished and r.train_seconds is not None]
     n_tuning = sum(len(p["runs"]) for record in tuning["variants"].values() for p in record["points"])
     blocks.append(("p", f"Training time (sum over runs): tuning {fmt_duration(tuning['train_seconds'])} "

@@ -173,6 +173,22 @@ def point_label(point: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={_value_label(v)}" for k, v in point.items())
 
 
+def grid_edges(grid: Mapping[str, Iterable], chosen: Mapping[str, Any]) -> dict[str, str]:
+    """The numeric fields of ``chosen`` that sit at an end of their grid: ``{"lr": "largest"}``. A
+    choice at the edge says the best value may lie outside the grid (the sweep is bounded by it).
+    Fields with fewer than two numeric values, booleans and names are left out."""
+    edges = {}
+    for name, value in chosen.items():
+        values = [v for v in grid.get(name, ()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(set(values)) < 2 or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value == max(values):
+            edges[name] = "largest"
+        elif value == min(values):
+            edges[name] = "smallest"
+    return edges
+
+
 def tuning_run_dir(out, variant: str, point: Mapping[str, Any], seed: int) -> str:
     return f"{os.fspath(out)}/{TUNE_DIR}/{variant}-{point_label(point)}-seed{seed}"
 
@@ -309,6 +325,5 @@ def read_tuning(out) -> Optional[dict]:
 
 
 __all__ = ["DEFAULT_VAL_FRACTION", "NOT_TUNABLE", "PointScore", "TUNE_DIR", "TUNING_JSON", "Tuning", "TuningResult",
-           "checked_replace", "choose", "grid_points", "make_tuning", "parse_tune", "point_label", "read_tuning",
-           "run_tuning",
-           "tuning_config", "tuning_plan", "tuning_run_dir"]
+           "checked_replace", "choose", "grid_edges", "grid_points", "make_tuning", "parse_tune", "point_label",
+           "read_tuning", "run_tuning", "tuning_config", "tuning_plan", "tuning_run_dir"]

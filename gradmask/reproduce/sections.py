@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..compare.report import fmt_duration, load_runs
+from ..compare.tuning import grid_edges
 from ..data import DATASETS
 from ..reporting import evaluation_warnings, figure, save_figure
 from . import paper
@@ -128,7 +129,8 @@ def train_images(config: dict) -> Optional[int]:
 
 def budget(runs: list, tuning: Optional[dict]) -> str:
     """``"50,000 training images x 15 epochs, 3 seeds, resnet18_narrow, tuned: lr per arm on a 10%
-    validation split"``: what a verdict was measured at (``tuning``: the runs' tuning.json or None)."""
+    validation split (chosen at the grid's edge: none: largest lr)"``: what a verdict was measured at
+    (``tuning``: the runs' tuning.json or None)."""
     if not runs:
         return "no finished run"
     images = sorted({n for n in (train_images(r.config) for r in runs) if n is not None})
@@ -136,6 +138,10 @@ def budget(runs: list, tuning: Optional[dict]) -> str:
     models = sorted({str(r.config.get("model")) for r in runs})
     tuned = ("not tuned (one setting for every arm)" if tuning is None else
              f"tuned: {', '.join(tuning['grid'])} per arm on a {tuning['val_fraction']:.0%} validation split")
+    if tuning is not None:
+        edges = [f"{v}: {size} {name}" for v, record in tuning["variants"].items() if record["tuned"]
+                 for name, size in grid_edges(tuning["grid"], record["chosen"]).items()]
+        tuned += f" (chosen at the grid's edge: {', '.join(edges)})" if edges else ""
     seeds = len({r.seed for r in runs})
     return (f"{' / '.join(f'{n:,}' for n in images) or 'all'} training images x "
             f"{' / '.join(map(str, epochs))} epoch{'s' if max(epochs) != 1 else ''}, "
