@@ -226,6 +226,9 @@ def test_report_numbers_come_from_the_runs(tiny_run):
     # the paper's numbers stand beside ours
     md = (out / "report.md").read_text()
     assert "80.26" in md and "75.86" in md and "78.97" in md
+    # and it names the code that measured and trained them
+    from gradmask.train.source import source_revision
+    assert f"Code: this report by gradmask {source_revision()}; the runs were trained by {source_revision()} (" in md
     assert "| synthetic |" in md
 
 
@@ -447,3 +450,17 @@ def test_the_plan_is_stored_with_the_run_and_read_back_by_the_report(tmp_path):
     assert stored == StoredPlan(("cifar10",), "cifar10", True, "cifar10", ("synthetic",))
     # a run written before plans were stored: derived from its step files (none here: nothing to report)
     assert StoredPlan.read(tmp_path, {"preset": "cifar-full"}) == StoredPlan((), None, False, None, ())
+
+
+def test_training_code_counts_the_revisions_of_the_runs(tmp_path):
+    from gradmask.reproduce.report import training_code
+    runs = {"a/none-seed0": {"gradmask_version": "0.1.0+gb", "trained_by": ["0.1.0+gb"]},
+            "a/none-seed1": {"gradmask_version": "0.1.0+gb", "trained_by": ["0.1.0+ga", "0.1.0+gb"]},
+            "b/lateral-seed0": {"gradmask_version": "0.1.0+gb", "trained_by": ["0.1.0+gb"]},
+            "old/none-seed0": {"gradmask_version": "0.0.9"},           # before trained_by was recorded
+            "not-a-run": {"something": 1}}
+    for name, saved in runs.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text(json.dumps(saved))
+    assert training_code(tmp_path) == "0.1.0+gb (2 runs); 0.1.0+ga then 0.1.0+gb (1 run); 0.0.9 (1 run)"
+    assert training_code(tmp_path / "empty") == "no run"

@@ -10,6 +10,7 @@ import torch
 
 import gradmask
 from gradmask.train import FINAL_KEYS, METRIC_KEYS, TrainConfig, load_checkpoint, read_checkpoint, train
+from gradmask.train.source import source_revision
 
 
 def tiny(out, **kw) -> TrainConfig:
@@ -53,7 +54,9 @@ def _jsonl(path):
 def test_run_directory_contract(masked_run):
     out, config, final, _ = masked_run
     saved = json.loads(Path(out / "config.json").read_text())
-    assert saved.pop("gradmask_version") == gradmask.__version__
+    assert saved.pop("gradmask_version") == source_revision()
+    assert saved.pop("trained_by") == [source_revision()] == final["trained_by"]
+    assert source_revision().startswith(gradmask.__version__)
     assert TrainConfig.from_dict(saved) == config
     records = _jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
@@ -290,3 +293,32 @@ def test_gsnr_probe_draws_a_fixed_random_subset_of_class_ordered_data():
     assert torch.equal(probe.labels, labels[index])                     # images and labels stay paired
     assert probe.labels.unique().numel() >= 5                           # first 40 would be one class
     assert torch.equal(_gsnr_probe(config, data).labels, probe.labels)  # the same set in every run
+
+
+class _StopAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, ctx, record):
+        if ctx.epoch == self.epoch:
+            raise KeyboardInterrupt   # epoch computed, its checkpoint not written
+
+
+def test_a_run_resumed_with_other_code_says_so_and_records_both(tmp_path, monkeypatch, capsys):
+    import gradmask.train.engine as engine
+    config = tiny(tmp_path / "run", epochs=2, train_limit=64, test_limit=32)
+    monkeypatch.setattr(engine, "_version", lambda: "0.1.0+gaaaa")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_StopAfter(2)])
+    assert read_checkpoint(tmp_path / "run")["trained_by"] == ["0.1.0+gaaaa"]
+    monkeypatch.setattr(engine, "_version", lambda: "0.1.0+gbbbb.dirty")
+    capsys.readouterr()
+    final = train(config.replace(resume=True))
+    err = capsys.readouterr().err
+    assert "with code 0.1.0+gbbbb.dirty; its 1 finished epoch(s) were trained by 0.1.0+gaaaa" in err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["gradmask_version"] == "0.1.0+gbbbb.dirty"
+    assert saved["trained_by"] == final["trained_by"] == ["0.1.0+gaaaa", "0.1.0+gbbbb.dirty"]
+    # resuming a run of older gradmask (no trained_by in its checkpoint) names its version
+    assert engine._trained_by({"gradmask_version": "0.0.9", "epoch": 3}, engine.RunDir(tmp_path / "old")) == \
+        ["0.0.9", "0.1.0+gbbbb.dirty"]

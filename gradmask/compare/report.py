@@ -309,7 +309,7 @@ def setting(runs: list[Run]) -> list[tuple[str, str]]:
              for r in runs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
     rank = {k: i for i, k in enumerate(_PREFERRED_KEYS)}
-    keys.sort(key=lambda k: (k == "gradmask_version", rank.get(k.rsplit(".", 1)[-1], len(rank)), k))
+    keys.sort(key=lambda k: (k in ("gradmask_version", "trained_by"), rank.get(k.rsplit(".", 1)[-1], len(rank)), k))
     rows = []
     for k in keys:
         values = list(dict.fromkeys(_fmt_value(f.get(k)) for f in flats))

@@ -28,6 +28,23 @@ NAMES_NOTE = ("**Names.** Arms are named by their `--mask` value: " + ", ".join(
 
 
 # ------------------------------------------------------------------------------ the report
+def training_code(out: Path) -> str:
+    """Which code revisions trained the run folders under ``out``, from their ``config.json``:
+    ``"0.1.0+g1234abcd5678 (40 runs); 0.1.0 then 0.1.0+g1234abcd5678 (1 run)"`` (runs of gradmask
+    before ``trained_by`` was recorded: their ``gradmask_version``)."""
+    counts: dict[str, int] = {}
+    for path in sorted(Path(out).rglob("config.json")):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(saved, dict) or "gradmask_version" not in saved:
+            continue
+        key = " then ".join(saved.get("trained_by") or [str(saved["gradmask_version"])])
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in counts.items()) or "no run"
+
+
 def sections(out: Path, state: dict) -> list[Section]:
     """The report's sections from the stored steps of ``out`` (``state``: its reproduce.json),
     each experiment's in report order, following the stored plan; an experiment whose step has not
@@ -51,6 +68,8 @@ def write_report(out) -> dict[str, Path]:
                            ("p", f"Preset: {state.get('summary', '?')}. Device: {state.get('device', '?')}; "
                                  f"machine: {machine}; seeds: {state.get('seeds', '?')}; measured wall time "
                                  f"{fmt_duration(total)} (of the steps run by the last invocations)."),
+                           ("p", f"Code: this report by gradmask {m.get('gradmask', '?')}; the runs were trained by "
+                                 f"{training_code(out)}."),
                            ("p", "Each verdict is computed from the numbers: **holds** when the 95% confidence "
                                  "interval of the tested difference lies entirely on the paper's side, **does not "
                                  "hold** when it lies entirely on the other side, **not established at this scale** "

@@ -30,6 +30,7 @@ from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.distributed import is_main_process
 from ..train.rundir import FINAL
+from ..train.source import source_revision
 from . import runs as training
 from .experiments import EXPERIMENTS
 from .presets import ABLATION_VARIANTS, Plan
@@ -163,7 +164,7 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
 
 
 def machine() -> dict:
-    """What the results were measured on."""
+    """What the results were measured on, and the code revision measuring them."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -173,7 +174,8 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "gradmask": source_revision()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

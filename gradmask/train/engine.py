@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .. import __version__
 from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
@@ -41,10 +40,25 @@ from .plugins import build_augment, check_plugins, config_callbacks
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir, claim
 from .schedule import build_scheduler
+from .source import source_revision
 
 
 def _version() -> str:
-    return __version__
+    return source_revision()
+
+
+def _trained_by(resume: Optional[dict], run: RunDir) -> list[str]:
+    """The code revisions that trained this run, oldest first (``gradmask_version`` of each stretch of
+    epochs); resuming with other code than the last is announced."""
+    now = _version()
+    if resume is None:
+        return [now]
+    before = list(resume.get("trained_by") or [resume.get("gradmask_version") or "unknown"])
+    if before[-1] == now:
+        return before
+    print(f"gradmask: resuming {run.path} with code {now}; its {int(resume['epoch'])} finished epoch(s) were "
+          f"trained by {', '.join(before)}", file=sys.stderr)
+    return before + [now]
 
 
 @dataclass
@@ -69,6 +83,8 @@ class TrainContext:
     gradient_mask: Optional[GradientMask] = None
     # (step, total_steps) -> rate, set before every step; None: the mask's rate is constant
     inhibition: Optional[Callable[[int, int], float]] = None
+    # the code revisions that trained the run so far, oldest first (gradmask.train.source.source_revision)
+    trained_by: list = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -215,9 +231,10 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
         net = torch.compile(net, **options)
         eval_net = net if not dist_ctx.enabled else torch.compile(model, **options)
 
+    trained_by = _trained_by(resume, run) if dist_ctx.is_main else []
     writer = None
     if dist_ctx.is_main:
-        run.write_config(config.to_dict(), _version())
+        run.write_config(config.to_dict(), _version(), trained_by)
         if resume is not None:
             run.write_metrics(history, jsonl=True)  # drop records of epochs after the checkpoint
         if config.tensorboard:
@@ -225,7 +242,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history, gradient_mask=gm,
-                       inhibition=_inhibition_schedule(gm, config, data.train_steps))
+                       inhibition=_inhibition_schedule(gm, config, data.train_steps), trained_by=trained_by)
     callbacks = [*callbacks, *config_callbacks(config, data)]  # e.g. the GSNR probe of gsnr_every
     for cb in _callbacks(callbacks, "on_train_start"):
         cb(ctx)
@@ -279,7 +296,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                  "epochs": config.epochs, "train_seconds": sum(r["epoch_seconds"] for r in history),
                  "device": _device_name(device, dist_ctx.world_size), "model": config.model,
                  "mask": config.mask, "seed": config.seed,
-                 "num_params": sum(p.numel() for p in model.parameters())}
+                 "num_params": sum(p.numel() for p in model.parameters()), "trained_by": trained_by}
         dist_ctx.barrier()
         if dist_ctx.is_main:
             run.write_final(final)
@@ -387,6 +404,7 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
     return {
         "format": FORMAT,
         "gradmask_version": _version(),
+        "trained_by": ctx.trained_by,
         "epoch": ctx.epoch,
         "model": ctx.model.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),

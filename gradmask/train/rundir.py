@@ -1,6 +1,8 @@
 """The run directory contract (read by the reports; keep the names):
 
-- ``config.json``: ``dataclasses.asdict(config)`` plus ``"gradmask_version"``.
+- ``config.json``: ``dataclasses.asdict(config)`` plus ``"gradmask_version"`` (the code revision of the
+  last start, :func:`gradmask.train.source.source_revision`) and ``"trained_by"`` (every revision that
+  trained epochs of the run, oldest first; absent in older runs).
 - ``metrics.jsonl``: one object per finished epoch, keys ``METRIC_KEYS`` (plus any a callback
   added); accuracies are fractions in [0, 1] (train: on the augmented batches, during the epoch;
   test: after it, in eval mode); ``lr`` is the learning rate of the epoch's last step;
@@ -45,7 +47,7 @@ RUN_FILES = (CONFIG, METRICS_JSONL, METRICS_CSV, CHECKPOINT, FINAL)
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "lr",
                "epoch_seconds", "images_per_second", "mask_kept")
 FINAL_KEYS = ("test_acc", "test_top5", "test_loss", "epochs", "train_seconds", "device", "model", "mask",
-              "seed", "num_params")
+              "seed", "num_params", "trained_by")
 
 
 def _json_value(v):
@@ -243,9 +245,13 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
 
-    def write_config(self, config_dict: dict, version: str) -> None:
+    def write_config(self, config_dict: dict, version: str, trained_by: Optional[list] = None) -> None:
+        """``config.json``: the config, the code revision writing it and (``trained_by``) every revision
+        that trained the run, oldest first."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path / CONFIG, json.dumps({**config_dict, "gradmask_version": version}, indent=2) + "\n")
+        extra = {"gradmask_version": version} if trained_by is None else {"gradmask_version": version,
+                                                                          "trained_by": list(trained_by)}
+        write_atomic(self.path / CONFIG, json.dumps({**config_dict, **extra}, indent=2) + "\n")
 
     def append_metrics(self, record: dict) -> None:
         with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
