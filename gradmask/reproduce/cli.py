@@ -29,7 +29,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune", action="append", default=[], metavar="FIELD=V1,V2,...",
                         help="tune Table 1's arms: FIELD (a TrainConfig field, e.g. lr=0.05,0.1,0.2; repeatable: a "
                              "grid) chosen per arm on a validation split before the final runs (replaces the "
-                             "preset's tuning; cifar-full tunes lr=0.05,0.1,0.2 by itself)")
+                             "preset's tuning; cifar-full tunes lr=0.05,0.1,0.2,0.4 by itself)")
     parser.add_argument("--tune-epochs", type=int, default=None, help="epochs of a tuning run (default: the preset's, "
                                                                       "else the final runs')")
     parser.add_argument("--tune-seeds", type=int, default=None, help="tuning runs per grid point (default 1)")
