@@ -433,6 +433,7 @@ def test_reproduce_cli_overrides_the_presets_tuning(tmp_path):
     from gradmask.reproduce.cli import tuning_from_args
     args = argparse.Namespace(preset="cifar-full", tune=[], tune_epochs=2, tune_seeds=None, val_fraction=None)
     t = tuning_from_args(args)
-    assert t.grid == {"lr": (0.05, 0.1, 0.2)} and t.epochs == 2 and t.val_fraction == 0.1
+    assert t.grid == PRESETS["cifar-full"].tuning.grid == {"lr": (0.05, 0.1, 0.2, 0.4)}
+    assert t.epochs == 2 and t.val_fraction == 0.1
     args.tune = ["inhibition_rate=0.3,0.5"]
     assert tuning_from_args(args).grid == {"inhibition_rate": (0.3, 0.5)}
