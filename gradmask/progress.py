@@ -9,6 +9,7 @@ finished before, which return at once, do not count towards it). A leaf module.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,6 +39,7 @@ class RunProgress:
         self.start = clock()
         self.trained: list[float] = []  # seconds of each run trained in this process
         self._bar = None
+        self._lock = threading.Lock()
         if bar:
             from tqdm import tqdm
             self._bar = tqdm(total=total, initial=done, desc="runs", unit="run", file=sys.stderr,
@@ -56,7 +58,12 @@ class RunProgress:
         return f"elapsed {fmt_seconds(self.clock() - self.start)}, ETA {fmt_seconds(self.eta())}"
 
     def finished(self, name: str, seconds: float, trained: bool) -> None:
-        """Record one finished run (``trained``: it trained now, rather than having finished before)."""
+        """Record one finished run (``trained``: it trained now, rather than having finished before);
+        thread-safe (runs trained side by side report from their own threads)."""
+        with self._lock:
+            self._finished(name, seconds, trained)
+
+    def _finished(self, name: str, seconds: float, trained: bool) -> None:
         self.done += 1
         if trained:
             self.trained.append(seconds)

@@ -13,6 +13,7 @@ import sys
 from ..commands import register
 from ..progress import RunProgress
 from ..train import cli as _train_cli
+from .jobs import ProcessTrainer, check_jobs
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare
 from .tuning import DEFAULT_VAL_FRACTION, grid_points, make_tuning, parse_tune
@@ -50,6 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, dest="tune_val_fraction",
                        help=f"share of the training images held out for tuning, in (0, 0.5] "
                             f"(default {DEFAULT_VAL_FRACTION})")
+    group.add_argument("--jobs", type=int, default=1,
+                       help="runs trained at a time, each in its own process with its share of the CPU threads "
+                            "or, with --device cuda, a GPU of its own (round robin over the visible GPUs) "
+                            "(default 1)")
     group.add_argument("--report-only", action="store_true",
                        help="train nothing: rewrite the report from the runs already in --out")
     group.add_argument("--overwrite", action="store_true", default=None,
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--tune-epochs, --tune-seeds and --val-fraction need --tune FIELD=V1,V2,...")
     if tune is not None:
         make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction)  # bad input fails here
+    jobs = check_jobs(args.jobs)
     if args.report_only:
         paths = write_report(args.out)
     else:
@@ -80,12 +86,17 @@ def run(args: argparse.Namespace) -> int:
             len(grid_points(make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction), v))
             for v in variants)
         progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty())
+        if jobs > 1:   # runs side by side: their epoch bars would overwrite each other
+            base = base.replace(progress=False)
+        trainer = train if jobs == 1 else ProcessTrainer(jobs, base.device)
         try:
             compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset, tune=tune,
                     tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds, val_fraction=args.tune_val_fraction,
-                    train_fn=progress.wrap(train))
+                    train_fn=progress.wrap(trainer), jobs=jobs)
         finally:
             progress.close()
+            if trainer is not train:
+                trainer.close()
         paths = report_paths(args.out)
     print(summary_text(args.out), end="")
     print(f"report: {paths['markdown']} and {paths['html']} (figures {paths['accuracy'].name}, "

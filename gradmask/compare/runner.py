@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of gsnr_every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from ..train.distributed import is_main_process
+from .jobs import ProcessTrainer, check_jobs, train_all
 from .report import VARIANTS, write_report
 from .tuning import DEFAULT_VAL_FRACTION, checked_replace, grid_points, make_tuning, run_tuning, tuning_plan
 
@@ -93,7 +94,7 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             out: str | os.PathLike = "runs/compare", seed_offset: int = 0,
             train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
             tune: Optional[Mapping[str, Iterable]] = None, tune_epochs: Optional[int] = None, tune_seeds: int = 1,
-            val_fraction: float = DEFAULT_VAL_FRACTION) -> list[Path]:
+            val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1) -> list[Path]:
     """Train ``variants`` x ``seeds`` runs from ``base_config`` and write the report in ``out``.
 
     Each run is ``train_fn(dataclasses.replace(base_config, mask=variant, seed=s,
@@ -107,7 +108,13 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     variant on a validation split (``val_fraction`` of the training images; ``tune_seeds`` runs of
     ``tune_epochs`` epochs per grid point, see :mod:`gradmask.compare.tuning`), then trains each
     variant's final runs at its chosen point. Every config is checked before anything trains.
+
+    ``jobs`` > 1 trains that many runs at a time (tuning runs, then final runs, each started in
+    training order), each through ``train_fn`` called from its own thread: pass a
+    :class:`gradmask.compare.jobs.ProcessTrainer` (or a wrapper of one) to train them in separate
+    processes; without ``train_fn`` one is made for ``jobs`` workers.
     """
+    check_jobs(jobs)
     runs = run_order(variants, seeds, out, seed_offset)
     variants = check_variants(variants)
     tuning = None if tune is None else make_tuning(tune, tune_epochs, tune_seeds, val_fraction)
@@ -125,6 +132,10 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
                                      for p, d in changed.items())
                          + "; use the settings they were trained with, choose another out, or pass "
                            "overwrite=True (--overwrite) to train those runs again")
+    if train_fn is None and jobs > 1:
+        with ProcessTrainer(jobs, str(getattr(base_config, "device", "cpu"))) as trainer:
+            return compare(base_config, variants, seeds, out, seed_offset, trainer, log, tune, tune_epochs,
+                           tune_seeds, val_fraction, jobs)
     if train_fn is None:
         from gradmask.train import train as train_fn
     chosen: dict[str, dict] = {}
@@ -132,18 +143,23 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
         # tuning runs resume; one of other settings is refused by the engine, naming the fields
         tuning_base = dataclasses.replace(base_config, overwrite=False) if getattr(base_config, "overwrite", False) \
             else base_config
-        chosen = run_tuning(tuning_base, variants, tuning, out, seed_offset, train_fn, log).chosen
-    for k, (variant, seed, path) in enumerate(runs, 1):
+        chosen = run_tuning(tuning_base, variants, tuning, out, seed_offset, train_fn, log, jobs).chosen
+    configs = []
+    for variant, seed, path in runs:
+        changes = {**chosen.get(variant, {}), "mask": variant, "seed": seed, "out": path, "resume": path not in changed}
+        if path in changed or getattr(base_config, "overwrite", False):
+            changes["overwrite"] = path in changed
+        configs.append(checked_replace(base_config, changes, "compare"))
+
+    def announce(k: int, config) -> None:
+        variant, seed, path = runs[k - 1]
         point = chosen.get(variant, {})
-        again = path in changed
         if log is not None:
             at = f" at {', '.join(f'{n}={v!r}' for n, v in point.items())}" if point else ""
-            status = f"trained again: {', '.join(changed[path])} changed" if again else _status(path)
+            status = f"trained again: {', '.join(changed[path])} changed" if path in changed else _status(path)
             log(f"[{k}/{len(runs)}] {variant} seed {seed}{at} -> {path} ({status})")
-        changes = {**point, "mask": variant, "seed": seed, "out": path, "resume": not again}
-        if again or getattr(base_config, "overwrite", False):
-            changes["overwrite"] = again
-        train_fn(checked_replace(base_config, changes, "compare"))
+
+    train_all(train_fn, configs, jobs, before=announce)
     if is_main_process():  # under torchrun every process trains, one writes the report
         write_report(out)
     return [Path(path) for _, _, path in runs]

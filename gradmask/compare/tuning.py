@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..files import write_atomic
 from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
+from .jobs import train_all
 
 TUNE_DIR = "tune"
 TUNING_JSON = "tuning.json"
@@ -288,20 +289,27 @@ def _status(path: str) -> str:
 
 
 def run_tuning(base, variants: Iterable[str], tuning: Tuning, out, seed_offset: int = 0,
-               train_fn: Callable | None = None, log: Callable[[str], Any] | None = print) -> TuningResult:
-    """Train every tuning run (resuming; finished ones return at once), choose each variant's grid
-    point and write ``{out}/tuning.json``. ``train_fn(config) -> final metrics`` (default
-    :func:`gradmask.train.train`) must return ``val_acc``."""
+               train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
+               jobs: int = 1) -> TuningResult:
+    """Train every tuning run (resuming; finished ones return at once; ``jobs`` at a time, see
+    :func:`gradmask.compare.jobs.train_all`), choose each variant's grid point and write
+    ``{out}/tuning.json``. ``train_fn(config) -> final metrics`` (default :func:`gradmask.train.train`)
+    must return ``val_acc``."""
     variants = tuple(variants)
     plan = tuning_plan(base, variants, tuning, out, seed_offset)
     if train_fn is None:
         from gradmask.train import train as train_fn
-    scores: dict[tuple, PointScore] = {}
-    for k, (variant, point, seed, config) in enumerate(plan, 1):
+
+    def announce(k: int, config) -> None:
+        variant, point, seed, _ = plan[k - 1]
         if log is not None:
             log(f"[tune {k}/{len(plan)}] {variant} {point_label(point)} seed {seed} -> {config.out} "
                 f"({_status(config.out)})")
-        final = train_fn(config) or {}
+
+    finals = train_all(train_fn, [config for *_, config in plan], jobs, before=announce)
+    scores: dict[tuple, PointScore] = {}
+    for (variant, point, _, config), final in zip(plan, finals):
+        final = final or {}
         if final.get("val_acc") is None:
             raise ValueError(f"tuning run {config.out} returned no val_acc (got keys {sorted(final)}): "
                              f"train_fn must train on the validation split and return the final metrics")

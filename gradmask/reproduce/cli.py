@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..commands import device_argument, register
+from ..compare.jobs import check_jobs
 from ..compare.tuning import make_tuning, parse_tune
 from ..device import resolve_device
 from .presets import DATA_NAMES, PRESETS, make_plan, parse_data
@@ -35,6 +36,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-seeds", type=int, default=None, help="tuning runs per grid point (default 1)")
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="share of the training images held out for tuning, in (0, 0.5] (default 0.1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training runs at a time, each in its own process with its share of the CPU threads "
+                             "or a GPU of its own (round robin over the visible GPUs); the measurements run one "
+                             "at a time (default 1)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (bars are drawn only on a terminal; otherwise, and with this "
                              "option, one line per training run)")
@@ -59,6 +64,7 @@ def tuning_from_args(args: argparse.Namespace):
 @register("reproduce", "run (or resume) every experiment of the paper on the given data and write "
                        "report.md / report.html with verdicts", _configure)
 def reproduce_command(args: argparse.Namespace) -> int:
+    jobs = check_jobs(args.jobs)
     device = str(resolve_device(args.device))
     plan = make_plan(args.preset, parse_data(args.data), device, args.seeds, tuning_from_args(args))
     out = Path(args.out or f"runs/reproduce-{args.preset}")
@@ -72,7 +78,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
     for what, why in plan.skipped:
         print(f"  not run: {what}: {why}")
     result = reproduce(plan, out, progress=not args.no_progress, command=command,
-                       log=lambda line: print(line, flush=True))
+                       log=lambda line: print(line, flush=True), jobs=jobs)
     if result["report"] is not None:
         import json
         verdicts = json.loads(result["report"]["json"].read_text())["sections"]

@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from ..compare.jobs import ProcessTrainer, check_jobs
 from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
@@ -125,8 +126,9 @@ def _tuning_runs(tuning, variants) -> int:
 
 
 def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = None,
-          log: Callable[[str], None] = print) -> list[Step]:
-    """The steps of ``plan`` in execution order (all training first); ``progress``: bars (a terminal)."""
+          log: Callable[[str], None] = print, jobs: int = 1) -> list[Step]:
+    """The steps of ``plan`` in execution order (all training first); ``progress``: bars (a terminal);
+    ``jobs``: runs of a training step trained side by side through ``train_fn``."""
     out = Path(out)
     result: list[Step] = []
     trained = []
@@ -142,7 +144,8 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
         title = f"{'tune, then ' if tuning else ''}train {', '.join(variants)} on {dataset}"
         result.append(Step(f"train-{dataset}", title, settings,
                            lambda d=dataset, v=variants, t=tuning: training.train_runs(
-                               plan, out, d, v, train_fn=train_fn, log=log, tuning=t, progress=progress),
+                               plan, out, d, v, train_fn=train_fn, log=log, tuning=t, progress=progress,
+                               jobs=jobs),
                            training=True, runs=len(variants) * plan.seeds + _tuning_runs(tuning, variants)))
     if plan.separate_ablation:
         result.append(Step(f"train-{plan.ablation}-ablation",
@@ -150,13 +153,13 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
                            {"fields": plan.training(plan.ablation, ablation=True), "variants": ABLATION_VARIANTS,
                             "seeds": plan.seeds},
                            lambda: training.train_runs(plan, out, plan.ablation, ABLATION_VARIANTS,
-                                                          train_fn=train_fn, log=log, ablation=True,
-                                                          progress=progress),
+                                                       train_fn=train_fn, log=log, ablation=True,
+                                                       progress=progress, jobs=jobs),
                            training=True, runs=len(ABLATION_VARIANTS) * plan.seeds))
     result.append(Step("train-synthetic-li-blur", "train none with the LI background blur on synthetic",
                        {"fields": plan.training("synthetic"), "seeds": plan.seeds},
                        lambda: training.train_runs(plan, out, "synthetic", ("none",), augment="li-blur",
-                                                      train_fn=train_fn, log=log, progress=progress),
+                                                   train_fn=train_fn, log=log, progress=progress, jobs=jobs),
                        training=True, runs=plan.seeds))
     for experiment in EXPERIMENTS:
         result += experiment.steps(plan, out, progress)
@@ -186,14 +189,22 @@ def _json_safe(obj):
 
 
 def reproduce(plan: Plan, out, progress: bool = False, command: str | None = None,
-              train_fn: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+              train_fn: Callable | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> dict:
     """Run (or resume) every step of ``plan`` in ``out``, then write ``report.md`` / ``report.html``.
     Training runs are counted (runs done / total, elapsed, ETA): a bar when ``progress`` and stderr is
     a terminal (with the engine's epoch bar and the evaluations' bars), else one ``log`` line per run.
 
+    ``jobs`` > 1 trains that many runs of a training step at a time, each in its own process
+    (:class:`gradmask.compare.jobs.ProcessTrainer`, unless ``train_fn`` is given); the measurements
+    run in this process.
+
     Returns ``{"report": paths, "ran": [step names measured now], "skipped": [finished earlier]}``."""
     from .report import write_report
 
+    check_jobs(jobs)
+    if train_fn is None and jobs > 1:
+        with ProcessTrainer(jobs, plan.device) as trainer:
+            return reproduce(plan, out, progress, command, trainer, log, jobs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
@@ -210,7 +221,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     def train_counted(config):
         return counted[0](config)
 
-    all_steps = steps(plan, out, bars, train_counted, log)
+    all_steps = steps(plan, out, bars, train_counted, log, jobs)
     counter = RunProgress(sum(s.runs for s in all_steps), bar=bars and main, log=log if main else (lambda line: None))
     counted.append(counter.wrap(train_fn))
     try:

@@ -31,22 +31,24 @@ def run_path(out, dataset: str, variant: str, seed: int, augment: str | None = N
 
 def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: str | None = None,
                train_fn: Callable | None = None, log: Callable[[str], None] = print,
-               tuning: Tuning | None = None, ablation: bool = False, progress: bool = False) -> dict:
+               tuning: Tuning | None = None, ablation: bool = False, progress: bool = False,
+               jobs: int = 1) -> dict:
     """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` with :func:`gradmask.compare.compare`
     (resuming finished / interrupted ones; it writes the comparison report of that folder), each
     variant first tuned on a validation split when ``tuning`` is given; ``ablation``: Table 2's
-    runs at their own scale; ``progress``: the engine's epoch bar (a terminal). Returns
+    runs at their own scale; ``progress``: the engine's epoch bar (a terminal; not with ``jobs`` > 1,
+    runs trained side by side through ``train_fn``, see :func:`gradmask.compare.compare`). Returns
     ``{"runs": [paths], "config": fields}`` (+ ``"tuning"``)."""
     fields = plan.training(dataset, ablation=ablation)
     if augment is not None:
         fields["augment"] = augment
-    base = TrainConfig(**fields, progress=progress)
+    base = TrainConfig(**fields, progress=progress and jobs == 1)
     folder = runs_dir(out, dataset, augment, ablation)
     tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
                                          tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)
     label = f"{dataset}{f' ({augment})' if augment else ''}{' (ablation)' if ablation else ''}"
     runs = compare(base, tuple(variants), plan.seeds, folder, train_fn=train_fn,
-                   log=lambda line: log(f"  {label} {line}"), **tune)
+                   log=lambda line: log(f"  {label} {line}"), jobs=jobs, **tune)
     result = {"runs": [str(p) for p in runs], "config": fields}
     if tuning is not None:
         result["tuning"] = read_tuning(folder)
