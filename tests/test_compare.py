@@ -305,3 +305,21 @@ def test_gsnr_probe_recorded_and_plotted_by_compare(tmp_path):
         assert len(lines) == 2
     assert (tmp_path / "gsnr.png").stat().st_size > 1000
     assert "gsnr.png" in (tmp_path / "report.md").read_text()
+
+
+def test_the_setting_table_leaves_out_fields_that_change_no_run(tmp_path):
+    from gradmask.compare.report import Run, setting
+    common = dict(dataset="cifar10", synthetic_train=20000, synthetic_clutter=1.0, schedule="onecycle",
+                  milestones=[60, 120], gamma=0.2, inhibition_schedule="constant", inhibition_warmup=0.0,
+                  inhibition_rate=0.5, sigma=11.0, lr=0.1)
+    none = Run(tmp_path / "none-seed0", dict(common, mask="none"))
+    lateral = Run(tmp_path / "lateral-seed0", dict(common, mask="lateral"))
+    keys = dict(setting([none, lateral]))
+    assert keys["dataset"] == "cifar10" and keys["lr"] == "0.1" and keys["schedule"] == "onecycle"
+    for hidden in ("synthetic_train", "synthetic_clutter", "milestones", "gamma", "inhibition_warmup"):
+        assert hidden not in keys
+    assert keys["inhibition_rate"] == "0.5"                   # changes the lateral run
+    assert "inhibition_rate" not in dict(setting([none]))     # changes no run of a none-only table
+    shown = dict(setting([Run(tmp_path / "s", dict(common, dataset="synthetic", schedule="multistep",
+                                                       inhibition_schedule="warmup", mask="lateral"))]))
+    assert {"synthetic_train", "synthetic_clutter", "milestones", "gamma", "inhibition_warmup"} <= set(shown)

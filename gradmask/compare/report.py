@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from ..files import write_atomic, write_csv
 from ..reporting import figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
+from ..train.config import field_applies
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 from .tuning import grid_edges, point_label, read_tuning
 
@@ -302,11 +303,26 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _applies(key: str, config: dict) -> bool:
+    """Whether setting ``key`` (a config.json key) changes the run of ``config``: the synthetic data's
+    fields only on synthetic data, ``milestones`` / ``gamma`` only with the multistep schedule, the
+    warm-up of the inhibition only with a schedule that has one, mask fields only for the masks they
+    change (:func:`gradmask.train.config.field_applies`)."""
+    if key.startswith("synthetic_") and config.get("dataset") != "synthetic":
+        return False
+    if key in ("milestones", "gamma") and config.get("schedule") != "multistep":
+        return False
+    if key == "inhibition_warmup" and config.get("inhibition_schedule", "constant") == "constant":
+        return False
+    return field_applies(key, str(config.get("mask", "lateral")))
+
+
 def setting(runs: list[Run]) -> list[tuple[str, str]]:
     """``(key, value)`` rows: the config shared by the runs (preferred keys first), values that
-    differ between runs (other than mask/seed/out), and device / parameters / version."""
-    flats = [_flatten({k: v for k, v in r.config.items() if k not in _PER_RUN_KEYS | _NOT_SETTING_KEYS})
-             for r in runs]
+    differ between runs (other than mask/seed/out), and device / parameters / version. A key that
+    changes none of the runs (:func:`_applies`) is left out."""
+    flats = [_flatten({k: v for k, v in r.config.items() if k not in _PER_RUN_KEYS | _NOT_SETTING_KEYS
+                       and any(_applies(k, other.config) for other in runs)}) for r in runs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
     rank = {k: i for i, k in enumerate(_PREFERRED_KEYS)}
     keys.sort(key=lambda k: (k in ("gradmask_version", "trained_by"), rank.get(k.rsplit(".", 1)[-1], len(rank)), k))
