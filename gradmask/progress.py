@@ -8,6 +8,7 @@ finished before, which return at once, do not count towards it). A leaf module.
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -29,13 +30,16 @@ def fmt_seconds(seconds: Optional[float]) -> str:
 
 class RunProgress:
     """Counts runs as they finish. ``total`` runs in all, ``done`` of them finished before;
-    ``bar``: draw a tqdm bar on stderr (a terminal), else ``log`` one line per run."""
+    ``bar``: draw a tqdm bar on stderr (a terminal), else ``log`` one line per run; ``jobs``: runs
+    trained at a time (the ETA counts rounds of that many)."""
 
     def __init__(self, total: int, done: int = 0, bar: bool = False, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, jobs: int = 1) -> None:
         if total < 0 or not 0 <= done <= max(total, 0):
             raise ValueError(f"need 0 <= done <= total, got done {done}, total {total}")
-        self.total, self.done, self.log, self.clock = total, done, log, clock
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+        self.total, self.done, self.log, self.clock, self.jobs = total, done, log, clock, jobs
         self.start = clock()
         self.trained: list[float] = []  # seconds of each run trained in this process
         self._bar = None
@@ -47,12 +51,13 @@ class RunProgress:
             self._bar.set_postfix_str(self._times(), refresh=True)
 
     def eta(self) -> Optional[float]:
-        """Seconds left: the mean trained run times the runs left (None before the first trained run)."""
+        """Seconds left: the mean trained run times the rounds left, ``jobs`` runs a round (None before
+        the first trained run)."""
         if self.done >= self.total:
             return 0.0
         if not self.trained:
             return None
-        return sum(self.trained) / len(self.trained) * (self.total - self.done)
+        return sum(self.trained) / len(self.trained) * math.ceil((self.total - self.done) / self.jobs)
 
     def _times(self) -> str:
         return f"elapsed {fmt_seconds(self.clock() - self.start)}, ETA {fmt_seconds(self.eta())}"

@@ -411,6 +411,14 @@ def test_run_progress_logs_one_plain_line_per_run_with_elapsed_and_eta(tmp_path)
     assert not any("\r" in line for line in lines)
     with pytest.raises(ValueError, match="done <= total"):
         RunProgress(2, done=3)
+    # runs trained side by side: the ETA counts rounds of `jobs` runs
+    side_by_side = RunProgress(5, bar=False, log=lines.append, clock=lambda: now[0], jobs=2)
+    side_by_side.finished("x", 60.0, trained=True)
+    assert side_by_side.eta() == pytest.approx(120.0)          # 4 left: 2 rounds of 60 s
+    side_by_side.finished("y", 60.0, trained=True)
+    assert side_by_side.eta() == pytest.approx(120.0)          # 3 left: still 2 rounds
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        RunProgress(2, jobs=0)
 
 
 def test_evaluation_warnings_name_chance_level_and_one_class_images():

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         tuning_runs = 0 if tune is None else args.tune_seeds * sum(
             len(grid_points(make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction), v))
             for v in variants)
-        progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty())
+        progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty(), jobs=jobs)
         if jobs > 1:   # runs side by side: their epoch bars would overwrite each other
             base = base.replace(progress=False)
         trainer = train if jobs == 1 else ProcessTrainer(jobs, base.device)

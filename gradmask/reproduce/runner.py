@@ -222,7 +222,8 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
         return counted[0](config)
 
     all_steps = steps(plan, out, bars, train_counted, log, jobs)
-    counter = RunProgress(sum(s.runs for s in all_steps), bar=bars and main, log=log if main else (lambda line: None))
+    counter = RunProgress(sum(s.runs for s in all_steps), bar=bars and main, log=log if main else (lambda line: None),
+                          jobs=jobs)
     counted.append(counter.wrap(train_fn))
     try:
         ran, done = _run_steps(all_steps, out, main, state, counter, log)
