@@ -1,6 +1,10 @@
 """Several runs at once (compare / reproduce --jobs): the same results as one at a time, the order kept,
 failures raised naming the run, GPUs shared out, bad input refused."""
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -151,3 +155,41 @@ def test_reproduce_trains_each_steps_runs_side_by_side(tmp_path, monkeypatch):
 def test_reproduce_cli_rejects_bad_jobs(tmp_path, capsys):
     assert main(["reproduce", "--jobs", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--jobs" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+SCRIPT = """
+import json, sys, time
+from gradmask.compare.jobs import ProcessTrainer
+from gradmask.train import TrainConfig
+trainer = ProcessTrainer(1, "cpu", threads=1)
+config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+future = trainer._pool.submit(time.sleep, 600)          # a worker busy for ten minutes
+while not trainer._pool._processes:
+    time.sleep(0.05)
+print(next(iter(trainer._pool._processes)), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_parent_stops_its_workers(tmp_path):
+    config = TrainConfig(**{**TINY, "out": str(tmp_path / "run")})
+    parent = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(config.to_dict())], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(worker, 0)                                   # alive while the parent is
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent by 30 s")
+    finally:
+        parent.kill()

@@ -13,8 +13,11 @@ importable module and set ``initializer``, or train with ``jobs=1``.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
@@ -41,7 +44,23 @@ def job_devices(device: str, jobs: int, cuda_count: Optional[int] = None) -> lis
     return [None] * jobs
 
 
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the process that started it dies, so a killed ``compare``
+    leaves no run training on (and holding its folder's lock); the run resumes from its last
+    checkpoint next time. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)           # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:                       # the parent died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _start_worker(counter, devices: Sequence[Optional[str]], threads: int, initializer) -> None:
+    _die_with_parent()
     with counter.get_lock():
         index = counter.value
         counter.value += 1
