@@ -13,11 +13,11 @@ importable module and set ``initializer``, or train with ``jobs=1``.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
+import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
@@ -44,23 +44,21 @@ def job_devices(device: str, jobs: int, cuda_count: Optional[int] = None) -> lis
     return [None] * jobs
 
 
-def _die_with_parent() -> None:
-    """Linux: this worker gets SIGTERM when the process that started it dies, so a killed ``compare``
-    leaves no run training on (and holding its folder's lock); the run resumes from its last
-    checkpoint next time. Elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)           # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:                       # the parent died before the call
+def _die_with_parent(parent: int) -> None:
+    """A daemon thread that ends this worker (SIGTERM) once the process that started it (pid
+    ``parent``) is gone, so a killed ``compare`` leaves no run training on and holding its folder's
+    lock; the run resumes from its last checkpoint next time. (Linux's PR_SET_PDEATHSIG would fire
+    when the *thread* that spawned the worker ends, and runs are submitted from short-lived threads.)"""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
+    threading.Thread(target=watch, name="gradmask-parent-watch", daemon=True).start()
 
-def _start_worker(counter, devices: Sequence[Optional[str]], threads: int, initializer) -> None:
-    _die_with_parent()
+
+def _start_worker(parent: int, counter, devices: Sequence[Optional[str]], threads: int, initializer) -> None:
+    _die_with_parent(parent)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -97,7 +95,8 @@ class ProcessTrainer:
         self.devices = job_devices(device, jobs)
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                                         initargs=(context.Value("i", 0), self.devices, self.threads, initializer))
+                                         initargs=(os.getpid(), context.Value("i", 0), self.devices, self.threads,
+                                                   initializer))
 
     def __call__(self, config) -> dict:
         try:
@@ -122,10 +121,17 @@ def train_all(train_fn: Callable, configs: Sequence, jobs: int = 1,
     order); ``before(k, config)`` is called as run ``k`` (1-based) starts. The first failure stops
     runs not yet started and is raised."""
     check_jobs(jobs)
+    turn, started = [1], threading.Condition()
 
     def one(k: int, config):
-        if before is not None:
-            before(k, config)
+        with started:                   # runs are taken in list order; their start (and line) too
+            started.wait_for(lambda: turn[0] == k)
+            try:
+                if before is not None:
+                    before(k, config)
+            finally:
+                turn[0] += 1
+                started.notify_all()
         return train_fn(config)
 
     if jobs == 1 or len(configs) <= 1:
