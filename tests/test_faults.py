@@ -87,7 +87,7 @@ class FakeSteps:
         name = os.path.basename(config.out)
         return train(config, callbacks=[lambda ctx, record: self.trained.append(name)])
 
-    def steps(self, plan, out, progress=False, train_fn=None, log=print):
+    def steps(self, plan, out, progress=False, train_fn=None, log=print, jobs=1):
         def train_step():  # what compare does, without its report
             runs = [self.out / "runs" / f"none-seed{s}" for s in (0, 1)]
             for s, run in enumerate(runs):
