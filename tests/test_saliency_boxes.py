@@ -266,3 +266,22 @@ def test_box_dataset_validation():
         BoxDataset(images, labels, [ok[0], torch.zeros(0, 4, dtype=torch.int64)], ["a", "b"])
     with pytest.raises(ValueError, match="labels must lie"):
         BoxDataset(images, labels, ok, ["a"])
+
+
+def test_a_registered_box_dataset_loads_by_name_and_names_are_unique(monkeypatch):
+    from gradmask.saliency import boxes
+    monkeypatch.setattr(boxes, "BOX_DATASETS", dict(boxes.BOX_DATASETS))   # leave the real registry as it was
+
+    @boxes.register_box_dataset("toy")
+    def toy(root=None, split="val", image_size=None, limit=None, **kw):
+        n = limit or 3
+        return BoxDataset(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64),
+                          [torch.tensor([[1, 1, 4, 4]])] * n, ["thing"], name="toy", split=split)
+
+    ds = load_box_dataset("toy", limit=2, split="train")
+    assert len(ds) == 2 and ds.split == "train" and ds.name == "toy"
+    with pytest.raises(ValueError, match="'toy' is already registered"):
+        boxes.register_box_dataset("toy")(toy)
+    with pytest.raises(ValueError, match="box dataset must be one of .*toy"):
+        load_box_dataset("nope")
+    assert set(boxes.BOX_DATASETS) >= {"synthetic", "voc2007", "xml", "toy"}

@@ -24,14 +24,14 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from PIL import Image
 
 from ..data.folder import IMAGE_EXTENSIONS, decode_images, scan_image_folder
 
-__all__ = ["VOC_CLASSES", "BoxDataset", "BOX_DATASETS", "load_box_dataset", "parse_voc_xml",
+__all__ = ["VOC_CLASSES", "BoxDataset", "BOX_DATASETS", "load_box_dataset", "register_box_dataset", "parse_voc_xml",
            "read_voc2007", "read_xml_boxes", "scale_boxes", "voc_to_boxes"]
 
 PathLike = Union[str, os.PathLike]
@@ -375,6 +375,26 @@ def read_xml_boxes(folder_root: PathLike, split: str = "val", image_size: Option
 
 
 # ------------------------------------------------------------------------------ registry
+#: name -> reader(root, split, image_size, limit, **kw) -> BoxDataset (:func:`register_box_dataset`)
+BOX_DATASETS: dict[str, Callable[..., BoxDataset]] = {}
+
+
+def register_box_dataset(name: str) -> Callable:
+    """Decorator registering ``reader(root=None, split=..., image_size=None, limit=None, **kw) ->
+    BoxDataset`` as box dataset ``name`` (``load_box_dataset(name)``, ``gradmask saliency --dataset``).
+    A name registered twice is an error."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"box dataset name must be a non-empty string, got {name!r}")
+
+    def add(reader: Callable[..., BoxDataset]) -> Callable[..., BoxDataset]:
+        if name in BOX_DATASETS:
+            raise ValueError(f"box dataset {name!r} is already registered (by {BOX_DATASETS[name].__module__})")
+        BOX_DATASETS[name] = reader
+        return reader
+    return add
+
+
+@register_box_dataset("synthetic")
 def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
     from ..data import load_dataset
     seed = kw.pop("seed", 0)  # the training engine's fixed synthetic data seed
@@ -383,27 +403,26 @@ def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> Bo
     return BoxDataset.from_image_dataset(ds)
 
 
+@register_box_dataset("voc2007")
 def _voc(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
     if root is None:
         raise ValueError("dataset 'voc2007' needs root=<VOCdevkit path>")
     return read_voc2007(root, split, image_size, limit, **kw)
 
 
+@register_box_dataset("xml")
 def _xml(root=None, split="val", image_size=None, limit=None, **kw) -> BoxDataset:
     if root is None:
         raise ValueError("dataset 'xml' needs root=<ImageFolder root with box XMLs>")
     return read_xml_boxes(root, split, image_size, limit, **kw)
 
 
-#: name -> reader(root, split, image_size, limit, **kw) -> BoxDataset
-BOX_DATASETS = {"synthetic": _synthetic, "voc2007": _voc, "xml": _xml}
-
-
 def load_box_dataset(name: str, root: Optional[PathLike] = None, split: Optional[str] = None,
                      image_size: Optional[int] = None, limit: Optional[int] = None, **kw) -> BoxDataset:
-    """``BOX_DATASETS[name]``: ``"synthetic"`` (the test split rendered with the training engine's
+    """The registered box dataset ``name``: ``"synthetic"`` (the test split rendered with the training engine's
     data seed 0, 32 px, ``limit`` images, default 1000), ``"voc2007"`` (:func:`read_voc2007`,
-    default split ``test``) or ``"xml"`` (:func:`read_xml_boxes`, default split ``val``)."""
+    default split ``test``), ``"xml"`` (:func:`read_xml_boxes`, default split ``val``) or one added
+    with :func:`register_box_dataset`."""
     if name not in BOX_DATASETS:
         raise ValueError(f"box dataset must be one of {sorted(BOX_DATASETS)}, got {name!r}")
     if split is not None:
