@@ -193,3 +193,29 @@ def test_killing_the_parent_stops_its_workers(tmp_path):
             pytest.fail("the worker outlived its killed parent by 30 s")
     finally:
         parent.kill()
+
+
+def test_a_failure_is_raised_without_waiting_for_the_runs_in_training():
+    def train_fn(config):
+        if config == "slow":
+            time.sleep(3)
+            return {}
+        raise ValueError("broke")
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="broke"):
+        train_all(train_fn, ["slow", "bad", "never"], jobs=2)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_leaving_a_process_trainer_with_an_error_ends_its_workers():
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with ProcessTrainer(1, "cpu", threads=1) as trainer:
+            trainer._pool.submit(time.sleep, 60)
+            while not trainer._pool._processes:
+                time.sleep(0.05)
+            worker = next(iter(trainer._pool._processes.values()))
+            raise KeyboardInterrupt
+    worker.join(timeout=20)
+    assert not worker.is_alive() and time.perf_counter() - start < 30

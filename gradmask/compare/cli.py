@@ -8,6 +8,7 @@ exactly the options ``gradmask train`` takes, except ``--mask`` / ``--seed`` (re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from ..commands import register
@@ -88,15 +89,13 @@ def run(args: argparse.Namespace) -> int:
         progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty(), jobs=jobs)
         if jobs > 1:   # runs side by side: their epoch bars would overwrite each other
             base = base.replace(progress=False)
-        trainer = train if jobs == 1 else ProcessTrainer(jobs, base.device)
         try:
-            compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset, tune=tune,
-                    tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds, val_fraction=args.tune_val_fraction,
-                    train_fn=progress.wrap(trainer), jobs=jobs)
+            with ProcessTrainer(jobs, base.device) if jobs > 1 else contextlib.nullcontext(train) as trainer:
+                compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset,
+                        tune=tune, tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds,
+                        val_fraction=args.tune_val_fraction, train_fn=progress.wrap(trainer), jobs=jobs)
         finally:
             progress.close()
-            if trainer is not train:
-                trainer.close()
         paths = report_paths(args.out)
     print(summary_text(args.out), end="")
     print(f"report: {paths['markdown']} and {paths['html']} (figures {paths['accuracy'].name}, "

@@ -106,20 +106,33 @@ class ProcessTrainer:
                                f"{type(error).__name__}: {error}") from error
 
     def close(self) -> None:
+        """Wait for the runs in training, then end the workers."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def terminate(self) -> None:
+        """End the workers now (SIGTERM): runs in training stop, and resume from their last epoch
+        checkpoint next time; runs not started are dropped."""
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            process.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "ProcessTrainer":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        """Leaving with an error (a failed run, Ctrl-C) ends the other runs at once; else waits."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()
 
 
 def train_all(train_fn: Callable, configs: Sequence, jobs: int = 1,
               before: Optional[Callable[[int, Any], None]] = None) -> list:
     """``[train_fn(c) for c in configs]``, from ``jobs`` threads when ``jobs`` > 1 (started in list
-    order); ``before(k, config)`` is called as run ``k`` (1-based) starts. The first failure stops
-    runs not yet started and is raised."""
+    order); ``before(k, config)`` is called as run ``k`` (1-based) starts. The first failure (or an
+    interrupt) is raised at once and no further run starts; runs already in training are not waited
+    for (a :class:`ProcessTrainer` left with that error ends them)."""
     check_jobs(jobs)
     turn, started = [1], threading.Condition()
 
@@ -136,15 +149,18 @@ def train_all(train_fn: Callable, configs: Sequence, jobs: int = 1,
 
     if jobs == 1 or len(configs) <= 1:
         return [one(k, c) for k, c in enumerate(configs, 1)]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gradmask-run") as pool:
-        futures = [pool.submit(one, k, c) for k, c in enumerate(configs, 1)]
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gradmask-run")
+    futures = [pool.submit(one, k, c) for k, c in enumerate(configs, 1)]
+    try:
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f in done and f.exception() is not None]
         if failed:
-            for f in futures:
-                f.cancel()
             raise failed[0].exception()
-        return [f.result() for f in futures]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [f.result() for f in futures]
 
 
 __all__ = ["ProcessTrainer", "check_jobs", "job_devices", "train_all"]
