@@ -194,6 +194,11 @@ DDP_SCRIPT = textwrap.dedent('''
         json.dump({"world": trainer.world_size, "train": module.hooked["train"], "val": module.hooked["val"],
                    "counts": counts, "hooks_after": len(mask_handles(module)),
                    "weights": weights.flatten()[:10].tolist()}, f)
+    # end the gloo group before the interpreter does: left to interpreter exit, its threads can be torn
+    # down mid-flight ("terminate called without an active exception", SIGABRT; seen once in CI)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 ''')
 
 
