@@ -86,6 +86,27 @@ def _owner_text(owner: dict) -> str:
     return f"pid {owner.get('pid')} on {owner.get('host')}{job}{since}"
 
 
+def lock_owner(folder) -> Optional[str]:
+    """Who holds run folder ``folder`` by its ``.gradmask.lock``, read without locking anything:
+    ``"pid 123 on host since ..."`` for a live process of this host, the same plus ``"(another host:
+    cannot tell whether it runs)"`` for one of another host; None without a lock or when its process
+    is gone."""
+    try:
+        text = (Path(folder) / LOCK).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    try:
+        owner = json.loads(text.splitlines()[0]) if text else {}
+    except json.JSONDecodeError:
+        owner = {}
+    if not isinstance(owner, dict) or not owner:
+        return None
+    if owner.get("host") != socket.gethostname():
+        return f"{_owner_text(owner)} (another host: cannot tell whether it runs)"
+    pid = owner.get("pid")
+    return _owner_text(owner) if isinstance(pid, int) and _alive(pid) else None
+
+
 class RunLock:
     """Ownership of a run folder: ``.gradmask.lock`` holding ``{"host", "pid", "started", "job",
     "command"}`` and an exclusive ``flock`` on it for as long as the owner lives (the kernel drops it
@@ -330,4 +351,4 @@ class RunDir:
 
 
 __all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
-           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim"]
+           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim", "lock_owner"]
