@@ -229,6 +229,7 @@ def test_report_numbers_come_from_the_runs(tiny_run):
     # and it names the code that measured and trained them
     from gradmask.train.source import source_revision
     assert f"Code: this report by gradmask {source_revision()}; the runs were trained by {source_revision()} (" in md
+    assert f"the measurements were made by {source_revision()} (" in md
     assert "| synthetic |" in md
 
 
@@ -472,3 +473,10 @@ def test_training_code_counts_the_revisions_of_the_runs(tmp_path):
         (tmp_path / name / "config.json").write_text(json.dumps(saved))
     assert training_code(tmp_path) == "0.1.0+gb (2 runs); 0.1.0+ga then 0.1.0+gb (1 run); 0.0.9 (1 run)"
     assert training_code(tmp_path / "empty") == "no run"
+
+
+def test_measuring_code_counts_the_revisions_of_the_steps():
+    from gradmask.reproduce.report import measuring_code
+    state = {"steps": {"a": {"gradmask": "0.1.0+gb"}, "b": {"gradmask": "0.1.0+gb"}, "c": {"title": "older"}}}
+    assert measuring_code(state) == "0.1.0+gb (2 steps); unrecorded (1 step)"
+    assert measuring_code({}) == "no step"

@@ -45,6 +45,16 @@ def training_code(out: Path) -> str:
     return "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in counts.items()) or "no run"
 
 
+def measuring_code(state: dict) -> str:
+    """Which code revisions measured the stored steps of ``state`` (reproduce.json): ``"0.1.0+g1234abcd5678
+    (7 steps)"``; steps stored before revisions were recorded count as ``"unrecorded"``."""
+    counts: dict[str, int] = {}
+    for record in (state.get("steps") or {}).values():
+        key = str(record.get("gradmask") or "unrecorded") if isinstance(record, dict) else "unrecorded"
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} ({n} step{'s' if n != 1 else ''})" for k, n in counts.items()) or "no step"
+
+
 def sections(out: Path, state: dict) -> list[Section]:
     """The report's sections from the stored steps of ``out`` (``state``: its reproduce.json),
     each experiment's in report order, following the stored plan; an experiment whose step has not
@@ -69,7 +79,7 @@ def write_report(out) -> dict[str, Path]:
                                  f"machine: {machine}; seeds: {state.get('seeds', '?')}; measured wall time "
                                  f"{fmt_duration(total)} (of the steps run by the last invocations)."),
                            ("p", f"Code: this report by gradmask {m.get('gradmask', '?')}; the runs were trained by "
-                                 f"{training_code(out)}."),
+                                 f"{training_code(out)}; the measurements were made by {measuring_code(state)}."),
                            ("p", "Each verdict is computed from the numbers: **holds** when the 95% confidence "
                                  "interval of the tested difference lies entirely on the paper's side, **does not "
                                  "hold** when it lies entirely on the other side, **not established at this scale** "

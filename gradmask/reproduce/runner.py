@@ -265,7 +265,7 @@ def _run_steps(all_steps: list[Step], out: Path, main: bool, state: dict, counte
         wall = time.perf_counter() - start
         if main:
             record = {"settings": settings, "result": _json_safe(stored_json(result)), "wall_seconds": wall,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "gradmask": source_revision()}
             if step.training:
                 produced = [Path(r) for r in result.get("runs", [])]
                 record["outputs"] = {runs.relative(r): runs.run_identity(r) for r in produced}
@@ -273,7 +273,7 @@ def _run_steps(all_steps: list[Step], out: Path, main: bool, state: dict, counte
             else:
                 record["inputs"] = {runs.relative(p): identity for p, identity in reads.items()}
             write_step(out, step.name, record)
-            state["steps"][step.name] = {"title": step.title, "wall_seconds": wall}
+            state["steps"][step.name] = {"title": step.title, "wall_seconds": wall, "gradmask": record["gradmask"]}
             write_json(out / STATE, state)
         ran.append(step.name)
     return ran, done
