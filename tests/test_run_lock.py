@@ -172,3 +172,16 @@ def test_run_dir_is_empty_ignores_the_lock_and_partial_files(tmp_path):
     lock.release()
     assert not (run.path / LOCK).exists()
     run.lock().release()
+
+
+def test_a_second_reproduce_on_a_folder_in_use_is_refused(tmp_path):
+    from gradmask.reproduce import make_plan, reproduce
+    from gradmask.train.rundir import RunDirInUse, RunLock
+    held = RunLock.acquire(tmp_path)            # as a reproduce running on this folder holds it
+    try:
+        with pytest.raises(RunDirInUse, match="in use by pid"):
+            reproduce(make_plan("quick", seeds=1), tmp_path, log=lambda line: None,
+                      train_fn=lambda config: pytest.fail("trained in a folder in use"))
+    finally:
+        held.release()
+    assert not (tmp_path / "reproduce.json").exists()

@@ -30,7 +30,7 @@ from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.distributed import is_main_process
-from ..train.rundir import FINAL
+from ..train.rundir import FINAL, RunLock
 from ..train.source import source_revision
 from . import runs as training
 from .experiments import EXPERIMENTS
@@ -198,16 +198,29 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     (:class:`gradmask.compare.jobs.ProcessTrainer`, unless ``train_fn`` is given); the measurements
     run in this process.
 
-    Returns ``{"report": paths, "ran": [step names measured now], "skipped": [finished earlier]}``."""
-    from .report import write_report
+    The folder is taken like a run folder (``<out>/.gradmask.lock``): a second ``reproduce`` on it is
+    refused while this one runs.
 
+    Returns ``{"report": paths, "ran": [step names measured now], "skipped": [finished earlier]}``."""
     check_jobs(jobs)
     if train_fn is None and jobs > 1:
         with ProcessTrainer(jobs, plan.device) as trainer:
             return reproduce(plan, out, progress, command, trainer, log, jobs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
+    lock = RunLock.acquire(out) if main else None    # one reproduce per folder (rank 0's under torchrun)
+    try:
+        return _reproduce_in(plan, out, main, progress, command, train_fn, log, jobs)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _reproduce_in(plan: Plan, out: Path, main: bool, progress: bool, command: str | None,
+                  train_fn: Callable | None, log: Callable[[str], None], jobs: int) -> dict:
+    from .report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
     state = read_state(out)
     state.update(preset=plan.preset.name, summary=plan.preset.summary, device=plan.device, seeds=plan.seeds,
                  data=dict(plan.data), machine=machine(), skipped=[list(s) for s in plan.skipped], plan=plan.to_json(),
