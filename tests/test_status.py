@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gradmask.cli import main
-from gradmask.train.status import FINISHED, STOPPED, TRAINING, run_status, scan, status_text
+from gradmask.train.status import FINISHED, STOPPED, TRAINING, run_status, scan, status_text, steps_text
 
 
 def _run(folder, epochs_planned, accs, split="test", final=False, lock=None, seconds=60.0):
@@ -87,3 +87,13 @@ def test_the_command(runs, capsys):
     assert record["state"] == "finished" and record["epochs_done"] == 3
     assert main(["status", str(runs / "missing")]) == 2
     assert "PATH" in capsys.readouterr().err
+
+
+def test_a_reproduce_folder_lists_its_finished_steps(runs, capsys):
+    assert steps_text(runs) == ""
+    (runs / "reproduce.json").write_text(json.dumps({"preset": "cifar-full", "steps": {
+        "train-cifar10": {"title": "t", "wall_seconds": 3725.0}, "robustness": {"title": "r", "wall_seconds": 61}}}))
+    assert steps_text(runs) == ("reproduce --preset cifar-full: 2 steps finished: train-cifar10 (1h02m), "
+                                "robustness (1m01s)\n")
+    assert main(["status", str(runs)]) == 0
+    assert capsys.readouterr().out.endswith("train-cifar10 (1h02m), robustness (1m01s)\n")

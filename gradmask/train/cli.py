@@ -152,7 +152,7 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 @register("status", "what the run folders under PATH are doing: finished, training (by which process) or "
                     "stopped, epochs, last accuracy, time per epoch, time left; reads files only", _status_arguments)
 def status_command(args: argparse.Namespace) -> int:
-    from .status import scan, status_text
+    from .status import scan, status_text, steps_text
     for path in args.paths:
         runs = scan(path)
         if args.json:
@@ -164,6 +164,7 @@ def status_command(args: argparse.Namespace) -> int:
         else:
             print(f"{path}:")
             print(status_text(path, runs), end="")
+            print(steps_text(path), end="")
     return 0
 
 

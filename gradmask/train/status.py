@@ -120,4 +120,20 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FINISHED", "RunStatus", "STOPPED", "TRAINING", "run_status", "scan", "status_text"]
+def steps_text(root) -> str:
+    """For a ``gradmask reproduce`` folder (``reproduce.json``): its finished steps with their wall
+    times, in the order they finished; ``""`` for any other folder."""
+    try:
+        state = json.loads((Path(root) / "reproduce.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return ""
+    steps = state.get("steps") if isinstance(state, dict) else None
+    if not isinstance(steps, dict):
+        return ""
+    done = [f"{name} ({_duration(record.get('wall_seconds'))})" for name, record in steps.items()
+            if isinstance(record, dict)]
+    return (f"reproduce --preset {state.get('preset', '?')}: {len(done)} step{'s' if len(done) != 1 else ''} "
+            f"finished{': ' + ', '.join(done) if done else ''}\n")
+
+
+__all__ = ["FINISHED", "RunStatus", "STOPPED", "TRAINING", "run_status", "scan", "status_text", "steps_text"]
