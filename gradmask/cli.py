@@ -11,7 +11,7 @@ from .commands import COMMANDS, HelpFormatter
 
 # The modules that register sub-commands; a new command is one module plus one line here.
 COMMAND_MODULES = ("gradmask.train.cli", "gradmask.mask_stats", "gradmask.compare.cli", "gradmask.saliency.cli",
-                   "gradmask.robustness.cli", "gradmask.reproduce.cli")
+                   "gradmask.robustness.cli", "gradmask.reproduce.cli", "gradmask.status")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from gradmask.cli import main
-from gradmask.train.status import FINISHED, STOPPED, TRAINING, run_status, scan, status_text, steps_text
+from gradmask.status import steps_text
+from gradmask.train.status import FINISHED, STOPPED, TRAINING, run_status, scan, status_text
 
 
 def _run(folder, epochs_planned, accs, split="test", final=False, lock=None, seconds=60.0):

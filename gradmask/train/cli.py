@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from typing import Optional
 
@@ -143,29 +142,4 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="a run folder, or a folder holding run folders (compare, reproduce): all are listed")
-    parser.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
-
-
-@register("status", "what the run folders under PATH are doing: finished, training (by which process) or "
-                    "stopped, epochs, last accuracy, time per epoch, time left; reads files only", _status_arguments)
-def status_command(args: argparse.Namespace) -> int:
-    from .status import scan, status_text, steps_text
-    for path in args.paths:
-        runs = scan(path)
-        if args.json:
-            for r in runs:
-                print(json.dumps({"run": str(r.path), "state": r.state, "epochs_done": r.epochs_done,
-                                  "epochs_planned": r.epochs_planned, "last_acc": r.last_acc, "split": r.split,
-                                  "epoch_seconds": r.epoch_seconds, "eta_seconds": r.eta_seconds,
-                                  "owner": r.owner}))
-        else:
-            print(f"{path}:")
-            print(status_text(path, runs), end="")
-            print(steps_text(path), end="")
-    return 0
-
-
-__all__ = ["add_train_arguments", "config_from_args", "status_command", "train_command"]
+__all__ = ["add_train_arguments", "config_from_args", "train_command"]

@@ -89,7 +89,7 @@ def scan(root) -> list[RunStatus]:
     return [run_status(f) for f in folders]
 
 
-def _duration(seconds: Optional[float]) -> str:
+def duration_text(seconds: Optional[float]) -> str:
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
@@ -105,9 +105,9 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
         name = str(r.path.relative_to(root)) if r.path != Path(root) else r.path.name
         epochs = f"{r.epochs_done}/{r.epochs_planned if r.epochs_planned is not None else '?'}"
         acc = "-" if r.last_acc is None else f"{100 * r.last_acc:.2f}% {r.split}"
-        left = "-" if r.state == FINISHED else _duration(r.eta_seconds)
-        ago = "-" if r.updated is None else f"{_duration(now - r.updated)} ago"
-        rows.append((name, r.state, epochs, acc, _duration(r.epoch_seconds), left, ago))
+        left = "-" if r.state == FINISHED else duration_text(r.eta_seconds)
+        ago = "-" if r.updated is None else f"{duration_text(now - r.updated)} ago"
+        rows.append((name, r.state, epochs, acc, duration_text(r.epoch_seconds), left, ago))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     count = {s: sum(r.state == s for r in runs) for s in (FINISHED, TRAINING, STOPPED)}
@@ -120,20 +120,4 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def steps_text(root) -> str:
-    """For a ``gradmask reproduce`` folder (``reproduce.json``): its finished steps with their wall
-    times, in the order they finished; ``""`` for any other folder."""
-    try:
-        state = json.loads((Path(root) / "reproduce.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return ""
-    steps = state.get("steps") if isinstance(state, dict) else None
-    if not isinstance(steps, dict):
-        return ""
-    done = [f"{name} ({_duration(record.get('wall_seconds'))})" for name, record in steps.items()
-            if isinstance(record, dict)]
-    return (f"reproduce --preset {state.get('preset', '?')}: {len(done)} step{'s' if len(done) != 1 else ''} "
-            f"finished{': ' + ', '.join(done) if done else ''}\n")
-
-
-__all__ = ["FINISHED", "RunStatus", "STOPPED", "TRAINING", "run_status", "scan", "status_text", "steps_text"]
+__all__ = ["FINISHED", "RunStatus", "STOPPED", "TRAINING", "duration_text", "run_status", "scan", "status_text"]
