@@ -323,3 +323,23 @@ def test_the_setting_table_leaves_out_fields_that_change_no_run(tmp_path):
     shown = dict(setting([Run(tmp_path / "s", dict(common, dataset="synthetic", schedule="multistep",
                                                        inhibition_schedule="warmup", mask="lateral"))]))
     assert {"synthetic_train", "synthetic_clutter", "milestones", "gamma", "inhibition_warmup"} <= set(shown)
+
+
+def test_the_report_shows_the_difference_to_none_per_epoch(tmp_path):
+    for seed, (a, b) in enumerate([(0.60, 0.50), (0.62, 0.54), (0.64, 0.49)]):
+        make_run(tmp_path, "none", seed, a, epochs=3)
+        make_run(tmp_path, "lateral", seed, b, epochs=3)
+    make_run(tmp_path, "lateral", 3, 0.9, epochs=3, done=1)          # unfinished: left out
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Per epoch: difference to none" in md
+    from gradmask.compare.stats import diff_confidence_interval
+    for epoch in (1, 2, 3):       # make_run: accuracy after epoch e = final * e / epochs
+        d = diff_confidence_interval([100 * b * epoch / 3 for b in (0.50, 0.54, 0.49)],
+                                     [100 * a * epoch / 3 for a in (0.60, 0.62, 0.64)])
+        assert f"| {epoch} | {d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" in md
+    results = json.loads((tmp_path / "results.json").read_text())
+    lateral = next(v for v in results["summary"] if v["variant"] == "lateral")
+    assert f"| 3 | {lateral['delta_vs_none_pp']:+.2f}" in md              # the last epoch is the main table's Δ
+    assert [r["epoch"] for r in results["per_epoch_vs_none"]["lateral"]] == [1, 2, 3]
+    assert results["per_epoch_vs_none"]["lateral"][-1]["diff_pp"] == pytest.approx(lateral["delta_vs_none_pp"])

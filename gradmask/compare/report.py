@@ -121,6 +121,31 @@ class Run:
         return epochs, values
 
 
+def values_by_epoch(runs: Iterable[Run], key: str = "test_acc") -> dict[int, list[float]]:
+    """``{epoch: [the value of ``key`` after that epoch, one per run that recorded it]}``."""
+    values: dict[int, list[float]] = {}
+    for r in runs:
+        for epoch, value in zip(*r.series(key)):
+            values.setdefault(epoch, []).append(value)
+    return values
+
+
+def epoch_differences(summaries: list[VariantSummary]) -> dict[str, list[tuple[int, DiffInterval]]]:
+    """Per variant other than the baseline: ``[(epoch, Welch interval of its test top-1 minus the
+    baseline's, in percentage points)]`` over the finished runs, for every epoch both recorded."""
+    base = next((s for s in summaries if s.variant == BASELINE), None)
+    if base is None or not base.finished:
+        return {}
+    b = values_by_epoch(base.finished)
+    gaps = {}
+    for s in summaries:
+        if s.variant != BASELINE and s.finished:
+            a = values_by_epoch(s.finished)
+            gaps[s.variant] = [(e, diff_confidence_interval([100 * v for v in a[e]], [100 * v for v in b[e]],
+                                                            CI_LEVEL)) for e in sorted(set(a) & set(b))]
+    return gaps
+
+
 def variant_order(names: Iterable[str]) -> list[str]:
     """Distinct variant names: none, lateral, norm, pixel first, then the others alphabetically."""
     names = set(names)
@@ -504,6 +529,19 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
     if tuning is not None:
         blocks += tuning_blocks(tuning, runs)
 
+    gaps = epoch_differences(summaries)
+    if gaps and max(len(g) for g in gaps.values()) > 1:
+        blocks.append(("h2", f"Per epoch: difference to {BASELINE}"))
+        blocks.append(("p", f"Test top-1 of each variant minus {BASELINE}'s after every epoch, in percentage points, "
+                            f"with Welch's {CI_LEVEL:.0%} interval over the finished seeds (from metrics.jsonl): "
+                            f"does the gap close, open or stay as training goes on?"))
+        epochs = sorted({e for g in gaps.values() for e, _ in g})
+        by_epoch = {v: dict(g) for v, g in gaps.items()}
+        rows = [[str(e)] + [("–" if (d := by_epoch[v].get(e)) is None else f"{d.diff:+.2f} {fmt_ci(d)}")
+                            for v in gaps] for e in epochs]
+        blocks.append(("table", ["epoch"] + [f"{v} − {BASELINE} (pp) [{CI_LEVEL:.0%} CI]" for v in gaps], rows,
+                       "r" + "r" * len(gaps)))
+
     unfinished = [r for r in runs if not r.finished]
     if unfinished:
         blocks.append(("h2", "Unfinished runs"))
@@ -605,8 +643,13 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     rows = result_rows(runs)
     write_csv(paths["csv"], RESULT_FIELDS,
               ([repr(v) if isinstance(v, float) else v for v in (row[k] for k in RESULT_FIELDS)] for row in rows))
+    def num(x):
+        return None if math.isnan(x) else x
+    per_epoch = {v: [{"epoch": e, "diff_pp": num(d.diff), "ci_low_pp": num(d.low), "ci_high_pp": num(d.high)}
+                     for e, d in gaps] for v, gaps in epoch_differences(summaries).items()}
     write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries],
-                                           "tuning": read_tuning(out)}, indent=2) + "\n")
+                                           "per_epoch_vs_none": per_epoch, "tuning": read_tuning(out)},
+                                          indent=2) + "\n")
 
     dataset = _common(runs, "dataset") or "?"
     model = _common(runs, "model") or "?"

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...compare.report import report_paths, tuning_blocks
+from ...compare.report import report_paths, tuning_blocks, values_by_epoch
 from ...compare.tuning import read_tuning
 from ...reporting import figure, save_figure
 from .. import paper
@@ -36,13 +36,7 @@ SMALL_BUDGET = Path(__file__).resolve().parents[3] / "docs" / "results" / "2026-
 def epoch_gap(none: list, lateral: list) -> list[tuple[int, object]]:
     """``[(epoch, Welch interval of lateral - none test accuracy)]`` over the seeds, for every epoch
     recorded by both arms' runs (from ``metrics.jsonl``)."""
-    def per_epoch(runs):
-        values: dict[int, list[float]] = {}
-        for r in runs:
-            for e, v in zip(*r.series("test_acc")):
-                values.setdefault(e, []).append(v)
-        return values
-    a, b = per_epoch(lateral), per_epoch(none)
+    a, b = values_by_epoch(lateral), values_by_epoch(none)
     return [(e, difference_interval(a[e], b[e])) for e in sorted(set(a) & set(b))]
 
 
