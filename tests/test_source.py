@@ -50,5 +50,10 @@ def test_outside_any_checkout_the_plain_version(tmp_path):
     assert source_revision(tmp_path / "gradmask") == gradmask.__version__
 
 
-def test_the_running_package_reports_a_version():
+def test_the_running_package_names_its_checkouts_commit():
+    from gradmask.train.source import PACKAGE_DIR
+    assert PACKAGE_DIR.name == "gradmask" and (PACKAGE_DIR / "__init__.py").is_file()
     assert source_revision().startswith(gradmask.__version__)
+    if (PACKAGE_DIR.parent / ".git").exists():              # tests run from a clone (CI does)
+        commit = _git(PACKAGE_DIR.parent, "rev-parse", "HEAD")
+        assert source_revision().startswith(f"{gradmask.__version__}+g{commit[:12]}")

@@ -14,7 +14,7 @@ from typing import Optional
 
 from .. import __version__
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the gradmask/ folder (this file is gradmask/train/)
 
 
 def _git(root: Path, *args: str) -> Optional[str]:
