@@ -98,3 +98,12 @@ def test_a_reproduce_folder_lists_its_finished_steps(runs, capsys):
                                 "robustness (1m01s)\n")
     assert main(["status", str(runs)]) == 0
     assert capsys.readouterr().out.endswith("train-cifar10 (1h02m), robustness (1m01s)\n")
+
+
+def test_a_run_without_an_epoch_gets_the_pace_of_its_siblings_marked_as_a_guess(tmp_path):
+    _run(tmp_path / "a", 5, [0.1, 0.2], seconds=100.0)          # 100.5 s per epoch (median of 100, 101)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"epochs": 5}))
+    text = status_text(tmp_path, scan(tmp_path), now=0.0)
+    row = next(line for line in text.splitlines() if line.startswith("b "))
+    assert "~8m22s" in row                                         # 5 x 100.5 s

@@ -106,6 +106,11 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
         epochs = f"{r.epochs_done}/{r.epochs_planned if r.epochs_planned is not None else '?'}"
         acc = "-" if r.last_acc is None else f"{100 * r.last_acc:.2f}% {r.split}"
         left = "-" if r.state == FINISHED else duration_text(r.eta_seconds)
+        if r.state != FINISHED and r.eta_seconds is None and r.epochs_planned is not None:
+            # no epoch of its own yet: the pace of the listed runs of the same length, marked as a guess
+            pace = [o.epoch_seconds for o in runs if o.epoch_seconds and o.epochs_planned == r.epochs_planned]
+            if pace:
+                left = "~" + duration_text(statistics.median(pace) * (r.epochs_planned - r.epochs_done))
         ago = "-" if r.updated is None else f"{duration_text(now - r.updated)} ago"
         rows.append((name, r.state, epochs, acc, duration_text(r.epoch_seconds), left, ago))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
