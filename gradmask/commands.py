@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .device import is_device_name
 from .settings import DEFAULTS, MASK_MODES, MaskSettings
 
 
@@ -120,6 +121,6 @@ def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, su
 
 def device_argument(text: str) -> str:
     """``--device``: auto, cpu, cuda or cuda:N (the form :func:`gradmask.device.resolve_device` takes)."""
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+    if is_device_name(text):
         return text
     raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")

@@ -4,6 +4,12 @@ from __future__ import annotations
 import torch
 
 
+def is_device_name(name, auto: bool = True) -> bool:
+    """Whether ``name`` is "cpu", "cuda", "cuda:N" or (``auto``) "auto": the forms users write."""
+    return isinstance(name, str) and (name in ("cpu", "cuda") or (auto and name == "auto")
+                                      or (name.startswith("cuda:") and name[5:].isdigit()))
+
+
 def resolve_device(spec: str) -> torch.device:
     """``"auto"``: CUDA when available, else CPU; otherwise ``torch.device(spec)``. ``ValueError``
     naming the accepted values for a malformed name, or when CUDA is asked for and absent."""

@@ -87,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
             len(grid_points(make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction), v))
             for v in variants)
         progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty(), jobs=jobs)
-        if jobs > 1:   # runs side by side: their epoch bars would overwrite each other
-            base = base.replace(progress=False)
         try:
             with ProcessTrainer(jobs, base.device) if jobs > 1 else contextlib.nullcontext(train) as trainer:
                 compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset,

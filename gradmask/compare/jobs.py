@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-_WORKER: dict[str, Any] = {}   # in a worker process: its device (None: the config's) and thread count
+_WORKER: dict[str, Any] = {}   # in a worker process: its device (None: the config's)
 
 
 def check_jobs(jobs: Any) -> int:
@@ -62,7 +62,7 @@ def _start_worker(parent: int, counter, devices: Sequence[Optional[str]], thread
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    _WORKER.update(device=devices[index % len(devices)], threads=threads)
+    _WORKER["device"] = devices[index % len(devices)]
     torch.set_num_threads(threads)
     from . import runner  # noqa: F401  (registers the li-blur augmentation and the GSNR probe, as in the parent)
     if initializer is not None:
@@ -71,7 +71,8 @@ def _start_worker(parent: int, counter, devices: Sequence[Optional[str]], thread
 
 def _train_in_worker(values: dict) -> dict:
     from ..train import TrainConfig, train
-    config = TrainConfig.from_dict(values)
+    # runs side by side: no epoch bars (they would overwrite each other)
+    config = TrainConfig.from_dict(values).replace(progress=False)
     if _WORKER.get("device") is not None:
         config = config.replace(device=_WORKER["device"])
     return train(config)

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..data import DATASETS
 from ..files import write_atomic, write_csv
 from ..reporting import figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
 from ..train.config import field_applies
+from ..train.rundir import RunDir
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
-from .tuning import grid_edges, point_label, read_tuning
+from .tuning import chosen_at_edges, grid_edges, point_label, read_tuning
 
 VARIANTS = MASK_MODES
 """The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
@@ -146,6 +148,11 @@ def epoch_differences(summaries: list[VariantSummary]) -> dict[str, list[tuple[i
     return gaps
 
 
+def _json_number(x):
+    """``x`` for JSON: None for None or NaN."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
 def variant_order(names: Iterable[str]) -> list[str]:
     """Distinct variant names: none, lateral, norm, pixel first, then the others alphabetically."""
     names = set(names)
@@ -158,24 +165,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    by_epoch: dict[int, dict] = {}
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:      # a run killed while writing its last line
-                break
-            raise ValueError(f"{path}, line {i + 1}: not valid JSON") from None
-        if not isinstance(row, dict) or "epoch" not in row:
-            raise ValueError(f"{path}, line {i + 1}: expected an object with an 'epoch' key")
-        by_epoch[int(row["epoch"])] = row   # a resumed run may repeat an epoch: the last one counts
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def load_runs(out_dir: str | os.PathLike) -> list[Run]:
@@ -197,7 +186,7 @@ def load_runs(out_dir: str | os.PathLike) -> list[Run]:
             raise ValueError(f"{config_path}: expected a JSON object")
         final_path = sub / "final.json"
         final = _read_json(final_path) if final_path.is_file() else None
-        runs.append(Run(sub, config, _read_metrics(sub / "metrics.jsonl"), final))
+        runs.append(Run(sub, config, RunDir(sub).read_metrics(), final))
     order = {v: i for i, v in enumerate(variant_order(r.variant for r in runs))}
     runs.sort(key=lambda r: (order[r.variant], r.seed if r.seed is not None else math.inf, r.name))
     return runs
@@ -216,8 +205,7 @@ class VariantSummary:
     delta: DiffInterval | None      # percentage points vs the baseline; None for the baseline itself
 
     def to_json(self) -> dict:
-        def num(x):
-            return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+        num = _json_number
         return {
             "variant": self.variant,
             "finished_runs": len(self.finished),
@@ -330,10 +318,11 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def _applies(key: str, config: dict) -> bool:
     """Whether setting ``key`` (a config.json key) changes the run of ``config``: the synthetic data's
-    fields only on synthetic data, ``milestones`` / ``gamma`` only with the multistep schedule, the
+    fields only on rendered (synthetic) data, ``milestones`` / ``gamma`` only with the multistep schedule, the
     warm-up of the inhibition only with a schedule that has one, mask fields only for the masks they
     change (:func:`gradmask.train.config.field_applies`)."""
-    if key.startswith("synthetic_") and config.get("dataset") != "synthetic":
+    spec = DATASETS.get(config.get("dataset"))
+    if key.startswith("synthetic_") and not (spec is not None and spec.rendered):
         return False
     if key in ("milestones", "gamma") and config.get("schedule") != "multistep":
         return False
@@ -607,8 +596,7 @@ def tuning_blocks(tuning: dict, runs: list[Run]) -> list[tuple]:
                          "chosen" if p["point"] == record["chosen"] else ""])
     blocks.append(("table", ["variant", "grid point", "validation top-1 (%) mean ± std", "seeds", ""], rows,
                    "llrrl"))
-    at_edge = [f"{variant} chose the {size} {name}" for variant, record in tuning["variants"].items()
-               if record["tuned"] for name, size in grid_edges(tuning["grid"], record["chosen"]).items()]
+    at_edge = [f"{variant} chose the {size} {name}" for variant, name, size in chosen_at_edges(tuning)]
     if at_edge:
         blocks.append(("p", f"At the edge of the grid: {'; '.join(at_edge)}. The best value may lie beyond it; "
                             f"such an arm is tuned only within the grid."))
@@ -643,8 +631,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     rows = result_rows(runs)
     write_csv(paths["csv"], RESULT_FIELDS,
               ([repr(v) if isinstance(v, float) else v for v in (row[k] for k in RESULT_FIELDS)] for row in rows))
-    def num(x):
-        return None if math.isnan(x) else x
+    num = _json_number
     per_epoch = {v: [{"epoch": e, "diff_pp": num(d.diff), "ci_low_pp": num(d.low), "ci_high_pp": num(d.high)}
                      for e, d in gaps] for v, gaps in epoch_differences(summaries).items()}
     write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries],

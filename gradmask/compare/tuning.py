@@ -190,6 +190,13 @@ def grid_edges(grid: Mapping[str, Iterable], chosen: Mapping[str, Any]) -> dict[
     return edges
 
 
+def chosen_at_edges(tuning: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``[(variant, field, "largest" | "smallest")]``: the tuned arms of ``tuning`` (a tuning.json)
+    whose choice sits at an end of its grid (:func:`grid_edges`)."""
+    return [(variant, name, size) for variant, record in tuning["variants"].items() if record["tuned"]
+            for name, size in grid_edges(tuning["grid"], record["chosen"]).items()]
+
+
 def tuning_run_dir(out, variant: str, point: Mapping[str, Any], seed: int) -> str:
     return f"{os.fspath(out)}/{TUNE_DIR}/{variant}-{point_label(point)}-seed{seed}"
 
@@ -333,5 +340,5 @@ def read_tuning(out) -> Optional[dict]:
 
 
 __all__ = ["DEFAULT_VAL_FRACTION", "NOT_TUNABLE", "PointScore", "TUNE_DIR", "TUNING_JSON", "Tuning", "TuningResult",
-           "checked_replace", "choose", "grid_edges", "grid_points", "make_tuning", "parse_tune", "point_label",
-           "read_tuning", "run_tuning", "tuning_config", "tuning_plan", "tuning_run_dir"]
+           "checked_replace", "choose", "chosen_at_edges", "grid_edges", "grid_points", "make_tuning", "parse_tune",
+           "point_label", "read_tuning", "run_tuning", "tuning_config", "tuning_plan", "tuning_run_dir"]

@@ -91,15 +91,11 @@ def load_test_split(
     classes: Sequence[str] | None = None,
     **kw,
 ) -> ImageDataset:
-    """``load_dataset(name, root, "test", ...)``, or the "val" split where the data has no
-    test split (:class:`MissingSplitError`, e.g. an ImageFolder directory or archive with only
-    train/ and val/). The returned dataset's ``split`` says which one was loaded. ``classes``
+    """The test split of ``name`` (:func:`load_eval_split`: e.g. "val" where an ImageFolder tree
+    has no test/); the returned dataset's ``split`` says which one was loaded. ``classes``
     (the training split's class list): labels are matched to it by name
     (:func:`match_classes`; a class unknown to it raises ``ValueError``)."""
-    try:
-        ds = load_dataset(name, root=root, split="test", cache_dir=cache_dir, **kw)
-    except MissingSplitError:
-        ds = load_dataset(name, root=root, split="val", cache_dir=cache_dir, **kw)
+    ds = load_eval_split(name, root=root, cache_dir=cache_dir, **kw)
     return ds if classes is None else match_classes(ds, classes)[0]
 
 

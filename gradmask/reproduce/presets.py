@@ -21,6 +21,7 @@ from typing import Mapping, Optional
 
 from ..compare.tuning import Tuning
 from ..data import DATASETS
+from ..device import is_device_name
 
 #: ``--data NAME=PATH`` names reproduce accepts.
 DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")
@@ -210,8 +211,7 @@ def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = 
     ``tuning`` (``--tune``) replaces the preset's own."""
     if preset not in PRESETS:
         raise ValueError(f"preset (--preset) must be one of {', '.join(PRESETS)}, got {preset!r}")
-    if not isinstance(device, str) or not (device in ("cpu", "cuda") or
-                                           (device.startswith("cuda:") and device[5:].isdigit())):
+    if not is_device_name(device, auto=False):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     p = PRESETS[preset]
     data = dict(data or {})

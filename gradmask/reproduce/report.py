@@ -8,6 +8,7 @@ URIs, no script, no network), ``results.json`` (every number shown) and ``verdic
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from ..compare.report import fmt_duration
@@ -28,31 +29,31 @@ NAMES_NOTE = ("**Names.** Arms are named by their `--mask` value: " + ", ".join(
 
 
 # ------------------------------------------------------------------------------ the report
+def _counted(values: list[str], noun: str) -> str:
+    """``"a (2 runs); b (1 run)"`` in first-seen order; ``"no run"`` for none."""
+    return "; ".join(f"{v} ({n} {noun}{'s' if n != 1 else ''})" for v, n in Counter(values).items()) or f"no {noun}"
+
+
 def training_code(out: Path) -> str:
     """Which code revisions trained the run folders under ``out``, from their ``config.json``:
     ``"0.1.0+g1234abcd5678 (40 runs); 0.1.0 then 0.1.0+g1234abcd5678 (1 run)"`` (runs of gradmask
     before ``trained_by`` was recorded: their ``gradmask_version``)."""
-    counts: dict[str, int] = {}
+    revisions = []
     for path in sorted(Path(out).rglob("config.json")):
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(saved, dict) or "gradmask_version" not in saved:
-            continue
-        key = " then ".join(saved.get("trained_by") or [str(saved["gradmask_version"])])
-        counts[key] = counts.get(key, 0) + 1
-    return "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in counts.items()) or "no run"
+        if isinstance(saved, dict) and "gradmask_version" in saved:
+            revisions.append(" then ".join(saved.get("trained_by") or [str(saved["gradmask_version"])]))
+    return _counted(revisions, "run")
 
 
 def measuring_code(state: dict) -> str:
     """Which code revisions measured the stored steps of ``state`` (reproduce.json): ``"0.1.0+g1234abcd5678
     (7 steps)"``; steps stored before revisions were recorded count as ``"unrecorded"``."""
-    counts: dict[str, int] = {}
-    for record in (state.get("steps") or {}).values():
-        key = str(record.get("gradmask") or "unrecorded") if isinstance(record, dict) else "unrecorded"
-        counts[key] = counts.get(key, 0) + 1
-    return "; ".join(f"{k} ({n} step{'s' if n != 1 else ''})" for k, n in counts.items()) or "no step"
+    return _counted([str(record.get("gradmask") or "unrecorded") if isinstance(record, dict) else "unrecorded"
+                     for record in (state.get("steps") or {}).values()], "step")
 
 
 def sections(out: Path, state: dict) -> list[Section]:

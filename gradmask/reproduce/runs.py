@@ -36,13 +36,13 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
     """Train ``variants`` x ``plan.seeds`` runs of ``dataset`` with :func:`gradmask.compare.compare`
     (resuming finished / interrupted ones; it writes the comparison report of that folder), each
     variant first tuned on a validation split when ``tuning`` is given; ``ablation``: Table 2's
-    runs at their own scale; ``progress``: the engine's epoch bar (a terminal; not with ``jobs`` > 1,
-    runs trained side by side through ``train_fn``, see :func:`gradmask.compare.compare`). Returns
+    runs at their own scale; ``progress``: the engine's epoch bar (a terminal); ``jobs``: runs
+    trained side by side through ``train_fn`` (see :func:`gradmask.compare.compare`). Returns
     ``{"runs": [paths], "config": fields}`` (+ ``"tuning"``)."""
     fields = plan.training(dataset, ablation=ablation)
     if augment is not None:
         fields["augment"] = augment
-    base = TrainConfig(**fields, progress=progress and jobs == 1)
+    base = TrainConfig(**fields, progress=progress)
     folder = runs_dir(out, dataset, augment, ablation)
     tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
                                          tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..compare.report import fmt_duration, load_runs
-from ..compare.tuning import grid_edges
+from ..compare.tuning import chosen_at_edges
 from ..data import DATASETS
 from ..reporting import evaluation_warnings, figure, save_figure
 from . import paper
@@ -139,8 +139,7 @@ def budget(runs: list, tuning: Optional[dict]) -> str:
     tuned = ("not tuned (one setting for every arm)" if tuning is None else
              f"tuned: {', '.join(tuning['grid'])} per arm on a {tuning['val_fraction']:.0%} validation split")
     if tuning is not None:
-        edges = [f"{v}: {size} {name}" for v, record in tuning["variants"].items() if record["tuned"]
-                 for name, size in grid_edges(tuning["grid"], record["chosen"]).items()]
+        edges = [f"{v}: {size} {name}" for v, name, size in chosen_at_edges(tuning)]
         tuned += f" (chosen at the grid's edge: {', '.join(edges)})" if edges else ""
     seeds = len({r.seed for r in runs})
     return (f"{' / '.join(f'{n:,}' for n in images) or 'all'} training images x "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..data.registry import DATASETS, dataset_spec
+from ..device import is_device_name
 from ..models import list_models
 from ..settings import DEFAULTS as MASK_DEFAULTS
 from ..settings import MASK_MODES, MaskSettings
@@ -304,9 +305,7 @@ class TrainConfig:
         # execution
         if not _is_int(self.seed) or self.seed < 0:
             raise bad("seed", "an integer >= 0")
-        if not isinstance(self.device, str) or not (
-                self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not is_device_name(self.device):
             raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         choice("amp", AMP_MODES)
         boolean("channels_last")

@@ -21,7 +21,6 @@ from ..data import (
     RandomCropFlip,
     TensorLoader,
     dataset_spec,
-    dataset_stats,
     eval_transform,
     load_dataset,
     load_eval_split,
@@ -237,9 +236,9 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
         raise ValueError(f"the training split of {config.data} has {len(train.dataset)} training images, fewer "
                          f"than one batch (batch_size {config.batch_size} over {world_size} process(es); the last "
                          f"partial batch is dropped): lower batch_size or add images")
-    stats = dataset_stats(config.dataset)
-    return RunData(train, test, len(train.dataset.classes), dataset_spec(config.dataset).image_size,
-                   tuple(stats.mean), tuple(stats.std),
+    spec = dataset_spec(config.dataset)
+    return RunData(train, test, len(train.dataset.classes), spec.image_size, tuple(spec.stats.mean),
+                   tuple(spec.stats.std),
                    train_size=n_train, test_size=n_test, device=device, rank=rank, world_size=world_size,
                    streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
 

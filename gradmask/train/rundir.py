@@ -86,20 +86,32 @@ def _owner_text(owner: dict) -> str:
     return f"pid {owner.get('pid')} on {owner.get('host')}{job}{since}"
 
 
+_UNKNOWN_OWNER = {"host": "?", "pid": "?"}
+
+
+def _parse_owner(text: str) -> dict:
+    """The owner record of a lock file's text: ``{}`` for an empty file, ``_UNKNOWN_OWNER`` for one
+    that is not a JSON object (a lock, but of unknown owner)."""
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        owner = json.loads(text.splitlines()[0])
+    except json.JSONDecodeError:
+        return dict(_UNKNOWN_OWNER)
+    return owner if isinstance(owner, dict) else dict(_UNKNOWN_OWNER)
+
+
 def lock_owner(folder) -> Optional[str]:
     """Who holds run folder ``folder`` by its ``.gradmask.lock``, read without locking anything:
     ``"pid 123 on host since ..."`` for a live process of this host, the same plus ``"(another host:
     cannot tell whether it runs)"`` for one of another host; None without a lock or when its process
     is gone."""
     try:
-        text = (Path(folder) / LOCK).read_text(encoding="utf-8", errors="replace").strip()
+        owner = _parse_owner((Path(folder) / LOCK).read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return None
-    try:
-        owner = json.loads(text.splitlines()[0]) if text else {}
-    except json.JSONDecodeError:
-        owner = {}
-    if not isinstance(owner, dict) or not owner:
+    if not owner or owner == _UNKNOWN_OWNER:
         return None
     if owner.get("host") != socket.gethostname():
         return f"{_owner_text(owner)} (another host: cannot tell whether it runs)"
@@ -127,14 +139,7 @@ class RunLock:
     @staticmethod
     def _read(fd: int) -> dict:
         os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 1 << 16).decode("utf-8", errors="replace").strip()
-        if not text:
-            return {}
-        try:
-            owner = json.loads(text.splitlines()[0])
-        except json.JSONDecodeError:
-            return {"host": "?", "pid": "?"}
-        return owner if isinstance(owner, dict) else {"host": "?", "pid": "?"}
+        return _parse_owner(os.read(fd, 1 << 16).decode("utf-8", errors="replace"))
 
     @classmethod
     def acquire(cls, folder: Path) -> "RunLock":
@@ -304,11 +309,25 @@ class RunDir:
             return json.load(f)
 
     def read_metrics(self) -> list[dict]:
+        """The epoch records of ``metrics.jsonl`` in epoch order ([] without the file). A half-written
+        last line (a run killed, or writing right now) is skipped; a repeated epoch (a resumed run)
+        counts once, its last record; any other damage is a ``ValueError`` naming the file and line."""
         path = self.path / METRICS_JSONL
         if not path.is_file():
             return []
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        by_epoch: dict[int, dict] = {}
+        for i, line in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break
+                raise ValueError(f"{path}, line {i + 1}: not valid JSON") from None
+            if not isinstance(row, dict) or "epoch" not in row:
+                raise ValueError(f"{path}, line {i + 1}: expected an object with an 'epoch' key")
+            by_epoch[int(row["epoch"])] = row
+        return [by_epoch[e] for e in sorted(by_epoch)]
 
     def read_config(self) -> Optional[TrainConfig]:
         """The run's ``config.json`` as a TrainConfig, or None without one."""

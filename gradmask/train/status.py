@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .rundir import CONFIG, FINAL, METRICS_JSONL, lock_owner
+from ..progress import fmt_seconds
+from .rundir import CONFIG, METRICS_JSONL, RunDir, lock_owner
 
 FINISHED, TRAINING, STOPPED = "finished", "training", "stopped"
 
@@ -44,22 +45,6 @@ class RunStatus:
         return max(0, self.epochs_planned - self.epochs_done) * self.epoch_seconds
 
 
-def _records(path: Path) -> list[dict]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:       # a line being appended right now
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def run_status(folder) -> RunStatus:
     """The :class:`RunStatus` of run folder ``folder`` (one holding ``config.json``)."""
     folder = Path(folder)
@@ -67,11 +52,12 @@ def run_status(folder) -> RunStatus:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         config = {}
-    records = _records(folder / METRICS_JSONL)
+    run = RunDir(folder)
+    records = run.read_metrics()
     split = "val" if records and "val_acc" in records[-1] else "test"
     times = [float(r["epoch_seconds"]) for r in records[-3:] if isinstance(r.get("epoch_seconds"), (int, float))]
     owner = lock_owner(folder)
-    state = FINISHED if (folder / FINAL).is_file() else TRAINING if owner else STOPPED
+    state = FINISHED if run.finished else TRAINING if owner else STOPPED
     planned = config.get("epochs")
     metrics = folder / METRICS_JSONL
     return RunStatus(folder, state, len(records), planned if isinstance(planned, int) else None,
@@ -89,14 +75,6 @@ def scan(root) -> list[RunStatus]:
     return [run_status(f) for f in folders]
 
 
-def duration_text(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
-
-
 def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str:
     """A table of ``runs`` (paths relative to ``root``) and a summary line."""
     now = time.time() if now is None else now
@@ -105,14 +83,14 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
         name = str(r.path.relative_to(root)) if r.path != Path(root) else r.path.name
         epochs = f"{r.epochs_done}/{r.epochs_planned if r.epochs_planned is not None else '?'}"
         acc = "-" if r.last_acc is None else f"{100 * r.last_acc:.2f}% {r.split}"
-        left = "-" if r.state == FINISHED else duration_text(r.eta_seconds)
+        left = "-" if r.state == FINISHED else fmt_seconds(r.eta_seconds)
         if r.state != FINISHED and r.eta_seconds is None and r.epochs_planned is not None:
             # no epoch of its own yet: the pace of the listed runs of the same length, marked as a guess
             pace = [o.epoch_seconds for o in runs if o.epoch_seconds and o.epochs_planned == r.epochs_planned]
             if pace:
-                left = "~" + duration_text(statistics.median(pace) * (r.epochs_planned - r.epochs_done))
-        ago = "-" if r.updated is None else f"{duration_text(now - r.updated)} ago"
-        rows.append((name, r.state, epochs, acc, duration_text(r.epoch_seconds), left, ago))
+                left = "~" + fmt_seconds(statistics.median(pace) * (r.epochs_planned - r.epochs_done))
+        ago = "-" if r.updated is None else f"{fmt_seconds(now - r.updated)} ago"
+        rows.append((name, r.state, epochs, acc, fmt_seconds(r.epoch_seconds), left, ago))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     count = {s: sum(r.state == s for r in runs) for s in (FINISHED, TRAINING, STOPPED)}
@@ -125,4 +103,4 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FINISHED", "RunStatus", "STOPPED", "TRAINING", "duration_text", "run_status", "scan", "status_text"]
+__all__ = ["FINISHED", "RunStatus", "STOPPED", "TRAINING", "run_status", "scan", "status_text"]
