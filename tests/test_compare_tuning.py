@@ -363,6 +363,22 @@ def test_reproduce_tunes_table1_then_trains_seed_by_seed_and_resumes(tmp_path, m
     assert "| none | lr=0.05 |" in md and "| synthetic | 1 |" in md     # sweep, per-epoch gap
     gap = results["table1"]["numbers"]["synthetic"]["difference_per_epoch"]
     assert [e for e, _ in gap] == [1]
+    # the earlier CIFAR-10 point stands beside CIFAR-10 runs only
+    assert "small_budget" not in results["table1"]["numbers"] and "as one point" not in md
+
+
+def test_small_budget_point_is_the_published_cifar_measurement():
+    from scipy import stats
+
+    from gradmask.reproduce.experiments.table1 import SMALL_BUDGET, small_budget_point
+
+    published = json.loads((SMALL_BUDGET / "results.json").read_text())["sections"]["table1"]["numbers"]["cifar10"]
+    point = small_budget_point()
+    assert (point["epochs"], point["images"], point["test_images"]) == (4, 15000, 2000)
+    assert (point["none"], point["lateral"]) == (published["none"], published["lateral"])
+    low, high = stats.ttest_ind(point["lateral"], point["none"], equal_var=False).confidence_interval(0.95)
+    assert (point["difference"].low, point["difference"].high) == pytest.approx((low, high))
+    assert small_budget_point(SMALL_BUDGET.parent / "no-such-run") is None
 
 
 def test_the_inhibition_schedule_is_tuned_like_any_field(tmp_path):

@@ -125,8 +125,9 @@ def section(out: Path, state: dict, datasets: list[str]) -> Section:
                          f"({small['source']})", str(small["epochs"]), interval_text(small["difference"], 100)])
         s.blocks.append(("p", "**Per epoch.** The difference lateral − none of the test accuracy after each "
                               "epoch (points, Welch's 95% interval over seeds), from the final runs' "
-                              "metrics.jsonl: does the gap close, open or stay as training goes on? The "
-                              "earlier small-budget measurement stands beside it as one point."))
+                              "metrics.jsonl: does the gap close, open or stay as training goes on?"
+                              + (" The earlier small-budget measurement stands beside it as one point."
+                                 if small is not None else "")))
         s.blocks.append(("table", ["data", "epoch", "lateral − none [95% CI]"], rows, ["l", "r", "r"]))
         path = plot_epoch_gap(out / FIGURES / "table1-gap-per-epoch.png", gaps, small)
         s.blocks.append(("img", "lateral − none per epoch with its 95% interval", str(path.relative_to(out))))
