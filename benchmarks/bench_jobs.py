@@ -20,17 +20,12 @@ from pathlib import Path
 import torch
 
 from gradmask.compare import compare
-from gradmask.compare.jobs import ProcessTrainer
 from gradmask.train import TrainConfig
 
 
 def one_arm(base: TrainConfig, seeds: int, jobs: int, out: Path) -> float:
     start = time.perf_counter()
-    if jobs == 1:
-        compare(base, ("none", "lateral"), seeds=seeds, out=out, log=None)
-    else:
-        with ProcessTrainer(jobs, base.device) as trainer:
-            compare(base, ("none", "lateral"), seeds=seeds, out=out, log=None, train_fn=trainer, jobs=jobs)
+    compare(base, ("none", "lateral"), seeds=seeds, out=out, log=None, jobs=jobs)   # jobs > 1: worker processes
     return time.perf_counter() - start
 
 

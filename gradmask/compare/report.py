@@ -132,20 +132,23 @@ def values_by_epoch(runs: Iterable[Run], key: str = "test_acc") -> dict[int, lis
     return values
 
 
+def epoch_difference(runs: Iterable[Run], baseline: Iterable[Run], scale: float = 1.0
+                     ) -> list[tuple[int, DiffInterval]]:
+    """``[(epoch, Welch interval of mean test top-1 of runs minus baseline's, times scale)]`` over the
+    runs, for every epoch recorded by both."""
+    a, b = values_by_epoch(runs), values_by_epoch(baseline)
+    return [(e, diff_confidence_interval([scale * v for v in a[e]], [scale * v for v in b[e]], CI_LEVEL))
+            for e in sorted(set(a) & set(b))]
+
+
 def epoch_differences(summaries: list[VariantSummary]) -> dict[str, list[tuple[int, DiffInterval]]]:
-    """Per variant other than the baseline: ``[(epoch, Welch interval of its test top-1 minus the
-    baseline's, in percentage points)]`` over the finished runs, for every epoch both recorded."""
+    """Per variant other than the baseline: :func:`epoch_difference` of its finished runs to the
+    baseline's, in percentage points."""
     base = next((s for s in summaries if s.variant == BASELINE), None)
     if base is None or not base.finished:
         return {}
-    b = values_by_epoch(base.finished)
-    gaps = {}
-    for s in summaries:
-        if s.variant != BASELINE and s.finished:
-            a = values_by_epoch(s.finished)
-            gaps[s.variant] = [(e, diff_confidence_interval([100 * v for v in a[e]], [100 * v for v in b[e]],
-                                                            CI_LEVEL)) for e in sorted(set(a) & set(b))]
-    return gaps
+    return {s.variant: epoch_difference(s.finished, base.finished, 100.0)
+            for s in summaries if s.variant != BASELINE and s.finished}
 
 
 def _json_number(x):
@@ -488,8 +491,9 @@ def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, 
 
 # ------------------------------------------------------------------------------------ the documents
 
-def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) -> list[tuple]:
-    """The report as blocks rendered to Markdown and HTML alike."""
+def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary],
+                   gaps: dict[str, list[tuple[int, DiffInterval]]]) -> list[tuple]:
+    """The report as blocks rendered to Markdown and HTML alike; ``gaps``: :func:`epoch_differences`."""
     dataset = _common(runs, "dataset") or "?"
     model = _common(runs, "model") or "?"
     blocks: list[tuple] = [("h1", f"Gradient Mask comparison: {model} on {dataset}")]
@@ -518,7 +522,6 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary]) 
     if tuning is not None:
         blocks += tuning_blocks(tuning, runs)
 
-    gaps = epoch_differences(summaries)
     if gaps and max(len(g) for g in gaps.values()) > 1:
         blocks.append(("h2", f"Per epoch: difference to {BASELINE}"))
         blocks.append(("p", f"Test top-1 of each variant minus {BASELINE}'s after every epoch, in percentage points, "
@@ -631,9 +634,10 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     rows = result_rows(runs)
     write_csv(paths["csv"], RESULT_FIELDS,
               ([repr(v) if isinstance(v, float) else v for v in (row[k] for k in RESULT_FIELDS)] for row in rows))
+    gaps = epoch_differences(summaries)
     num = _json_number
     per_epoch = {v: [{"epoch": e, "diff_pp": num(d.diff), "ci_low_pp": num(d.low), "ci_high_pp": num(d.high)}
-                     for e, d in gaps] for v, gaps in epoch_differences(summaries).items()}
+                     for e, d in gap] for v, gap in gaps.items()}
     write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries],
                                            "per_epoch_vs_none": per_epoch, "tuning": read_tuning(out)},
                                           indent=2) + "\n")
@@ -649,7 +653,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
         from ..robustness import plot_gsnr
         plot_gsnr(probed, out / "gsnr.png")
 
-    blocks = _report_blocks(out, runs, summaries)
+    blocks = _report_blocks(out, runs, summaries, gaps)
     write_atomic(paths["markdown"], render_markdown(blocks))
     write_atomic(paths["html"], render_html(blocks, out))
     return paths
@@ -661,5 +665,6 @@ def summary_text(out_dir: str | os.PathLike) -> str:
     if not runs:
         raise FileNotFoundError(f"no runs in {out_dir}")
     summaries = summarize_runs(runs)
-    blocks = [b for b in _report_blocks(Path(out_dir), runs, summaries) if b[0] == "table"][:1]
+    # the results table only (the first table; the per-epoch gaps come later and are not needed)
+    blocks = [b for b in _report_blocks(Path(out_dir), runs, summaries, {}) if b[0] == "table"][:1]
     return render_markdown(blocks) + "\n" + "\n".join(conclusions(runs, summaries, read_tuning(out_dir))) + "\n"

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...compare.report import report_paths, tuning_blocks, values_by_epoch
+from ...compare.report import epoch_difference, report_paths, tuning_blocks
 from ...compare.tuning import read_tuning
 from ...reporting import figure, save_figure
 from .. import paper
@@ -33,11 +33,11 @@ from .base import Experiment
 #: tuned), shown beside the longer runs; read from the published results of a source checkout
 SMALL_BUDGET = Path(__file__).resolve().parents[3] / "docs" / "results" / "2026-11-23-cifar-2"
 
+
 def epoch_gap(none: list, lateral: list) -> list[tuple[int, object]]:
     """``[(epoch, Welch interval of lateral - none test accuracy)]`` over the seeds, for every epoch
     recorded by both arms' runs (from ``metrics.jsonl``)."""
-    a, b = values_by_epoch(lateral), values_by_epoch(none)
-    return [(e, difference_interval(a[e], b[e])) for e in sorted(set(a) & set(b))]
+    return epoch_difference(lateral, none)
 
 
 def small_budget_point(root: Path = SMALL_BUDGET) -> Optional[dict]:
