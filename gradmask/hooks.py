@@ -312,16 +312,24 @@ def token_grid_for(name: str, module: nn.Module, shape: torch.Size, token_grid: 
 
 
 class _TargetStats:
-    __slots__ = ("kept", "positions", "calls", "shape", "maps", "nonfinite_maps", "tied_maps")
+    __slots__ = ("kept", "energy", "energy_calls", "positions", "calls", "shape", "maps", "nonfinite_maps",
+                 "tied_maps")
 
     def __init__(self):
         self.kept: Optional[torch.Tensor] = None  # device tensors: no host sync in the hook
+        self.energy: Optional[torch.Tensor] = None  # sum over calls of the energy share kept (finite ones)
+        self.energy_calls: Optional[torch.Tensor] = None  # calls whose energy share is finite
         self.nonfinite_maps: Optional[torch.Tensor] = None
         self.tied_maps: Optional[torch.Tensor] = None
         self.positions = 0
         self.maps = 0
         self.calls = 0
         self.shape: Optional[tuple] = None
+
+
+def _mean_energy(stats: _TargetStats) -> Optional[float]:
+    calls = int(stats.energy_calls.item()) if stats.energy_calls is not None else 0
+    return stats.energy.item() / calls if calls else None
 
 
 class MaskHandle:
@@ -403,10 +411,15 @@ class MaskHandle:
         result = self.gradient_mask.apply(grad)
         stats = self._stats[name]
         kept = result.kept_fraction * grad.numel()  # float64 on the device: no host sync in the hook
+        finite = result.energy_kept.isfinite()
+        energy = torch.where(finite, result.energy_kept, 0.0)
         if stats.kept is None:
             stats.kept, stats.nonfinite_maps, stats.tied_maps = kept, result.nonfinite_maps, result.tied_maps
+            stats.energy, stats.energy_calls = energy, finite.to(torch.int64)
         else:
             stats.kept = stats.kept + kept
+            stats.energy = stats.energy + energy
+            stats.energy_calls = stats.energy_calls + finite
             stats.nonfinite_maps = stats.nonfinite_maps + result.nonfinite_maps
             stats.tied_maps = stats.tied_maps + result.tied_maps
         stats.positions += grad.numel()
@@ -416,12 +429,15 @@ class MaskHandle:
         return result.gradient
 
     def stats(self) -> dict[str, dict]:
-        """``{target: {"kept_fraction", "calls", "shape", "maps", "nonfinite_maps", "tied_maps"}}``
-        since attach or ``reset_stats()``: ``maps`` counts the (sample, set) masks made,
+        """``{target: {"kept_fraction", "energy_kept", "calls", "shape", "maps", "nonfinite_maps",
+        "tied_maps"}}`` since attach or ``reset_stats()``: ``energy_kept`` is the mean over calls of
+        ``||masked||^2 / ||grad||^2`` (calls with an all-zero or non-finite gradient left out; None
+        when there is none), ``maps`` counts the (sample, set) masks made,
         ``nonfinite_maps`` those whose gradient held a NaN or inf (kept there unchanged: the
         optimizer's or GradScaler's check sees it), ``tied_maps`` those where no position scored
         above the threshold (kept at the maximum, e.g. an all-zero gradient); see GradientMask."""
         return {name: {"kept_fraction": (s.kept.item() / s.positions) if s.positions else None,
+                       "energy_kept": _mean_energy(s),
                        "calls": s.calls, "shape": s.shape, "maps": s.maps,
                        "nonfinite_maps": s.nonfinite_maps.item() if s.calls else 0,
                        "tied_maps": s.tied_maps.item() if s.calls else 0}

@@ -32,6 +32,12 @@ def _sample_scales(grad: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
     return (biased << mantissa_bits).view(compute)
 
 
+def _energy(t: torch.Tensor) -> torch.Tensor:
+    """0-d float64 ``||t||^2`` on ``t``'s device (one reduction, no copy, no host sync)."""
+    return torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype != torch.float64 else None).to(
+        torch.float64).square()
+
+
 @dataclass(frozen=True)
 class MaskedGradient:
     """What :meth:`GradientMask.apply` returns. ``G`` is the number of masks per sample
@@ -43,6 +49,9 @@ class MaskedGradient:
     nonfinite_maps: torch.Tensor  # int64: (sample, set) maps holding a non-finite gradient value
     tied_maps: torch.Tensor       # int64: maps with no position above the threshold (tie rule)
     maps: int                     # N * G
+    # float64: ||grad * mask||^2 / ||grad||^2, the share of the gradient's energy kept (NaN for an
+    # all-zero or non-finite gradient)
+    energy_kept: torch.Tensor
 
 
 class GradientMask:
@@ -281,9 +290,10 @@ class GradientMask:
         maps = n * self.maps_per_sample(c)
         with torch.no_grad():
             if self.inhibition_rate == 0.0:
-                return MaskedGradient(grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device),
-                                      self._nonfinite_maps(grad),
-                                      torch.zeros((), dtype=torch.int64, device=grad.device), maps)
+                one = torch.ones((), dtype=torch.float64, device=grad.device)
+                total = _energy(grad)
+                return MaskedGradient(grad.clone(), one, self._nonfinite_maps(grad),
+                                      torch.zeros((), dtype=torch.int64, device=grad.device), maps, total / total)
             scores, _ = self._scores(grad)
             flat = scores.view(maps, h * w)
             keep_above, threshold, largest = self._threshold(flat)
@@ -292,11 +302,14 @@ class GradientMask:
             kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
             counts = dict(kept_fraction=kept_fraction, nonfinite_maps=largest.isposinf().sum(),
                           tied_maps=(keep_above < threshold).sum(), maps=maps)
+            total = _energy(grad)  # before the pixel path below may overwrite the scores with the result
             g = maps // n
             if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
-                return MaskedGradient(flat.view(n, c, h, w).mul_(grad), **counts)
-            keep = flat.view(n, g, 1, h, w).to(grad.dtype)
-            return MaskedGradient((grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w), **counts)
+                masked = flat.view(n, c, h, w).mul_(grad)
+            else:
+                keep = flat.view(n, g, 1, h, w).to(grad.dtype)
+                masked = (grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w)
+            return MaskedGradient(masked, **counts, energy_kept=_energy(masked) / total)
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         """The masked gradient ``grad * mask`` ``(N, C, H, W)``."""

@@ -274,3 +274,24 @@ def test_double_star_pattern_crosses_dots():
     model = small_resnet()
     names = list(gradmask.attach(model, GradientMask(), targets=["layer2.**.conv*"]).targets)
     assert names == ["layer2.0.conv1", "layer2.0.conv2", "layer2.1.conv1", "layer2.1.conv2"]
+
+
+def test_stats_report_the_mean_energy_share_kept_per_call():
+    model = small_resnet()
+    gm = GradientMask(groups=4)
+    seen = []
+    original = gm.apply
+
+    def recording(grad):
+        result = original(grad)
+        seen.append(float(result.energy_kept))
+        return result
+
+    gm.apply = recording
+    with gradmask.attach(model, gm, targets=["layer2.0"]) as handle:
+        for seed in range(2):
+            torch.manual_seed(seed)
+            F.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+        stats = handle.stats()["layer2.0"]
+    assert len(seen) == 2 and stats["energy_kept"] == pytest.approx(sum(seen) / 2)
+    assert stats["kept_fraction"] < stats["energy_kept"] < 1

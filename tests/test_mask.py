@@ -210,3 +210,17 @@ def test_half_precision_norms_are_squared_in_float32(mode, device):
     gm = GradientMask(groups=4, mode=mode)
     assert torch.isfinite(gm.scores(grad)).all()
     assert torch.equal(gm.keep_map(grad), gm.keep_map(grad.float()))
+
+
+@pytest.mark.parametrize("mode", ["lateral", "norm", "pixel"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_energy_kept_is_the_share_of_the_squared_norm_kept(mode, dtype):
+    torch.manual_seed(3)
+    grad = torch.randn(4, 8, 9, 7).to(dtype)
+    gm = GradientMask(groups=4, mode=mode, inhibition_rate=0.6)
+    result = gm.apply(grad)
+    ref = (grad.double() * gm.mask(grad).double()).square().sum() / grad.double().square().sum()
+    assert result.energy_kept.dtype == torch.float64 and result.energy_kept.dim() == 0
+    assert float(result.energy_kept) == pytest.approx(float(ref), rel=1e-5 if dtype != torch.bfloat16 else 1e-2)
+    assert float(GradientMask(groups=4, mode=mode, inhibition_rate=0.0).apply(grad).energy_kept) == 1.0
+    assert math.isnan(float(gm.apply(torch.zeros_like(grad)).energy_kept))

@@ -94,6 +94,44 @@ def test_mask_is_attached_and_records_the_kept_fraction(masked_run):
     assert 0.45 < float(rows[-1]["mask_kept_mean"]) <= 0.5
 
 
+def test_records_the_energy_kept_and_the_fit_on_a_fixed_training_subset(masked_run, tmp_path):
+    out, config, _, rec = masked_run
+    records = _jsonl(out / "metrics.jsonl")
+    for r in records:
+        energy = r["mask_energy_kept"]
+        assert sorted(energy) == sorted(rec.handle.targets)
+        # the kept half of the positions are the important ones: more than half of the energy, not all of it
+        assert all(r["mask_kept"][name] < v < 1.0 for name, v in energy.items())
+        assert 0.0 <= r["train_eval_acc"] <= 1.0 and r["train_eval_loss"] > 0
+    rows = list(csv.DictReader(Path(out / "metrics.csv").read_text().splitlines()))
+    assert float(rows[-1]["mask_energy_kept_mean"]) == pytest.approx(
+        sum(records[-1]["mask_energy_kept"].values()) / len(records[-1]["mask_energy_kept"]))
+    # the subset is evaluated like the test split: a run whose test split is that subset scores it the same
+    subset = min(config.train_eval_images, config.train_limit)
+    assert subset == 256  # tiny(): the whole training set is the subset
+    plain = train(tiny(tmp_path / "off", mask="none", epochs=1, train_eval_images=0))
+    assert "train_eval_acc" not in _jsonl(tmp_path / "off" / "metrics.jsonl")[0] and plain["epochs"] == 1
+
+
+def test_train_eval_subset_is_a_fixed_draw_of_the_training_images():
+    from gradmask.train.data import build_data
+    from gradmask.train.plugins import build_augment
+
+    def subset(seed):
+        config = TrainConfig(train_limit=300, test_limit=64, train_eval_images=50, seed=seed, progress=False)
+        data = build_data(config, build_augment(config), torch.device("cpu"))
+        images = torch.cat([x for x, _, _ in data.train_eval_batches()])
+        assert data.train_eval_size == 50 and images.shape[0] == 50
+        return images, data
+
+    a, data = subset(0)
+    b, _ = subset(7)
+    assert torch.equal(a, b)  # the same images whatever the run's seed
+    train_images = data.train.images.float() / 255
+    matches = (a[:, None] - train_images[None]).abs().flatten(2).amax(2) < 1e-6
+    assert bool(matches.any(1).all())  # each one is a training image, not augmented
+
+
 def test_callbacks_see_every_epoch_and_can_add_metrics(masked_run):
     out, _, final, rec = masked_run
     assert rec.started == 1 and rec.epochs == [1, 2] and rec.final == final

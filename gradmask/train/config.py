@@ -102,7 +102,14 @@ class TrainConfig:
     to ``inhibition_rate`` over the first ``inhibition_warmup`` epochs), "anneal" (cosine from
     ``inhibition_rate`` down to 0 over training).
 
-    Run directory: ``out`` (None: ``runs/<dataset>-<model>-<mask>-seed<seed>``); ``resume``
+    Fit: ``train_eval_images`` training images (a fixed draw, the same for every run on the same
+    training images) are evaluated after every epoch in eval mode without augmentation
+    (``train_eval_acc`` / ``train_eval_loss`` in the metrics; 0: off; streamed datasets: off): with the
+    test figures they give the generalisation gap.
+
+    Run directory: ``arm`` the name of the comparison arm the run belongs to (e.g.
+    ``"lateral@sigma=1"``: a mask mode plus overrides, :mod:`gradmask.compare.arms`; None: its
+    ``mask``); ``out`` (None: ``runs/<dataset>-<model>-<mask>-seed<seed>``); ``resume``
     continue from ``<out>/checkpoint.pt`` (a finished run returns its final metrics);
     ``overwrite`` start again in a directory holding a run; ``tensorboard`` also log to
     ``<out>/tensorboard`` (needs the tensorboard package); ``progress`` a tqdm bar per epoch.
@@ -118,6 +125,7 @@ class TrainConfig:
     synthetic_test: int = 5000
     synthetic_clutter: float = 1.0
     augment: str = "crop-flip"
+    train_eval_images: int = 2000
     num_workers: int = 8
     image_size: Optional[int] = None
     # model
@@ -158,6 +166,7 @@ class TrainConfig:
     gsnr_every: int = 0
     gsnr_samples: int = 256
     # run directory and reporting
+    arm: Optional[str] = None
     out: Optional[str] = None
     resume: bool = False
     overwrite: bool = False
@@ -268,6 +277,8 @@ class TrainConfig:
         positive_int("synthetic_test")
         number("synthetic_clutter", 0.0)
         choice("augment", augment_names())
+        if not _is_int(self.train_eval_images) or self.train_eval_images < 0:
+            raise bad("train_eval_images", "an integer >= 0 (training images evaluated after every epoch; 0 = off)")
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise bad("num_workers", "an integer >= 0")
         positive_int("image_size", optional=True)
@@ -331,6 +342,8 @@ class TrainConfig:
         if not _is_int(self.gsnr_samples) or self.gsnr_samples < 2:
             raise bad("gsnr_samples", "an integer >= 2")
         # run directory
+        if self.arm is not None and (not isinstance(self.arm, str) or not self.arm):
+            raise bad("arm", "None or a non-empty arm name")
         if self.out is not None and not self.out:
             raise bad("out", "a directory path or None")
         for name in ("resume", "overwrite", "tensorboard", "progress"):

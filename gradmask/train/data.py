@@ -59,6 +59,10 @@ class RunData:
     train_steps: int = 0  # batches per epoch on each process
     classes: tuple = ()  # the training split's class names, in label order
     eval_split: str = "test"
+    # the fixed subset of training images evaluated after every epoch without augmentation
+    # (``train_eval_images``; 0: none, e.g. a streamed dataset)
+    train_eval: object = None
+    train_eval_size: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         if isinstance(self.train, TensorLoader):
@@ -79,12 +83,19 @@ class RunData:
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
         """``(images, labels, valid)``: ``valid`` bool (B,) is False on the samples that pad this
         process's shard (or lie beyond ``test_limit``), None when every sample counts."""
+        return self._eval_batches(self.test, self.test_size)
+
+    def train_eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        """The fixed training subset's ``(images, labels, valid)`` as :meth:`test_batches` gives the test's."""
+        return self._eval_batches(self.train_eval, self.train_eval_size)
+
+    def _eval_batches(self, loader, size: int):
         seen = 0  # samples of this process so far: sample k sits at position rank + k * world_size
-        for x, y in self.test:
+        for x, y in loader:
             b = y.shape[0]
             positions = self.rank + self.world_size * (seen + torch.arange(b))
             seen += b
-            valid = positions < self.test_size
+            valid = positions < size
             if not bool(valid.any()):
                 break
             if self.streamed:
@@ -209,9 +220,16 @@ def build_data(config: TrainConfig, augment: Augment, device: torch.device, rank
                          seed=config.seed, rank=rank, world_size=world_size, device=device)
     test = TensorLoader(test_images, test_labels, eval_batch, shuffle=False, rank=rank,
                         world_size=world_size, device=device)
+    train_eval, train_eval_size = None, 0
+    if config.train_eval_images:  # the same draw in every run of the same training images
+        fit_images, fit_labels = random_subset(train_images, train_labels, config.train_eval_images)
+        train_eval = TensorLoader(fit_images, fit_labels, eval_batch, shuffle=False, rank=rank,
+                                  world_size=world_size, device=device)
+        train_eval_size = int(fit_labels.shape[0])
     return RunData(train, test, num_classes, image_size, mean, std, train_size=int(train_images.shape[0]),
                    test_size=int(test_images.shape[0]), device=device, rank=rank, world_size=world_size,
-                   streamed=False, classes=tuple(train_ds.classes), train_steps=len(train), eval_split=eval_split)
+                   streamed=False, classes=tuple(train_ds.classes), train_steps=len(train), eval_split=eval_split,
+                   train_eval=train_eval, train_eval_size=train_eval_size)
 
 
 def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch) -> RunData:

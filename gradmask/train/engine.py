@@ -263,14 +263,18 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - start
             dist_ctx.average_buffers(model)
-            test_loss, test_acc, test_top5 = _evaluate(ctx, eval_net, autocast)
-            mask_kept = _mask_kept(handle, dist_ctx, device)
+            test_loss, test_acc, test_top5 = _evaluate(ctx, eval_net, autocast, ctx.data.test_batches())
+            fit = (_evaluate(ctx, eval_net, autocast, data.train_eval_batches())
+                   if data.train_eval_size else None)
+            mask_kept, energy_kept = _mask_statistics(handle, dist_ctx, device)
             epoch_seconds = time.perf_counter() - start
             ev = data.eval_split  # "test", or "val" with a validation split (the test split unread)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                       f"{ev}_loss": test_loss, f"{ev}_acc": test_acc, f"{ev}_top5": test_top5, "lr": lr,
                       "epoch_seconds": epoch_seconds, "images_per_second": images / max(train_time, 1e-9),
-                      "mask_kept": mask_kept}
+                      "mask_kept": mask_kept, "mask_energy_kept": energy_kept}
+            if fit is not None:  # the fixed un-augmented training subset, in eval mode (train_eval_images)
+                record.update(train_eval_loss=fit[0], train_eval_acc=fit[1])
             if gm is not None:  # the rate in force at the epoch's last step (inhibition_schedule)
                 record["inhibition_rate"] = gm.inhibition_rate
             ctx.epoch = epoch + 1
@@ -362,13 +366,14 @@ def _train_epoch(ctx: TrainContext, epoch: int, criterion, autocast, batch_augme
     return loss_total / images, correct_total / images, int(images), lr
 
 
-def _evaluate(ctx: TrainContext, eval_net: nn.Module, autocast) -> tuple[float, float, float]:
-    """(loss, top-1, top-5) on the test set, every image counted once over all processes."""
+def _evaluate(ctx: TrainContext, eval_net: nn.Module, autocast, batches) -> tuple[float, float, float]:
+    """(loss, top-1, top-5) over ``batches`` (``(images, labels, valid)``: the test set, or the fixed
+    training subset), every image counted once over all processes."""
     eval_net.eval()
     k = min(5, ctx.data.num_classes)
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
     with torch.no_grad(), autocast():
-        for x, y, valid in ctx.data.test_batches():
+        for x, y, valid in batches:
             if ctx.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = eval_net(x).float()
@@ -384,18 +389,24 @@ def _evaluate(ctx: TrainContext, eval_net: nn.Module, autocast) -> tuple[float, 
     return loss_sum / n, top1 / n, top5 / n
 
 
-def _mask_kept(handle: Optional[MaskHandle], dist_ctx: DistContext, device) -> Optional[dict]:
-    """Per-target kept fraction of the epoch (mean over processes); resets the handle's stats."""
+def _mask_statistics(handle: Optional[MaskHandle], dist_ctx: DistContext, device
+                     ) -> tuple[Optional[dict], Optional[dict]]:
+    """Per target, the epoch's kept fraction of positions and share of the gradient's energy kept
+    (``||masked||^2 / ||g||^2``), each the mean over processes; ``(None, None)`` without a mask.
+    Resets the handle's stats."""
     if handle is None:
-        return None
+        return None, None
     stats = handle.stats()
     handle.reset_stats()
     names = list(stats)
-    values = torch.tensor([stats[n]["kept_fraction"] if stats[n]["kept_fraction"] is not None else float("nan")
-                           for n in names], dtype=torch.float64, device=device)
+    keys = ("kept_fraction", "energy_kept")
+    values = torch.tensor([[stats[n][k] if stats[n][k] is not None else float("nan") for k in keys] for n in names],
+                          dtype=torch.float64, device=device).reshape(len(names), len(keys))
     dist_ctx.all_reduce_sum(values)
     values /= dist_ctx.world_size
-    return {n: (None if math.isnan(v) else v) for n, v in zip(names, values.tolist())}
+    rows = values.tolist()
+    return tuple({n: (None if math.isnan(row[k]) else row[k]) for n, row in zip(names, rows)}
+                 for k in range(len(keys)))
 
 
 def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) -> dict:
@@ -422,10 +433,10 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
 def _log_tensorboard(writer, record: dict) -> None:
     step = record["epoch"]
     for key, value in record.items():
-        if key == "mask_kept" and value:
+        if key in ("mask_kept", "mask_energy_kept") and value:
             for name, kept in value.items():
                 if kept is not None:
-                    writer.add_scalar(f"mask_kept/{name}", kept, step)
+                    writer.add_scalar(f"{key}/{name}", kept, step)
         elif key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(key, value, step)
     writer.flush()
@@ -436,7 +447,8 @@ def _summary(r: dict, epochs: int, ev: str = "test") -> str:
     mask = f" | kept {sum(kept) / len(kept):.3f}" if kept else ""
     if kept and r.get("inhibition_rate") is not None:
         mask += f" at rate {r['inhibition_rate']:.3g}"
-    return (f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
+    fit = f" (eval {r['train_eval_acc']:.4f})" if r.get("train_eval_acc") is not None else ""
+    return (f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}{fit} | "
             f"{ev} loss {r[f'{ev}_loss']:.4f} acc {r[f'{ev}_acc']:.4f} top5 {r[f'{ev}_top5']:.4f}{mask} | "
             f"lr {r['lr']:.4g} | {r['epoch_seconds']:.1f} s, {r['images_per_second']:.0f} img/s")
 

@@ -8,11 +8,13 @@
   test: after it, in eval mode); ``lr`` is the learning rate of the epoch's last step;
   ``epoch_seconds`` the wall time of training + evaluation; ``images_per_second`` training images
   (all processes) per second of the training phase; ``mask_kept`` is ``{target: kept fraction}``
-  (mean over the epoch's steps and the processes) or null. A run with a validation split
-  (``val_fraction`` > 0) writes ``val_loss`` / ``val_acc`` / ``val_top5`` instead of the
+  (mean over the epoch's steps and the processes) or null, ``mask_energy_kept`` likewise the share
+  of the gradient's energy kept (``||masked||^2 / ||g||^2``); ``train_eval_acc`` / ``train_eval_loss``
+  (when ``train_eval_images`` > 0) eval-mode figures on a fixed un-augmented training subset. A run
+  with a validation split (``val_fraction`` > 0) writes ``val_loss`` / ``val_acc`` / ``val_top5`` instead of the
   ``test_*`` keys (here and in ``final.json``): it never reads the test split.
 - ``metrics.csv``: the same records as a table (rewritten every epoch), ``mask_kept`` replaced by
-  ``mask_kept_mean`` (mean over targets, empty without a mask).
+  ``mask_kept_mean`` and ``mask_energy_kept_mean`` (means over targets, empty without a mask).
 - ``checkpoint.pt``: see :mod:`gradmask.train.checkpoint`.
 - ``final.json``: keys ``FINAL_KEYS``, written last and only when every epoch finished: its
   existence means "finished".
@@ -45,7 +47,7 @@ TENSORBOARD = "tensorboard"
 RUN_FILES = (CONFIG, METRICS_JSONL, METRICS_CSV, CHECKPOINT, FINAL)
 
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "lr",
-               "epoch_seconds", "images_per_second", "mask_kept")
+               "epoch_seconds", "images_per_second", "mask_kept", "mask_energy_kept")
 FINAL_KEYS = ("test_acc", "test_top5", "test_loss", "epochs", "train_seconds", "device", "model", "mask",
               "seed", "num_params", "trained_by")
 
@@ -288,14 +290,17 @@ class RunDir:
         if jsonl:
             write_atomic(self.path / METRICS_JSONL,
                           "".join(json.dumps({k: _json_value(v) for k, v in r.items()}) + "\n" for r in history))
-        columns = [k for k in METRIC_KEYS if k != "mask_kept"] + ["mask_kept_mean"]
+        per_target = ("mask_kept", "mask_energy_kept")  # {target: value}: one column of their mean each
+        columns = [k for k in METRIC_KEYS if k not in per_target] + [f"{k}_mean" for k in per_target]
         extra = sorted({k for r in history for k, v in r.items()
                         if k not in METRIC_KEYS and isinstance(v, (int, float, str, bool, type(None)))})
         columns += extra
         rows = []
         for r in history:
-            values = [v for v in (r.get("mask_kept") or {}).values() if v is not None]
-            row = {**r, "mask_kept_mean": sum(values) / len(values) if values else None}
+            row = dict(r)
+            for key in per_target:
+                values = [v for v in (r.get(key) or {}).values() if v is not None]
+                row[f"{key}_mean"] = sum(values) / len(values) if values else None
             rows.append([row.get(k) for k in columns])
         write_csv(self.path / METRICS_CSV, columns, rows)
 
