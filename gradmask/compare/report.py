@@ -37,7 +37,7 @@ CI_LEVEL = 0.95
 BASELINE = "none"
 
 # keys of config.json that differ between the runs of one comparison by construction
-_PER_RUN_KEYS = {"mask", "seed", "out", "resume"}
+_PER_RUN_KEYS = {"mask", "arm", "seed", "out", "resume"}
 # TrainConfig fields about logging / bookkeeping, not the experiment: left out of the setting table
 _NOT_SETTING_KEYS = {"overwrite", "progress", "tensorboard"}
 # setting keys shown first (matched on the last component of a flattened key), in this order
@@ -68,7 +68,8 @@ class Run:
 
     @property
     def variant(self) -> str:
-        return str(self.config.get("mask", "none"))
+        """The run's arm: ``arm`` (a mode with overrides, e.g. ``lateral@sigma=1``), else its ``mask``."""
+        return str(self.config.get("arm") or self.config.get("mask", "none"))
 
     @property
     def seed(self) -> int | None:

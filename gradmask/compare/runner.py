@@ -18,22 +18,21 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of gsnr_every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from ..train.distributed import is_main_process
+from .arms import arm_changes, parse_arm
 from .jobs import ProcessTrainer, check_jobs, train_all
 from .report import VARIANTS, write_report
 from .tuning import DEFAULT_VAL_FRACTION, checked_replace, grid_points, make_tuning, run_tuning, tuning_plan
 
 
 def check_variants(variants: Iterable[str] | str) -> tuple[str, ...]:
-    """Validate a sequence (or a comma-separated string) of variant names; returns them as a tuple."""
+    """Validate a sequence (or a comma-separated string) of arms (:mod:`.arms`: a mask mode, or a mode
+    with overrides such as ``lateral@sigma=1``); returns their canonical names as a tuple."""
     if isinstance(variants, str):
         variants = [v.strip() for v in variants.split(",") if v.strip()]
-    variants = tuple(variants)
-    accepted = ", ".join(VARIANTS)
-    if not variants:
-        raise ValueError(f"variants (--variants) is empty; accepted values: {accepted}")
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown variant {v!r} in variants (--variants); accepted values: {accepted}")
+    if not tuple(variants):
+        raise ValueError(f"variants (--variants) is empty; accepted: arms among {', '.join(VARIANTS)}, each "
+                         f"optionally with @FIELD=VALUE overrides (e.g. lateral@sigma=1)")
+    variants = tuple(parse_arm(v).name for v in variants)
     duplicates = sorted({v for v in variants if variants.count(v) > 1})
     if duplicates:
         raise ValueError(f"variants (--variants) lists {', '.join(duplicates)} more than once")
@@ -84,7 +83,8 @@ def changed_runs(base_config, runs: list[tuple[str, int, str]], tuned: Iterable[
     ignore = RESUME_FREE_FIELDS + tuple(tuned)
     changed = {}
     for variant, seed, path in runs:
-        diff = RunDir(path).differences(dataclasses.replace(base_config, mask=variant, seed=seed, out=path), ignore)
+        requested = dataclasses.replace(base_config, **arm_changes(variant), seed=seed, out=path)
+        diff = RunDir(path).differences(requested, ignore)
         if diff:
             changed[path] = diff
     return changed
@@ -97,8 +97,9 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1) -> list[Path]:
     """Train ``variants`` x ``seeds`` runs from ``base_config`` and write the report in ``out``.
 
-    Each run is ``train_fn(dataclasses.replace(base_config, mask=variant, seed=s,
-    out=f"{out}/{variant}-seed{s}", resume=True))`` with ``s`` in ``seed_offset .. seed_offset+seeds-1``.
+    Each run is ``train_fn(dataclasses.replace(base_config, **arm_changes(variant), seed=s,
+    out=f"{out}/{variant}-seed{s}", resume=True))`` (a variant is an arm, :mod:`.arms`: ``"lateral"``,
+    or a mode with overrides such as ``"lateral@sigma=1"``) with ``s`` in ``seed_offset .. seed_offset+seeds-1``.
     ``train_fn`` defaults to :func:`gradmask.train.train`. ``log`` gets one line per run (``None``:
     silent). Returns the run directories in training order. Runs already in ``out`` whose settings
     differ from the request are refused before anything trains (``ValueError`` naming them and the
@@ -118,11 +119,17 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     runs = run_order(variants, seeds, out, seed_offset)
     variants = check_variants(variants)
     tuning = None if tune is None else make_tuning(tune, tune_epochs, tune_seeds, val_fraction)
-    if tuning is not None:  # every config, tuning and final, is built (validated) before anything trains
+    if tuning is not None:
+        for variant in variants:  # a field both tuned and set by an arm: which would the runs use?
+            both = sorted(set(tuning.grid) & {k for k, _ in parse_arm(variant).overrides})
+            if both:
+                raise ValueError(f"arm {variant!r} sets {', '.join(both)}, which tune (--tune) also sweeps; "
+                                 f"tune other fields or drop the override")
+        # every config, tuning and final, is built (validated) before anything trains
         tuning_plan(base_config, variants, tuning, out, seed_offset)
         for variant in variants:
             for point in grid_points(tuning, variant):
-                checked_replace(base_config, {**point, "mask": variant}, "tune")
+                checked_replace(base_config, {**point, **arm_changes(variant)}, "tune")
     # runs already there with other settings: refused before anything trains, or (overwrite) trained again
     changed = changed_runs(base_config, runs, tuning.grid if tuning is not None else ())
     if changed and not getattr(base_config, "overwrite", False):
@@ -146,7 +153,8 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
         chosen = run_tuning(tuning_base, variants, tuning, out, seed_offset, train_fn, log, jobs).chosen
     configs = []
     for variant, seed, path in runs:
-        changes = {**chosen.get(variant, {}), "mask": variant, "seed": seed, "out": path, "resume": path not in changed}
+        changes = {**chosen.get(variant, {}), **arm_changes(variant), "seed": seed, "out": path,
+                   "resume": path not in changed}
         if path in changed or getattr(base_config, "overwrite", False):
             changes["overwrite"] = path in changed
         configs.append(checked_replace(base_config, changes, "compare"))

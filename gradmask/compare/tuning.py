@@ -21,13 +21,13 @@ import itertools
 import json
 import math
 import os
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..files import write_atomic
 from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
+from .arms import arm_changes, arm_mask, field_converter
 from .jobs import train_all
 
 TUNE_DIR = "tune"
@@ -97,40 +97,6 @@ def make_tuning(grid: Mapping[str, Iterable], epochs: Optional[int] = None, seed
 
 
 # --------------------------------------------------------------------------------- command line
-def _converter(name: str) -> Callable[[str], Any]:
-    """Text -> value for TrainConfig field ``name`` (from its type annotation)."""
-    hint = typing.get_type_hints(TrainConfig)[name]
-    optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
-
-    def convert(text: str):
-        t = text.strip()
-        if optional and t.lower() == "none":
-            return None
-        if base is bool:
-            if t.lower() in ("true", "false"):
-                return t.lower() == "true"
-            raise ValueError(f"tune (--tune) {name}: {text!r} is not true or false")
-        if base is int:
-            try:
-                return int(t)
-            except ValueError:
-                raise ValueError(f"tune (--tune) {name}: {text!r} is not an integer") from None
-        if base is float:
-            try:
-                value = float(t)
-            except ValueError:
-                raise ValueError(f"tune (--tune) {name}: {text!r} is not a number") from None
-            if not math.isfinite(value):
-                raise ValueError(f"tune (--tune) {name}: {text!r} is not a finite number")
-            return value
-        if base is str:
-            return t
-        raise ValueError(f"tune (--tune) {name}: a {hint} field cannot be given on the command line "
-                         f"(use the library: compare(..., tune={{{name!r}: [...]}}))")
-    return convert
-
-
 def parse_tune(items: Iterable[str]) -> dict[str, tuple]:
     """``["lr=0.05,0.1,0.2", "inhibition_rate=0.3,0.5"]`` -> ``{"lr": (0.05, 0.1, 0.2), ...}``,
     each value converted to its TrainConfig field's type (``ValueError`` naming ``--tune``)."""
@@ -148,7 +114,7 @@ def parse_tune(items: Iterable[str]) -> dict[str, tuple]:
         texts = [t for t in text.split(",") if t.strip()]
         if not texts:
             raise ValueError(f"tune (--tune) {name}: empty grid; give at least one value, e.g. {name}=A,B")
-        convert = _converter(name)
+        convert = field_converter(name)
         grid[name] = tuple(convert(t) for t in texts)
     return grid
 
@@ -157,7 +123,7 @@ def parse_tune(items: Iterable[str]) -> dict[str, tuple]:
 def grid_points(tuning: Tuning, variant: str) -> list[dict]:
     """The grid points of ``variant`` (cartesian product, grid order) over the fields that apply to
     it; ``[]`` when none does (the variant is not tuned)."""
-    fields = [k for k in tuning.grid if field_applies(k, variant)]
+    fields = [k for k in tuning.grid if field_applies(k, arm_mask(variant))]
     if not fields:
         return []
     return [dict(zip(fields, values)) for values in itertools.product(*(tuning.grid[k] for k in fields))]
@@ -207,7 +173,7 @@ def tuning_config(base, variant: str, point: Mapping[str, Any], seed: int, tunin
     probe, resumable. Raises ``ValueError`` (from ``TrainConfig``) naming a bad value."""
     config = checked_replace(base, point, "tune")
     epochs = tuning.epochs or config.epochs
-    changes: dict[str, Any] = dict(mask=variant, seed=seed, out=tuning_run_dir(out, variant, point, seed),
+    changes: dict[str, Any] = dict(**arm_changes(variant), seed=seed, out=tuning_run_dir(out, variant, point, seed),
                                    resume=True, val_fraction=tuning.val_fraction, epochs=epochs)
     if hasattr(config, "gsnr_every"):
         changes["gsnr_every"] = 0

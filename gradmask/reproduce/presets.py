@@ -52,6 +52,16 @@ _CIFAR_PAPER = dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch
 _CIFAR_FULL = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=128, lr=0.1, schedule="onecycle",
                    warmup_epochs=3.0, augment="crop-flip")
 _CIFAR_FULL_TUNING = Tuning({"lr": (0.05, 0.1, 0.2, 0.4)}, epochs=3, seeds=1, val_fraction=0.1)
+# Table 1 where a regulariser can pay: a network that fits its training set. A fixed 10,000-image draw of
+# CIFAR-10's training split, all 10,000 test images, the narrow ResNet-18 and the classic recipe for every arm
+# alike (SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, lr x0.1 at 50% and 75% of training,
+# crop-flip), not tuned; 80 epochs = 800,000 image passes per run, about 80-90 min on one CPU thread.
+_CIFAR_OVERFIT = dict(model="resnet18_narrow", groups=4, epochs=80, batch_size=128, lr=0.1, momentum=0.9,
+                      weight_decay=5e-4, schedule="multistep", milestones=(40, 60), gamma=0.1, warmup_epochs=0.0,
+                      augment="crop-flip", train_limit=10000, test_limit=None, train_eval_images=2000)
+# its arms: the paper's mask (sigma 11 on 5x5: in effect a blur, every tap negative), the mask with a
+# centre-surround LoG (sigma 1 on 5x5: an inhibitory surround), and Table 2's "without LI" (norm)
+_OVERFIT_ARMS = ("none", "lateral", "lateral@sigma=1", "norm")
 # the standard ResNet-50 ImageNet recipe (He et al.): the paper says it kept the original hyperparameters
 _IMAGENET_PAPER = dict(model="resnet50", stem="imagenet", groups=16, epochs=90, batch_size=256, lr=0.1,
                        momentum=0.9, weight_decay=1e-4, schedule="multistep", milestones=(30, 60, 80),
@@ -87,6 +97,8 @@ class Preset:
     # Table 2 at its own scale (dataset -> {"cpu", "cuda"} overrides), in <dataset>/ablation/, variants
     # ABLATION_VARIANTS; None: Table 2 reuses Table 1's runs (which then include norm and pixel)
     ablation_training: Optional[Mapping[str, Mapping[str, dict]]] = None
+    # Table 1's arms (:mod:`gradmask.compare.arms`: mask modes, or modes with overrides), "none" first
+    arms: tuple = ("none", "lateral")
 
 
 PRESETS: dict[str, Preset] = {
@@ -111,6 +123,18 @@ PRESETS: dict[str, Preset] = {
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True, tuning=_CIFAR_FULL_TUNING,
         ablation_training={"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU},
                            "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}}),
+    "overfit": Preset(
+        "overfit", "Table 1 where the network overfits: a fixed 10,000-image draw of CIFAR-10's training split, all "
+                   "10,000 test images, narrow ResNet-18, the classic recipe for every arm (SGD lr 0.1, lr x0.1 at "
+                   "epochs 40 and 60 of 80, weight decay 5e-4, crop-flip; not tuned), arms none, lateral (the paper's "
+                   "sigma 11), lateral@sigma=1 (centre-surround) and norm, 3 seeds; Table 2 at the cifar preset's "
+                   "scale; about 8-9 hours on two CPU threads (--jobs 2)", ("cifar10", "cifar100"),
+        {"cifar10": {"cpu": _CIFAR_OVERFIT, "cuda": _CIFAR_OVERFIT},
+         "cifar100": {"cpu": _CIFAR_OVERFIT, "cuda": _CIFAR_OVERFIT}},
+        {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True,
+        ablation_training={"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU},
+                           "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}},
+        arms=_OVERFIT_ARMS),
     "paper": Preset(
         "paper", "the paper's settings: ResNet-18 on CIFAR-100/10 (200 epochs), ResNet-50 on ImageNet (90 epochs, "
                  "run it under torchrun)", ("cifar10", "cifar100", "imagenet"),

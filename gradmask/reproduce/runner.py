@@ -134,7 +134,8 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
     trained = []
     for dataset in plan.accuracy:
         ablation_here = dataset == plan.ablation and not plan.separate_ablation
-        trained.append((dataset, ("none", "lateral") + (("norm", "pixel") if ablation_here else ()), plan.tuning))
+        arms = plan.preset.arms + tuple(v for v in ("norm", "pixel") if ablation_here and v not in plan.preset.arms)
+        trained.append((dataset, arms, plan.tuning))
     if "synthetic" not in plan.accuracy:
         trained.append(("synthetic", ("none", "lateral"), None))
     for dataset, variants, tuning in trained:

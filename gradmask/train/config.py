@@ -342,8 +342,8 @@ class TrainConfig:
         if not _is_int(self.gsnr_samples) or self.gsnr_samples < 2:
             raise bad("gsnr_samples", "an integer >= 2")
         # run directory
-        if self.arm is not None and (not isinstance(self.arm, str) or not self.arm):
-            raise bad("arm", "None or a non-empty arm name")
+        if self.arm is not None and (not isinstance(self.arm, str) or self.arm.split("@")[0] != self.mask):
+            raise bad("arm", f"None or the name of an arm of mask {self.mask!r} ('{self.mask}@FIELD=VALUE...')")
         if self.out is not None and not self.out:
             raise bad("out", "a directory path or None")
         for name in ("resume", "overwrite", "tensorboard", "progress"):
