@@ -15,7 +15,7 @@ from ..data import DATASETS
 from ..reporting import evaluation_warnings, figure, save_figure
 from . import paper
 from .runs import FIGURES, runs_dir
-from .verdict import combine, difference_interval, verdict
+from .verdict import difference_interval, headline, verdict
 
 METHOD_NAMES = {"limap": "LI-Map", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
@@ -84,6 +84,7 @@ class Section:
         self.blocks: list[tuple] = [("h2", claim.title)]
         self.numbers: dict = {}
         self.verdicts: list[tuple[str, str]] = []   # (what was tested, verdict)
+        self.kinds: dict[str, str] = {}             # what was tested -> its kind, when not "accuracy" (e.g. "cost")
         self.budget = "no finished run"             # training images x epochs, seeds, model, tuned or not
         self.warnings: list[str] = []               # the models are near chance, the images one class, ...
 
@@ -94,7 +95,8 @@ class Section:
 
     @property
     def verdict(self) -> str:
-        return combine(v for _, v in self.verdicts)
+        """The headline (:func:`gradmask.reproduce.verdict.headline`) over the parts' verdicts."""
+        return headline((self.kinds.get(what, "accuracy"), v) for what, v in self.verdicts)
 
     def finish(self, setting: str) -> None:
         numbers = "; ".join(f"{row}: " + ", ".join(f"{k} {v:g}" for k, v in cols.items())

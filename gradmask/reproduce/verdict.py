@@ -4,6 +4,11 @@ A claim "A is larger than B" is tested with a 95% confidence interval of ``A - B
 seeds, or a one-sample t interval of paired differences): it **holds** when the whole interval is
 above ``margin``, it **does not hold** when the whole interval is below it, and it is **not
 established at this scale** otherwise (including when fewer than two values exist).
+
+A claim of several parts (Table 2: two accuracy comparisons and a cost) gets one headline: the
+parts' verdict when they all agree, else **mixed**, followed by the verdict of each kind of part
+(``"mixed: accuracy not established at this scale; cost does not hold"``), so that no part
+overrules the others without saying so (:func:`headline`).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from ..compare.stats import DiffInterval, diff_confidence_interval
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
 NOT_ESTABLISHED = "not established at this scale"
+MIXED = "mixed"
 CI_LEVEL = 0.95
 
 
@@ -53,13 +59,21 @@ def verdict(interval: DiffInterval, margin: float = 0.0) -> str:
 
 
 def combine(verdicts: Iterable[str]) -> str:
-    """One verdict for a claim made of several comparisons: holds if all hold, does not hold if any
-    does not hold, else not established."""
-    verdicts = list(verdicts)
-    if not verdicts:
+    """One verdict for comparisons of one kind: theirs when they all agree, else ``mixed``; not
+    established when there is none."""
+    distinct = set(verdicts)
+    if not distinct:
         return NOT_ESTABLISHED
-    if DOES_NOT_HOLD in verdicts:
-        return DOES_NOT_HOLD
-    if all(v == HOLDS for v in verdicts):
-        return HOLDS
-    return NOT_ESTABLISHED
+    return distinct.pop() if len(distinct) == 1 else MIXED
+
+
+def headline(parts: Iterable[tuple[str, str]]) -> str:
+    """The headline of a claim from its ``(kind, verdict)`` parts (kinds such as "accuracy", "cost"):
+    the verdict when every part agrees, else ``"mixed: <kind> <verdict>; ..."`` in the kinds' first
+    order (each kind's verdict by :func:`combine`)."""
+    parts = list(parts)
+    overall = combine(v for _, v in parts)
+    if overall != MIXED:
+        return overall
+    kinds = list(dict.fromkeys(k for k, _ in parts))
+    return f"{MIXED}: " + "; ".join(f"{k} {combine(v for kk, v in parts if kk == k)}" for k in kinds)
