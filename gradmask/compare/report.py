@@ -27,6 +27,7 @@ from ..reporting import figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
 from ..train.config import field_applies
 from ..train.rundir import RunDir
+from .mechanism import mechanism, mechanism_blocks
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 from .tuning import chosen_at_edges, grid_edges, point_label, read_tuning
 
@@ -639,8 +640,11 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     num = _json_number
     per_epoch = {v: [{"epoch": e, "diff_pp": num(d.diff), "ci_low_pp": num(d.low), "ci_high_pp": num(d.high)}
                      for e, d in gap] for v, gap in gaps.items()}
+    arms, changes = mechanism({s.variant: s.finished for s in summaries}, BASELINE)
     write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries],
-                                           "per_epoch_vs_none": per_epoch, "tuning": read_tuning(out)},
+                                           "per_epoch_vs_none": per_epoch, "tuning": read_tuning(out),
+                                           "mechanism": [a.to_json() for a in arms],
+                                           "trends": {v: [c.to_json() for c in cs] for v, cs in changes.items()}},
                                           indent=2) + "\n")
 
     dataset = _common(runs, "dataset") or "?"
@@ -655,6 +659,8 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
         plot_gsnr(probed, out / "gsnr.png")
 
     blocks = _report_blocks(out, runs, summaries, gaps)
+    raw = next(i for i, b in enumerate(blocks) if b == ("h2", "Raw data"))
+    blocks[raw:raw] = mechanism_blocks(arms, changes, BASELINE)
     write_atomic(paths["markdown"], render_markdown(blocks))
     write_atomic(paths["html"], render_html(blocks, out))
     return paths
