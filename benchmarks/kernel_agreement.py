@@ -352,8 +352,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128, help="images per measured batch (default 128)")
     parser.add_argument("--groups", type=int, default=4, help="channel sets (default 4: 4/8/16 channels per set)")
     parser.add_argument("--rate", type=float, default=0.5, help="inhibition rate in [0, 1) (default 0.5)")
-    parser.add_argument("--train-images", type=int, default=5000,
-                        help="training images for the short training (default 5000; 0: initialisation only)")
+    parser.add_argument("--train-images", type=int, default=10000,
+                        help="training images for the short training (default 10000; 0: initialisation only)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the short training (default 1)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     parser.add_argument("--seed", type=int, default=0)
