@@ -70,6 +70,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _option(data, "synthetic_clutter", "synthetic data's distractor strokes, blobs, patches and noise (0: none, "
             "the objects on a plain colour-noise background; 1: the full clutter)")
     _option(data, "augment", "training augmentation", choices=augment_names())
+    _option(data, "train_eval_images", "training images (a fixed draw) evaluated after every epoch in eval mode "
+            "without augmentation: the fit, beside the test figures (0: off)")
     _option(data, "num_workers", "decoding processes of the streamed ImageNet loader")
     _option(data, "image_size", "--dataset folder: resize every image to N x N when decoding", type=int,
             shown="keep their size, which must be one for all")
