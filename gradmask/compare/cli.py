@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             for v in variants)
         progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty(), jobs=jobs)
         try:
-            with open_trainer(executor, jobs, base.device, args.out,
+            with open_trainer(executor, jobs, getattr(base, "device", "cpu"), args.out,
                               log=lambda line: print(line, flush=True)) as trainer:
                 compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset,
                         tune=tune, tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds,
