@@ -87,13 +87,25 @@ class RunProgress:
 
     def wrap(self, train_fn: Callable) -> Callable:
         """``train_fn(config)`` counted: a run whose ``config.out`` held ``final.json`` before the call
-        finished earlier, any other trained now."""
+        finished earlier, any other trained now. A ``train_fn`` that trains lists of runs itself
+        (``train_batch(configs, before, finished)``, the Slurm executor's) keeps that method, its
+        runs counted as it reports them finished."""
         def counted(config):
             before = (Path(config.out) / "final.json").is_file()
             start = self.clock()
             result = train_fn(config)
             self.finished(str(config.out), self.clock() - start, trained=not before)
             return result
+
+        batch = getattr(train_fn, "train_batch", None)
+        if batch is not None:
+            def counted_batch(configs, before=None, finished=None):
+                def count(config, seconds: float, trained: bool) -> None:
+                    self.finished(str(config.out), seconds, trained)
+                    if finished is not None:
+                        finished(config, seconds, trained)
+                return batch(configs, before, count)
+            counted.train_batch = counted_batch
         return counted
 
     def close(self) -> None:

@@ -8,13 +8,13 @@ exactly the options ``gradmask train`` takes, except ``--mask`` / ``--seed`` (re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 from ..commands import register
 from ..progress import RunProgress
 from ..train import cli as _train_cli
-from .jobs import ProcessTrainer, check_jobs
+from .executor import add_executor_arguments, executor_from_args, open_trainer
+from .jobs import check_jobs
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare
 from .tuning import DEFAULT_VAL_FRACTION, grid_points, make_tuning, parse_tune
@@ -54,13 +54,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             f"(default {DEFAULT_VAL_FRACTION})")
     group.add_argument("--jobs", type=int, default=1,
                        help="runs trained at a time, each in its own process with its share of the CPU threads "
-                            "or, with --device cuda, a GPU of its own (round robin over the visible GPUs) "
-                            "(default 1)")
+                            "or, with --device cuda, a GPU of its own (round robin over the visible GPUs); "
+                            "with --executor slurm: Slurm jobs running at a time (default 1)")
     group.add_argument("--report-only", action="store_true",
                        help="train nothing: rewrite the report from the runs already in --out")
     group.add_argument("--overwrite", action="store_true", default=None,
                        help="train again the runs in --out whose settings differ from these options "
                             "(default: refuse them, naming the fields that differ)")
+    add_executor_arguments(parser)
     group.add_argument("--mask", action=_Replaced, instead="--variants", default="none", help=argparse.SUPPRESS)
     group.add_argument("--seed", action=_Replaced, instead="--seeds and --seed-offset", default=0,
                        help=argparse.SUPPRESS)
@@ -78,17 +79,18 @@ def run(args: argparse.Namespace) -> int:
     if tune is not None:
         make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction)  # bad input fails here
     jobs = check_jobs(args.jobs)
+    executor = executor_from_args(args)
     if args.report_only:
         paths = write_report(args.out)
     else:
         base = _train_cli.config_from_args(args)
-        from ..train import train
         tuning_runs = 0 if tune is None else args.tune_seeds * sum(
             len(grid_points(make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction), v))
             for v in variants)
         progress = RunProgress(len(variants) * args.seeds + tuning_runs, bar=sys.stderr.isatty(), jobs=jobs)
         try:
-            with ProcessTrainer(jobs, base.device) if jobs > 1 else contextlib.nullcontext(train) as trainer:
+            with open_trainer(executor, jobs, getattr(base, "device", "cpu"), args.out,
+                              log=lambda line: print(line, flush=True)) as trainer:
                 compare(base, variants=variants, seeds=args.seeds, out=args.out, seed_offset=args.seed_offset,
                         tune=tune, tune_epochs=args.tune_epochs, tune_seeds=args.tune_seeds,
                         val_fraction=args.tune_val_fraction, train_fn=progress.wrap(trainer), jobs=jobs)

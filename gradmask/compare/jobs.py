@@ -3,7 +3,9 @@ spawned worker processes, with its share of the CPU threads or a GPU of its own.
 
 :class:`ProcessTrainer` is a ``train_fn``: calling it with a config trains that run in a free worker
 and returns its final metrics, so wrappers such as the progress counter work unchanged.
-:func:`train_all` calls a ``train_fn`` on a list of configs from ``jobs`` threads. Results are those
+:func:`train_all` calls a ``train_fn`` on a list of configs from ``jobs`` threads; a ``train_fn``
+with a ``train_batch(configs, before)`` method (the Slurm executor's,
+:class:`gradmask.compare.slurm.SlurmTrainer`) is given the whole list instead. Results are those
 of :func:`gradmask.train.train` in one process: each run draws only from its own seed. On CPU a
 run's low bits depend on its thread count, as they do anywhere.
 
@@ -133,8 +135,12 @@ def train_all(train_fn: Callable, configs: Sequence, jobs: int = 1,
     """``[train_fn(c) for c in configs]``, from ``jobs`` threads when ``jobs`` > 1 (started in list
     order); ``before(k, config)`` is called as run ``k`` (1-based) starts. The first failure (or an
     interrupt) is raised at once and no further run starts; runs already in training are not waited
-    for (a :class:`ProcessTrainer` left with that error ends them)."""
+    for (a :class:`ProcessTrainer` left with that error ends them). A ``train_fn`` with a
+    ``train_batch`` method trains the list itself: ``train_fn.train_batch(configs, before)``."""
     check_jobs(jobs)
+    batch = getattr(train_fn, "train_batch", None)
+    if batch is not None:
+        return batch(list(configs), before)
     turn, started = [1], threading.Condition()
 
     def one(k: int, config):

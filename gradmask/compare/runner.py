@@ -19,7 +19,8 @@ from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe 
 from ..saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from ..train.distributed import is_main_process
 from .arms import arm_changes, parse_arm
-from .jobs import ProcessTrainer, check_jobs, train_all
+from .executor import check_executor, open_trainer
+from .jobs import check_jobs, train_all
 from .report import VARIANTS, write_report
 from .tuning import DEFAULT_VAL_FRACTION, checked_replace, grid_points, make_tuning, run_tuning, tuning_plan
 
@@ -94,7 +95,7 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             out: str | os.PathLike = "runs/compare", seed_offset: int = 0,
             train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
             tune: Optional[Mapping[str, Iterable]] = None, tune_epochs: Optional[int] = None, tune_seeds: int = 1,
-            val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1) -> list[Path]:
+            val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1, executor="local") -> list[Path]:
     """Train ``variants`` x ``seeds`` runs from ``base_config`` and write the report in ``out``.
 
     Each run is ``train_fn(dataclasses.replace(base_config, **arm_changes(variant), seed=s,
@@ -114,8 +115,13 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     training order), each through ``train_fn`` called from its own thread: pass a
     :class:`gradmask.compare.jobs.ProcessTrainer` (or a wrapper of one) to train them in separate
     processes; without ``train_fn`` one is made for ``jobs`` workers.
+
+    ``executor``: where the runs train without ``train_fn``: ``"local"`` (above) or a
+    :class:`gradmask.compare.slurm.SlurmExecutor` (each run a Slurm job, ``jobs`` at a time; its books
+    in ``{out}/slurm``), see :mod:`gradmask.compare.executor`.
     """
     check_jobs(jobs)
+    executor = check_executor(executor)
     runs = run_order(variants, seeds, out, seed_offset)
     variants = check_variants(variants)
     tuning = None if tune is None else make_tuning(tune, tune_epochs, tune_seeds, val_fraction)
@@ -139,8 +145,8 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
                                      for p, d in changed.items())
                          + "; use the settings they were trained with, choose another out, or pass "
                            "overwrite=True (--overwrite) to train those runs again")
-    if train_fn is None and jobs > 1:
-        with ProcessTrainer(jobs, str(getattr(base_config, "device", "cpu"))) as trainer:
+    if train_fn is None and (jobs > 1 or executor != "local"):
+        with open_trainer(executor, jobs, str(getattr(base_config, "device", "cpu")), out, log) as trainer:
             return compare(base_config, variants, seeds, out, seed_offset, trainer, log, tune, tune_epochs,
                            tune_seeds, val_fraction, jobs)
     if train_fn is None:

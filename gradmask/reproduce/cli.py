@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..commands import device_argument, register
+from ..compare.executor import add_executor_arguments, executor_from_args
 from ..compare.jobs import check_jobs
 from ..compare.tuning import make_tuning, parse_tune
 from ..device import resolve_device
@@ -39,10 +40,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="training runs at a time, each in its own process with its share of the CPU threads "
                              "or a GPU of its own (round robin over the visible GPUs); the measurements run one "
-                             "at a time (default 1)")
+                             "at a time; with --executor slurm: Slurm jobs running at a time (default 1)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (bars are drawn only on a terminal; otherwise, and with this "
                              "option, one line per training run)")
+    add_executor_arguments(parser)
 
 
 def tuning_from_args(args: argparse.Namespace):
@@ -65,6 +67,7 @@ def tuning_from_args(args: argparse.Namespace):
                        "report.md / report.html with verdicts", _configure)
 def reproduce_command(args: argparse.Namespace) -> int:
     jobs = check_jobs(args.jobs)
+    executor = executor_from_args(args)
     device = str(resolve_device(args.device))
     plan = make_plan(args.preset, parse_data(args.data), device, args.seeds, tuning_from_args(args))
     out = Path(args.out or f"runs/reproduce-{args.preset}")
@@ -78,7 +81,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
     for what, why in plan.skipped:
         print(f"  not run: {what}: {why}")
     result = reproduce(plan, out, progress=not args.no_progress, command=command,
-                       log=lambda line: print(line, flush=True), jobs=jobs)
+                       log=lambda line: print(line, flush=True), jobs=jobs, executor=executor)
     if result["report"] is not None:
         import json
         verdicts = json.loads(result["report"]["json"].read_text())["sections"]

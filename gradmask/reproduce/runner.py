@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-from ..compare.jobs import ProcessTrainer, check_jobs
+from ..compare.executor import check_executor, open_trainer
+from ..compare.jobs import check_jobs
 from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
@@ -190,22 +191,26 @@ def _json_safe(obj):
 
 
 def reproduce(plan: Plan, out, progress: bool = False, command: str | None = None,
-              train_fn: Callable | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> dict:
+              train_fn: Callable | None = None, log: Callable[[str], None] = print, jobs: int = 1,
+              executor="local") -> dict:
     """Run (or resume) every step of ``plan`` in ``out``, then write ``report.md`` / ``report.html``.
     Training runs are counted (runs done / total, elapsed, ETA): a bar when ``progress`` and stderr is
     a terminal (with the engine's epoch bar and the evaluations' bars), else one ``log`` line per run.
 
     ``jobs`` > 1 trains that many runs of a training step at a time, each in its own process
     (:class:`gradmask.compare.jobs.ProcessTrainer`, unless ``train_fn`` is given); the measurements
-    run in this process.
+    run in this process. ``executor``: where the training runs train without ``train_fn``: ``"local"``
+    or a :class:`gradmask.compare.slurm.SlurmExecutor` (each run a Slurm job, ``jobs`` at a time, the
+    books in ``{out}/slurm``; the measurements still run here, in order, once their runs are trained).
 
     The folder is taken like a run folder (``<out>/.gradmask.lock``): a second ``reproduce`` on it is
     refused while this one runs.
 
     Returns ``{"report": paths, "ran": [step names measured now], "skipped": [finished earlier]}``."""
     check_jobs(jobs)
-    if train_fn is None and jobs > 1:
-        with ProcessTrainer(jobs, plan.device) as trainer:
+    executor = check_executor(executor)
+    if train_fn is None and (jobs > 1 or executor != "local"):
+        with open_trainer(executor, jobs, plan.device, out, log) as trainer:
             return reproduce(plan, out, progress, command, trainer, log, jobs)
     out = Path(out)
     main = is_main_process()

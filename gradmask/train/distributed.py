@@ -1,4 +1,6 @@
-"""Process-group handling for ``torchrun`` launches (env RANK / WORLD_SIZE / LOCAL_RANK).
+"""Process-group handling for ``torchrun`` launches (env RANK / WORLD_SIZE / LOCAL_RANK) and for
+processes that Slurm's ``srun`` starts (env SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID /
+SLURM_STEP_NODELIST: no torchrun needed in a Slurm job; see :func:`slurm_launch`).
 
 One process per device; gloo on CPU, NCCL on CUDA. A caller may initialise the process group
 itself (``torch.distributed.init_process_group``) before :func:`gradmask.train.train`; then it is
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -67,29 +70,98 @@ class DistContext:
             self.owns_group = False
 
 
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list, expanded in order: ``"gpu[01-03,7],cpu-a"`` -> ``["gpu01",
+    "gpu02", "gpu03", "gpu7", "cpu-a"]`` (zero padding kept; several bracket groups in one name
+    multiply out, as ``scontrol show hostnames`` does)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(hostlist + ","):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            if hostlist[start:i].strip():
+                names += _expand_host(hostlist[start:i].strip())
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"host list {hostlist!r} has unbalanced brackets")
+    return names
+
+
+def _expand_host(name: str) -> list[str]:
+    if "[" not in name:
+        return [name]
+    prefix, rest = name.split("[", 1)
+    ranges, suffix = rest.split("]", 1)
+    values = []
+    for part in ranges.split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"host list range {part!r} in {name!r} is not N or N-M")
+        values += [str(v).zfill(len(low)) for v in range(int(low), int(high or low) + 1)]
+    return [prefix + v + tail for v in values for tail in _expand_host(suffix)]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in a multi-process run: its ``rank``, ``world_size``, ``local_rank``
+    and, for a Slurm step, the rendezvous ``init_method`` (``tcp://first node:port``; None: torchrun's
+    ``env://``)."""
+    rank: int
+    world_size: int
+    local_rank: int
+    init_method: Optional[str] = None
+
+
+def slurm_launch(environ: Mapping[str, str]) -> Optional[Launch]:
+    """The :class:`Launch` of a process that ``srun`` started in a step of several tasks (one per GPU,
+    on one node or several), from Slurm's variables; None outside such a step (the batch script of a
+    job has SLURM_PROCID but no SLURM_STEP_NUM_TASKS: it is not a rank). The rendezvous is the
+    step's first node (``MASTER_ADDR`` when set) at port ``MASTER_PORT``, else 20000 + job id mod 20000."""
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    if tasks <= 1 or "SLURM_PROCID" not in environ:
+        return None
+    nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or ""
+    address = environ.get("MASTER_ADDR") or (expand_hostlist(nodes) or ["127.0.0.1"])[0]
+    port = environ.get("MASTER_PORT") or str(20000 + int(environ.get("SLURM_JOB_ID") or 0) % 20000)
+    return Launch(int(environ["SLURM_PROCID"]), tasks, int(environ.get("SLURM_LOCALID") or 0),
+                  f"tcp://{address}:{port}")
+
+
+def launch(environ: Mapping[str, str] = os.environ) -> Launch:
+    """This process's place: torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) when WORLD_SIZE is
+    set, else an ``srun`` step's (:func:`slurm_launch`), else a single process."""
+    if "WORLD_SIZE" in environ:
+        rank = int(environ.get("RANK", "0"))
+        return Launch(rank, int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", rank)))
+    return slurm_launch(environ) or Launch(0, 1, 0)
+
+
 def is_main_process() -> bool:
-    """True unless this is a ``torchrun`` process of rank > 0 (env ``RANK``)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """True unless this is a process of rank > 0 of a ``torchrun`` launch (env ``RANK``) or an
+    ``srun`` step (env ``SLURM_PROCID``)."""
+    return launch().rank == 0
 
 
 def setup_distributed(device_type: str) -> DistContext:
     """The process group of this run: the caller's if initialised, else one from the torchrun
-    environment when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA), else a single process."""
+    or ``srun`` environment (:func:`launch`) of more than one process (gloo on CPU, NCCL on CUDA),
+    else a single process."""
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(),
                            int(os.environ.get("LOCAL_RANK", dist.get_rank())), owns_group=False)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    where = launch()
+    if where.world_size <= 1:
         return DistContext()
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend)
-    return DistContext(rank, world_size, local_rank, owns_group=True)
+        torch.cuda.set_device(where.local_rank)
+    if where.init_method is None:
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, init_method=where.init_method, rank=where.rank,
+                                world_size=where.world_size)
+    return DistContext(where.rank, where.world_size, where.local_rank, owns_group=True)
 
 
-__all__ = ["DistContext", "is_main_process", "setup_distributed"]
+__all__ = ["DistContext", "Launch", "expand_hostlist", "is_main_process", "launch", "setup_distributed", "slurm_launch"]

@@ -82,8 +82,28 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def slurm_job(environ=os.environ) -> tuple[Optional[str], int]:
+    """``(Slurm job id, restarts)`` of this process: ``"ARRAY_TASK"`` for a task of a job array, else
+    SLURM_JOB_ID (None outside a Slurm job), and SLURM_RESTART_COUNT (how often Slurm requeued it)."""
+    array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else environ.get("SLURM_JOB_ID")
+    return job or None, int(environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def _earlier_run_of_this_job(owner: dict) -> bool:
+    """Whether ``owner`` was an earlier run of this process's Slurm job, before Slurm requeued it
+    (preemption, time limit, node failure): Slurm runs one instance of a job at a time, so that one
+    has ended, whatever node it ran on."""
+    job, restarts = slurm_job()
+    before = owner.get("slurm_restarts")
+    return job is not None and owner.get("slurm_job") == job and isinstance(before, int) and before < restarts
+
+
 def _owner_text(owner: dict) -> str:
     job = f", torchrun job {owner['job']}" if owner.get("job") else ""
+    if owner.get("slurm_job"):
+        job += f", Slurm job {owner['slurm_job']}" + (f" (restart {owner['slurm_restarts']})"
+                                                    if owner.get("slurm_restarts") else "")
     since = f" since {owner['started']}" if owner.get("started") else ""
     return f"pid {owner.get('pid')} on {owner.get('host')}{job}{since}"
 
@@ -123,8 +143,14 @@ def lock_owner(folder) -> Optional[str]:
 
 class RunLock:
     """Ownership of a run folder: ``.gradmask.lock`` holding ``{"host", "pid", "started", "job",
-    "command"}`` and an exclusive ``flock`` on it for as long as the owner lives (the kernel drops it
-    when the process dies, however it dies). :meth:`release` removes the file."""
+    "command", "slurm_job", "slurm_restarts"}`` and an exclusive ``flock`` on it for as long as the
+    owner lives (the kernel drops it when the process dies, however it dies). :meth:`release`
+    removes the file.
+
+    A lock left behind is taken over when its process is gone (same host), or when it was written
+    by an earlier run of this process's own Slurm job (same ``slurm_job``, fewer restarts: Slurm
+    requeued the job, possibly onto another node, and runs one instance of it at a time). A lock of
+    any other process on another host is refused: gradmask cannot tell whether it still runs."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self._fd = path, fd
@@ -177,7 +203,10 @@ class RunLock:
             raise
         try:
             previous = cls._read(fd)
-            if previous:
+            if previous and _earlier_run_of_this_job(previous):
+                print(f"gradmask: taking over run folder {folder}: its lock was left by {_owner_text(previous)}, "
+                      f"an earlier run of this Slurm job (Slurm requeued it)", file=sys.stderr)
+            elif previous:
                 pid = previous.get("pid")
                 if previous.get("host") != socket.gethostname() or not isinstance(pid, int):
                     raise RunDirInUse(f"run folder {folder} has a lock written by {_owner_text(previous)}; gradmask "
@@ -191,6 +220,7 @@ class RunLock:
             owner = {"host": socket.gethostname(), "pid": os.getpid(),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "job": os.environ.get("TORCHELASTIC_RUN_ID"),
                      "command": " ".join(sys.argv)}
+            owner["slurm_job"], owner["slurm_restarts"] = slurm_job()
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, (json.dumps(owner) + "\n").encode("utf-8"))
@@ -375,4 +405,4 @@ class RunDir:
 
 
 __all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
-           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim", "lock_owner"]
+           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim", "lock_owner", "slurm_job"]
