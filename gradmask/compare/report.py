@@ -322,12 +322,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _applies(key: str, config: dict) -> bool:
-    """Whether setting ``key`` (a config.json key) changes the run of ``config``: the synthetic data's
-    fields only on rendered (synthetic) data, ``milestones`` / ``gamma`` only with the multistep schedule, the
+    """Whether setting ``key`` (a config.json key) changes the run of ``config``: the ``synthetic_*``
+    fields only on rendered data (sizes; the others where the dataset's ``render_fields`` name
+    them), ``milestones`` / ``gamma`` only with the multistep schedule, the
     warm-up of the inhibition only with a schedule that has one, mask fields only for the masks they
     change (:func:`gradmask.train.config.field_applies`)."""
     spec = DATASETS.get(config.get("dataset"))
-    if key.startswith("synthetic_") and not (spec is not None and spec.rendered):
+    if key.startswith("synthetic_") and not (spec is not None and spec.rendered and (
+            key in ("synthetic_train", "synthetic_test") or key[len("synthetic_"):] in spec.render_fields)):
         return False
     if key in ("milestones", "gamma") and config.get("schedule") != "multistep":
         return False

@@ -10,8 +10,9 @@ classes, optional boxes int64 (N,4)) for the names in ``DATASETS``
 :class:`TensorLoader`.  Large datasets (ImageNet) stream through
 :func:`make_imagenet_loader` instead.
 
-Modules: dataset (ImageDataset), synthetic, cifar, folder, cache, augment,
-loader, transforms (PIL), imagenet; registry (DatasetSpec: one per dataset, registered by its module).
+Modules: dataset (ImageDataset), synthetic, cifar, placed (CIFAR-10 objects placed on backgrounds,
+with boxes), folder, cache, augment, loader, transforms (PIL), imagenet; registry (DatasetSpec: one
+per dataset, registered by its module).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .dataset import SUBSET_SEED, ImageDataset, class_mapping, match_classes, su
 from .folder import MissingSplitError, decode_image_folder, load_image_folder
 from .imagenet import ImageFolderDataset, eval_transform, make_imagenet_loader, train_transform
 from .loader import TensorLoader
+from .placed import PLACED, make_placed, place_objects
 from .registry import DATASET_STATS, DATASETS, DatasetSpec, Stats, dataset_spec, dataset_stats, register_dataset
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic, render_synthetic
 
@@ -55,6 +57,9 @@ __all__ = [
     "make_synthetic",
     "render_synthetic",
     "SYNTHETIC_CLASSES",
+    "PLACED",
+    "make_placed",
+    "place_objects",
     "read_cifar",
     "load_image_folder",
     "decode_image_folder",

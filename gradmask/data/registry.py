@@ -31,12 +31,14 @@ class DatasetSpec:
     ``load(root, split, cache_dir, **kw) -> ImageDataset``: its in-memory reader (None for a
     streamed dataset, read by :func:`gradmask.data.make_imagenet_loader` worker processes);
     ``stats``: published normalisation (None: measured on the training images); ``needs_root``:
-    read from a path (``TrainConfig.data``); ``rendered``: drawn from the run's
-    ``synthetic_*`` fields instead (sizes, clutter), the first ``n`` images of a fixed sequence;
+    read from a path (``TrainConfig.data``); ``rendered``: drawn at run time, sized by the run's
+    ``synthetic_train`` / ``synthetic_test`` (the first ``n`` images of a fixed sequence, reader
+    options ``n`` and ``seed``); ``render_fields``: the other ``synthetic_<field>`` values of the
+    run its reader takes as ``<field>`` (synthetic: ``("clutter",)``);
     ``test_splits``: the splits that serve as its test split, the first the data has
     (``("test", "val")``: "val" where a tree has no test/); ``image_size``: the side of its
     images (None: whatever the data holds); ``resizable``: ``TrainConfig.image_size`` applies
-    (decoded to that side); ``fixed_size``: the evaluations cannot resize it either;
+    (decoded or rendered at that side); ``fixed_size``: the evaluations cannot resize it either;
     ``train_classes(root)``: the training split's class names without decoding it (None, or a
     None result: read the split); ``num_classes`` / ``train_images``: the standard release's,
     for the reports (None: not fixed)."""
@@ -46,6 +48,7 @@ class DatasetSpec:
     stats: Optional[Stats] = None
     needs_root: bool = True
     rendered: bool = False
+    render_fields: tuple[str, ...] = ()
     streamed: bool = False
     test_splits: tuple[str, ...] = ("test",)
     image_size: Optional[int] = None
@@ -59,6 +62,8 @@ class DatasetSpec:
         if (self.load is None) != self.streamed:
             raise ValueError(f"dataset {self.name!r}: an in-memory dataset needs load=<reader>; a streamed "
                              f"one has none")
+        if self.render_fields and not self.rendered:
+            raise ValueError(f"dataset {self.name!r}: render_fields need rendered=True")
         if not self.test_splits:
             raise ValueError(f"dataset {self.name!r}: test_splits must name at least one split")
 

@@ -259,7 +259,7 @@ def make_synthetic(
     "synthetic",
     # measured on make_synthetic(20000, seed=0, clutter=1.0); depends little on seed
     stats=Stats((0.4992, 0.4998, 0.4998), (0.2155, 0.2155, 0.2154)),
-    needs_root=False, rendered=True, image_size=32, num_classes=len(SYNTHETIC_CLASSES),
+    needs_root=False, rendered=True, render_fields=("clutter",), image_size=32, num_classes=len(SYNTHETIC_CLASSES),
 )
 def _load_synthetic(root=None, split="train", cache_dir=None, **kw) -> ImageDataset:
     """kw: n, image_size, num_classes, seed, clutter (see make_synthetic). Not cached:

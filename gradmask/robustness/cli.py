@@ -141,7 +141,7 @@ def _check_compatible(loaded: list[dict], dataset: str, explicit_data: bool) -> 
             raise ValueError(f"runs {first['path']} and {other['path']} were trained on different data "
                              f"({a.dataset} {a.data or ''} vs {b.dataset} {b.data or ''}); pass --data / --dataset "
                              f"to evaluate all of them on one set")
-        if dataset_spec(dataset).rendered and a.synthetic_clutter != b.synthetic_clutter:
+        if "clutter" in dataset_spec(dataset).render_fields and a.synthetic_clutter != b.synthetic_clutter:
             raise ValueError(f"runs {first['path']} and {other['path']} were trained on synthetic data of different "
                              f"clutter ({a.synthetic_clutter} vs {b.synthetic_clutter}); the evaluation set is "
                              f"rendered with the first run's: evaluate them separately")

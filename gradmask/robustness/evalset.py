@@ -74,12 +74,12 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
         n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
         return _Streamed(loader, limit), n, str(root)
     if spec.rendered:
-        from ..train.data import SYNTHETIC_DATA_SEED
+        from ..train.data import SYNTHETIC_DATA_SEED, render_options
         default = config.synthetic_test if split == "test" else config.synthetic_train
         n = default if limit is None else limit
-        ds = load_dataset(dataset, split=split, n=n, seed=SYNTHETIC_DATA_SEED,
-                          clutter=config.synthetic_clutter, **decode)
-        images, labels, source = ds.images, ds.labels, "rendered synthetic data"
+        ds = load_dataset(dataset, root=root, split=split, n=n, seed=SYNTHETIC_DATA_SEED,
+                          **render_options(config, dataset), **decode)
+        images, labels, source = ds.images, ds.labels, f"rendered {dataset} data"
     else:
         if split == "test":
             ds = load_eval_split(dataset, root=root, **decode)  # folder: "val" if the tree has no test/

@@ -1,6 +1,6 @@
 """Images with object boxes for the localisation (Table 3) and blurred-background (Figure 10)
-evaluations: PASCAL VOC 2007, ImageNet-style XML boxes beside an ImageFolder, and the synthetic
-set.
+evaluations: PASCAL VOC 2007, ImageNet-style XML boxes beside an ImageFolder, the synthetic set
+and CIFAR-10 objects placed on backgrounds (``cifar10-placed``).
 
 Every reader returns a :class:`BoxDataset`: images resized (squashed, no crop, so every box stays
 whole) to ``S x S`` as uint8 ``(N, 3, S, S)``, one label per image and, per image, an int64
@@ -403,6 +403,17 @@ def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> Bo
     return BoxDataset.from_image_dataset(ds)
 
 
+@register_box_dataset("cifar10-placed")
+def _placed(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
+    from ..data import load_dataset
+    if root is None:
+        raise ValueError("dataset 'cifar10-placed' needs root=<the CIFAR-10 release: folder or archive>")
+    seed = kw.pop("seed", 0)  # the training engine's fixed rendered-data seed
+    ds = load_dataset("cifar10-placed", root=root, split=split, n=limit if limit is not None else 1000, seed=seed,
+                      image_size=image_size if image_size is not None else 32, **kw)
+    return BoxDataset.from_image_dataset(ds)
+
+
 @register_box_dataset("voc2007")
 def _voc(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
     if root is None:
@@ -420,7 +431,9 @@ def _xml(root=None, split="val", image_size=None, limit=None, **kw) -> BoxDatase
 def load_box_dataset(name: str, root: Optional[PathLike] = None, split: Optional[str] = None,
                      image_size: Optional[int] = None, limit: Optional[int] = None, **kw) -> BoxDataset:
     """The registered box dataset ``name``: ``"synthetic"`` (the test split rendered with the training engine's
-    data seed 0, 32 px, ``limit`` images, default 1000), ``"voc2007"`` (:func:`read_voc2007`,
+    data seed 0, 32 px, ``limit`` images, default 1000), ``"cifar10-placed"`` (CIFAR-10 objects placed on
+    backgrounds of other CIFAR-10 images, :mod:`gradmask.data.placed`; ``root`` the CIFAR-10 release, the
+    test split rendered like ``"synthetic"``), ``"voc2007"`` (:func:`read_voc2007`,
     default split ``test``), ``"xml"`` (:func:`read_xml_boxes`, default split ``val``) or one added
     with :func:`register_box_dataset`."""
     if name not in BOX_DATASETS:

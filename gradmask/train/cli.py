@@ -59,22 +59,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "options given override it (default: none, the TrainConfig defaults)")
     data = parser.add_argument_group("data")
     _option(data, "dataset", "dataset", choices=list(DATASETS))
-    _option(data, "data", "dataset path (directory or archive; not used by synthetic)", shown="none")
+    _option(data, "data", "dataset path (directory or archive; not used by synthetic; cifar10-placed: the "
+            "CIFAR-10 release)", shown="none")
     _option(data, "train_limit", "use N training images only, drawn at random with a fixed seed (the same in "
             "every run); 'all': every image", type=_optional_int, shown="all")
     _option(data, "test_limit", "use N test images only, drawn at random with a fixed seed; 'all': every image",
             type=_optional_int, shown="all")
     _option(data, "val_fraction", "share of the training images held out as a validation split (0: none)")
-    _option(data, "synthetic_train", "synthetic training set size")
-    _option(data, "synthetic_test", "synthetic test set size")
+    _option(data, "synthetic_train", "rendered training set size (synthetic, cifar10-placed)")
+    _option(data, "synthetic_test", "rendered test set size (synthetic, cifar10-placed)")
     _option(data, "synthetic_clutter", "synthetic data's distractor strokes, blobs, patches and noise (0: none, "
             "the objects on a plain colour-noise background; 1: the full clutter)")
     _option(data, "augment", "training augmentation", choices=augment_names())
     _option(data, "train_eval_images", "training images (a fixed draw) evaluated after every epoch in eval mode "
             "without augmentation: the fit, beside the test figures (0: off)")
     _option(data, "num_workers", "decoding processes of the streamed ImageNet loader")
-    _option(data, "image_size", "--dataset folder: resize every image to N x N when decoding", type=int,
-            shown="keep their size, which must be one for all")
+    _option(data, "image_size", "--dataset folder: resize every image to N x N when decoding; cifar10-placed: "
+            "the canvas side", type=int, shown="keep their size, which must be one for all; cifar10-placed: 32")
     model = parser.add_argument_group("model")
     _option(model, "model", "a gradmask model name, or torchvision:NAME / timm:NAME")
     _option(model, "stem", "ResNet stem", choices=list(STEMS), shown="cifar for images up to 64 px, else imagenet")

@@ -67,15 +67,17 @@ class TrainConfig:
     share of the training images (a fixed seeded draw, :func:`gradmask.train.data.validation_split`)
     as a validation split: the run trains on the rest (``train_limit`` then draws from the rest),
     evaluates on the validation split (metrics ``val_*`` instead of ``test_*``) and never reads the
-    test split (tuning); ``synthetic_train`` / ``synthetic_test`` rendered set sizes;
+    test split (tuning); ``synthetic_train`` / ``synthetic_test`` rendered set sizes (synthetic,
+    cifar10-placed: CIFAR-10 objects placed on backgrounds, :mod:`gradmask.data.placed`);
     ``synthetic_clutter`` the synthetic data's distractors (strokes, blobs, patches, mid-frequency
     texture and pixel noise; :func:`gradmask.data.make_synthetic`): 1 the default, 0 none (the
     objects on the low-frequency colour-noise background only), the same in every evaluation of the run;
     ``augment`` a name in ``gradmask.train.plugins.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
     ``num_workers`` decoding processes of the streamed ImageNet loader; ``image_size``
-    (dataset "folder" only) resize every image to ``image_size`` x ``image_size`` when decoding
-    (None: keep their size, which must then be one for all).
+    (resizable datasets only) "folder": resize every image to ``image_size`` x ``image_size`` when
+    decoding (None: keep their size, which must then be one for all); "cifar10-placed": the canvas side
+    (None: 32).
 
     Model: ``model`` any :func:`gradmask.create_model` name (incl. "torchvision:NAME" /
     "timm:NAME"); ``stem`` "cifar" / "imagenet" (None: "imagenet" for ImageNet or images larger
@@ -284,7 +286,7 @@ class TrainConfig:
         positive_int("image_size", optional=True)
         if self.image_size is not None and not spec.resizable:
             resizable = ", ".join(repr(name) for name, d in DATASETS.items() if d.resizable)
-            raise ValueError(f"image_size applies to dataset {resizable} (ImageFolder trees decoded to memory); "
+            raise ValueError(f"image_size applies to dataset {resizable} (decoded or rendered at that side); "
                              f"{self.dataset!r} images keep their own size, got image_size={self.image_size!r}")
         # model
         if not isinstance(self.model, str) or not self.model:

@@ -127,23 +127,28 @@ def _channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def render_options(config: TrainConfig, dataset: Optional[str] = None) -> dict:
+    """``{field: value}``: the run's ``synthetic_<field>`` values that the reader of the rendered
+    ``dataset`` (default: the run's) takes besides ``n`` and ``seed`` (its spec's ``render_fields``;
+    synthetic: ``clutter``), so that every evaluation renders the images of the run's own data."""
+    return {f: getattr(config, f"synthetic_{f}") for f in dataset_spec(dataset or config.dataset).render_fields}
+
+
 def _small_splits(config: TrainConfig):
     """``(train, test)`` datasets; ``test`` is None when a validation split replaces it (the test
     split is then not read at all)."""
     spec = dataset_spec(config.dataset)
+    decode = {"image_size": config.image_size} if config.image_size is not None else {}  # resizable only
     if spec.rendered:  # the first n images of a fixed sequence, sized by the run's synthetic_* fields
         n_train = min(config.synthetic_train, config.train_limit or config.synthetic_train)
         if config.val_fraction:  # render enough that train_limit images remain besides the validation split
             n_train = min(config.synthetic_train, math.ceil(n_train / (1.0 - config.val_fraction)))
         n_test = min(config.synthetic_test, config.test_limit or config.synthetic_test)
-        train = load_dataset(config.dataset, split="train", n=n_train, seed=SYNTHETIC_DATA_SEED,
-                             clutter=config.synthetic_clutter)
+        options = dict(root=config.data, seed=SYNTHETIC_DATA_SEED, **render_options(config), **decode)
+        train = load_dataset(config.dataset, split="train", n=n_train, **options)
         if config.val_fraction:
             return train, None
-        test = load_dataset(config.dataset, split="test", n=n_test, seed=SYNTHETIC_DATA_SEED,
-                            clutter=config.synthetic_clutter)
-        return train, test
-    decode = {"image_size": config.image_size} if config.image_size is not None else {}  # resizable only
+        return train, load_dataset(config.dataset, split="test", n=n_test, **options)
     train = load_dataset(config.dataset, root=config.data, split="train", **decode)
     if config.val_fraction:
         return train, None
@@ -261,4 +266,4 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
                    streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
 
 
-__all__ = ["RunData", "SYNTHETIC_DATA_SEED", "VALIDATION_SEED", "build_data", "validation_split"]
+__all__ = ["RunData", "SYNTHETIC_DATA_SEED", "VALIDATION_SEED", "build_data", "render_options", "validation_split"]
