@@ -10,8 +10,11 @@ device into a :class:`Plan`: which dataset serves which experiment.
 - Table 2 (ablations) and Figures 5-6 (pruning, FGSM) run on the first available dataset of
   ``cifar100 > cifar10 > synthetic`` (``imagenet`` first for Figures 5-6, as in the paper).
 - Figure 7 (GSNR) on ``cifar10 > cifar100 > synthetic`` (the paper used CIFAR-10).
-- Table 3, Appendix A and Figure 10 need object boxes: always the synthetic data (its own models),
-  plus VOC 2007 / ImageNet boxes for Table 3 when given together with ImageNet models.
+- Table 3, Appendix A and Figure 10 need object boxes: always the synthetic data (its own models);
+  Table 3 and Figure 10 also on ``cifar10-placed`` (CIFAR-10 objects placed on backgrounds of other
+  CIFAR-10 images, :mod:`gradmask.data.placed`; its own models) in presets with ``placed_training``
+  when ``--data cifar10=PATH`` is given; VOC 2007 / ImageNet boxes for Table 3 when given together
+  with ImageNet models.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..compare.tuning import Tuning
-from ..data import DATASETS
+from ..data import DATASETS, PLACED
 from ..device import is_device_name
 
 #: ``--data NAME=PATH`` names reproduce accepts.
@@ -38,6 +41,15 @@ _SYNTHETIC_QUICK = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=
 _SYNTHETIC_LONG = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=64, lr=0.1, schedule="onecycle",
                        warmup_epochs=1.0, augment="crop-flip", train_limit=None, test_limit=1000,
                        synthetic_train=10000)
+# Table 3 / Figure 10 on CIFAR-10 objects placed on backgrounds (cifar10-placed, 32 px canvas): 6000 rendered
+# training images (6000 different training objects), 1000 test images, 6 epochs; crop-flip, so that the li-blur
+# runs (crop-flip + Algorithm 2) differ from the baseline by Algorithm 2 alone; about 0.6x a cifar CPU run
+_PLACED_QUICK = dict(model="resnet18_narrow", groups=4, epochs=6, batch_size=64, lr=0.1, schedule="onecycle",
+                     warmup_epochs=1.0, augment="crop-flip", train_limit=None, test_limit=1000, synthetic_train=6000,
+                     synthetic_test=1000)
+_PLACED = {"cpu": _PLACED_QUICK, "cuda": _PLACED_QUICK}
+#: the box sets whose models reproduce trains itself (Table 3 and Figure 10 run on them)
+TRAINED_BOX_SETS = ("synthetic", PLACED)
 _CIFAR_CPU = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=128, lr=0.1, schedule="onecycle",
                   warmup_epochs=1.0, augment="crop-flip", train_limit=15000, test_limit=2000)
 _CIFAR_GPU = dict(model="resnet18", groups=16, epochs=30, batch_size=256, lr=0.1, schedule="onecycle",
@@ -99,6 +111,9 @@ class Preset:
     ablation_training: Optional[Mapping[str, Mapping[str, dict]]] = None
     # Table 1's arms (:mod:`gradmask.compare.arms`: mask modes, or modes with overrides), "none" first
     arms: tuple = ("none", "lateral")
+    # the cifar10-placed runs of Table 3 / Figure 10 ({"cpu", "cuda"} overrides), trained when --data cifar10 is
+    # given; None: the box experiments run on synthetic data (and VOC / ImageNet boxes) only
+    placed_training: Optional[Mapping[str, dict]] = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -110,19 +125,20 @@ PRESETS: dict[str, Preset] = {
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_QUICK}),
     "cifar": Preset(
         "cifar", "Tables 1-2 and Figures 5-7 on CIFAR-10/100 (narrow ResNet-18, 4 epochs on 15,000 images on "
-                 "CPU; ResNet-18, 30 epochs on a GPU); boxes experiments on synthetic data", ("cifar10", "cifar100"),
+                 "CPU; ResNet-18, 30 epochs on a GPU); boxes experiments on synthetic data and cifar10-placed",
+        ("cifar10", "cifar100"),
         {"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}, "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}},
-        {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True),
+        {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True, placed_training=_PLACED),
     "cifar-full": Preset(
         "cifar-full", "Table 1 on all of CIFAR-10 (50,000 training / 10,000 test images, narrow ResNet-18, crop-flip, "
                       "15 epochs, 3 seeds on CPU), each arm's lr tuned on a 10% validation split (0.05 / 0.1 / 0.2 / "
                       "0.4, 3-epoch runs, 1 seed); Table 2 keeps the cifar preset's scale (4 epochs on 15,000 images); "
-                      "Figures 5-7 on the Table 1 runs; boxes experiments on synthetic data; about 6-7 hours "
-                      "on one CPU thread", ("cifar10", "cifar100"),
+                      "Figures 5-7 on the Table 1 runs; boxes experiments on synthetic data and cifar10-placed; "
+                      "about 6-7 hours on one CPU thread", ("cifar10", "cifar100"),
         {"cifar10": {"cpu": _CIFAR_FULL, "cuda": _CIFAR_GPU}, "cifar100": {"cpu": _CIFAR_FULL, "cuda": _CIFAR_GPU}},
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True, tuning=_CIFAR_FULL_TUNING,
         ablation_training={"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU},
-                           "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}}),
+                           "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}}, placed_training=_PLACED),
     "overfit": Preset(
         "overfit", "Table 1 where the network overfits: a fixed 10,000-image draw of CIFAR-10's training split, all "
                    "10,000 test images, narrow ResNet-18, the classic recipe for every arm (SGD lr 0.1, lr x0.1 at "
@@ -134,7 +150,7 @@ PRESETS: dict[str, Preset] = {
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True,
         ablation_training={"cifar10": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU},
                            "cifar100": {"cpu": _CIFAR_CPU, "cuda": _CIFAR_GPU}},
-        arms=_OVERFIT_ARMS),
+        arms=_OVERFIT_ARMS, placed_training=_PLACED),
     "paper": Preset(
         "paper", "the paper's settings: ResNet-18 on CIFAR-100/10 (200 epochs), ResNet-50 on ImageNet (90 epochs, "
                  "run it under torchrun)", ("cifar10", "cifar100", "imagenet"),
@@ -178,7 +194,7 @@ class Plan:
     ablation: str                        # Table 2
     robustness: str                      # Figures 5-6
     gsnr: Optional[str]                  # Figure 7 (None: no probed dataset trained)
-    box_sets: tuple                      # Table 3 beyond synthetic: ("voc2007", "imagenet-boxes") when usable
+    box_sets: tuple                      # Table 3 beyond synthetic: cifar10-placed, voc2007, imagenet-boxes if usable
     skipped: tuple                       # (experiment, reason) pairs
     tuning: Optional[Tuning] = None      # Table 1's arms tuned on a validation split (None: not tuned)
 
@@ -207,12 +223,15 @@ class Plan:
         of its separate Table 2 runs."""
         if ablation:
             fields = dict(self.preset.ablation_training[dataset][self.device_type])
+        elif dataset == PLACED:
+            fields = dict(self.preset.placed_training[self.device_type])
         elif dataset == "synthetic" and dataset not in self.preset.training:
             fields = dict(self.preset.boxes_training[self.device_type])
         else:
             fields = dict(self.preset.training[dataset][self.device_type])
         # the GSNR probe needs an in-memory training set (streamed ImageNet has none; Figure 7 is CIFAR's)
-        fields.update(dataset=dataset, data=self.data.get(dataset), device=self.device,
+        source = "cifar10" if dataset == PLACED else dataset   # cifar10-placed renders from CIFAR-10's images
+        fields.update(dataset=dataset, data=self.data.get(source), device=self.device,
                       gsnr_every=0 if DATASETS[dataset].streamed else self.preset.evaluation.gsnr_every,
                       gsnr_samples=self.preset.evaluation.gsnr_samples)
         return fields
@@ -256,6 +275,11 @@ def make_plan(preset: str, data: Mapping[str, str] | None = None, device: str = 
     if gsnr is None:
         skipped.append(("Figure 7", f"needs runs on {', '.join(GSNR_ORDER)} (ImageNet runs carry no GSNR probe)"))
     box_sets = []
+    if p.placed_training is not None:
+        if "cifar10" in data:
+            box_sets.append(PLACED)
+        else:
+            skipped.append((f"Table 3 and Figure 10 on {PLACED}", "no --data cifar10=PATH given (its objects)"))
     for name in ("voc2007", "imagenet-boxes"):
         if name not in data:
             skipped.append((f"Table 3 on {name}", f"no --data {name}=PATH given (synthetic boxes only)"))

@@ -35,7 +35,7 @@ from ..train.rundir import FINAL, RunLock
 from ..train.source import source_revision
 from . import runs as training
 from .experiments import EXPERIMENTS
-from .presets import ABLATION_VARIANTS, Plan
+from .presets import ABLATION_VARIANTS, TRAINED_BOX_SETS, Plan
 from .store import STATE, STEPS, Step, read_state, read_step, stored_json, write_json, write_step
 
 
@@ -137,8 +137,8 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
         ablation_here = dataset == plan.ablation and not plan.separate_ablation
         arms = plan.preset.arms + tuple(v for v in ("norm", "pixel") if ablation_here and v not in plan.preset.arms)
         trained.append((dataset, arms, plan.tuning))
-    if "synthetic" not in plan.accuracy:
-        trained.append(("synthetic", ("none", "lateral"), None))
+    boxes = ("synthetic",) + tuple(b for b in plan.box_sets if b in TRAINED_BOX_SETS)  # their own models
+    trained += [(b, ("none", "lateral"), None) for b in boxes if b not in plan.accuracy]
     for dataset, variants, tuning in trained:
         settings = {"fields": plan.training(dataset), "variants": variants, "seeds": plan.seeds}
         if tuning is not None:
@@ -158,11 +158,13 @@ def steps(plan: Plan, out, progress: bool = False, train_fn: Callable | None = N
                                                        train_fn=train_fn, log=log, ablation=True,
                                                        progress=progress, jobs=jobs),
                            training=True, runs=len(ABLATION_VARIANTS) * plan.seeds))
-    result.append(Step("train-synthetic-li-blur", "train none with the LI background blur on synthetic",
-                       {"fields": plan.training("synthetic"), "seeds": plan.seeds},
-                       lambda: training.train_runs(plan, out, "synthetic", ("none",), augment="li-blur",
-                                                   train_fn=train_fn, log=log, progress=progress, jobs=jobs),
-                       training=True, runs=plan.seeds))
+    for box_set in boxes:
+        result.append(Step(f"train-{box_set}-li-blur", f"train none with the LI background blur on {box_set}",
+                           {"fields": plan.training(box_set), "seeds": plan.seeds},
+                           lambda b=box_set: training.train_runs(plan, out, b, ("none",), augment="li-blur",
+                                                                 train_fn=train_fn, log=log, progress=progress,
+                                                                 jobs=jobs),
+                           training=True, runs=plan.seeds))
     for experiment in EXPERIMENTS:
         result += experiment.steps(plan, out, progress)
     return result

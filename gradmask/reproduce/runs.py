@@ -1,9 +1,9 @@
 """The training runs of ``reproduce``: where they live and how they are trained (through
 :func:`gradmask.compare.compare`), and the box images the saliency experiments read.
 
-Run directories are ``{out}/{dataset}/runs/{variant}-seed{s}`` (Tables 1-2, Figures 5-7),
-``{out}/{dataset}/ablation/...`` (Table 2 at its own scale) and ``{out}/synthetic/li-blur/none-seed{s}``
-(Figure 10, trained with Algorithm 2's augmentation).
+Run directories are ``{out}/{dataset}/runs/{variant}-seed{s}`` (Tables 1-2, Figures 5-7; the box sets'
+models of Table 3 / Figure 10), ``{out}/{dataset}/ablation/...`` (Table 2 at its own scale) and
+``{out}/{box set}/li-blur/none-seed{s}`` (Figure 10, trained with Algorithm 2's augmentation).
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ..compare.runner import compare, run_dir
 from ..compare.tuning import Tuning, read_tuning
 from ..train import TrainConfig
 from ..train.checkpoint import read_checkpoint, trained_image_size
-from .presets import Plan
+from ..train.data import render_options
+from .presets import TRAINED_BOX_SETS, Plan
 
 FIGURES = "figures"
 
@@ -56,13 +57,14 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
 
 
 def box_data(name: str, plan: Plan, limit: int, run: Path):
-    """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint);
-    synthetic ones with the clutter of ``run``'s training data."""
+    """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint); those
+    of a box set reproduce trains on (synthetic, cifar10-placed) rendered like ``run``'s training data
+    (its data path, the synthetic clutter)."""
     from ..saliency.boxes import load_box_dataset
     state = read_checkpoint(run / "checkpoint.pt")
     config = TrainConfig.from_dict(dict(state["config"]))
     size = trained_image_size(config, state["model_args"])
-    if name == "synthetic":
-        return load_box_dataset("synthetic", limit=limit, image_size=size, clutter=config.synthetic_clutter)
+    if name in TRAINED_BOX_SETS:
+        return load_box_dataset(name, root=config.data, limit=limit, image_size=size, **render_options(config))
     return load_box_dataset("voc2007" if name == "voc2007" else "xml", root=plan.data[name], limit=limit,
                             image_size=size)

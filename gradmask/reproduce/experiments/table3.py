@@ -12,7 +12,7 @@ from ...compare.tuning import read_tuning
 from ...reporting import evaluation_warnings
 from ...train import load_checkpoint
 from .. import paper
-from ..presets import Plan
+from ..presets import TRAINED_BOX_SETS, Plan
 from ..runs import FIGURES, box_data, run_path, runs_dir
 from ..sections import METHOD_NAMES, Section, finished_runs, interval_text, mean_std, paper_value, run_setting
 from ..store import Step, read_step
@@ -54,13 +54,13 @@ class SaliencyResult:
 
 def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> SaliencyResult:
     """Table 3: LI-Map, Grad-CAM, Grad-CAM++ box IoU on ``box_set`` for each seed's ``lateral``
-    (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic boxes use the
-    synthetic runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
+    (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic and cifar10-placed
+    boxes use their own runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
     explained and misclassified images are kept, as VOC labels are not ImageNet classes)."""
     from ...saliency.evaluate import evaluate_localization, save_figure_grid
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
-    dataset = "synthetic" if box_set == "synthetic" else "imagenet"
+    dataset = box_set if box_set in TRAINED_BOX_SETS else "imagenet"
     data = box_data(box_set, plan, ev.saliency_images, run_path(out, dataset, "lateral", 0))
     voc = box_set == "voc2007"
     seeds, figure = {}, None
@@ -134,9 +134,18 @@ def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) ->
                         f"{fmt_duration(rec.get('wall_seconds'))}.")
     if not settings:   # no box set measured yet
         return None
-    syn = finished_runs(out, "synthetic")
-    s.measured_on(syn.get("lateral", []) + syn.get("none", []), read_tuning(runs_dir(out, "synthetic")))
-    settings.append("Models: " + run_setting(syn.get("lateral", []) + syn.get("none", []), state))
+    models = {}   # the runs behind each box set that reproduce trains (synthetic's always named)
+    for box_set in ("synthetic",) + tuple(b for b in box_sets if b in TRAINED_BOX_SETS and b != "synthetic"):
+        runs = finished_runs(out, box_set)
+        if box_set == "synthetic" or runs:
+            models[box_set] = runs.get("lateral", []) + runs.get("none", [])
+    budgets = []
+    for box_set, runs in models.items():
+        s.measured_on(runs, read_tuning(runs_dir(out, box_set)))
+        budgets.append(f"{box_set}: {s.budget}")
+        settings.append(("Models" if len(models) == 1 else f"{box_set} models") + ": " + run_setting(runs, state))
+    if len(budgets) > 1:
+        s.budget = "; ".join(budgets)
     s.finish(" ".join(settings))
     return s
 
