@@ -187,3 +187,15 @@ def test_real_cifar10_objects_are_placed_with_their_class(tmp_path):
         ref = np.asarray(photo.resize((x1 - x0, y1 - y0), Image.BILINEAR), dtype=int)
         got = r.images[i, :, y0:y1, x0:x1].permute(1, 2, 0).numpy().astype(int)
         assert np.abs(got - ref).mean() < 2.0 and np.abs(got - ref).max() <= 12
+
+
+def test_only_the_fields_a_renderer_takes_reach_it_or_the_reports():
+    from gradmask.compare.report import _applies
+    from gradmask.train import TrainConfig
+    from gradmask.train.data import render_options
+    placed = TrainConfig(dataset="cifar10-placed", data="x", synthetic_clutter=0.0)
+    assert render_options(placed) == {} and render_options(placed, "synthetic") == {"clutter": 0.0}
+    assert not _applies("synthetic_clutter", {"dataset": "cifar10-placed"})
+    assert _applies("synthetic_train", {"dataset": "cifar10-placed"})
+    assert _applies("synthetic_clutter", {"dataset": "synthetic"})
+    assert not _applies("synthetic_train", {"dataset": "cifar10"})
