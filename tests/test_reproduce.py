@@ -467,7 +467,7 @@ def test_the_plan_is_stored_with_the_run_and_read_back_by_the_report(tmp_path):
     from gradmask.reproduce.store import StoredPlan
     plan = make_plan("cifar-full", {"cifar10": str(tmp_path)})
     stored = StoredPlan.read(tmp_path, {"plan": json.loads(json.dumps(plan.to_json()))})
-    assert stored == StoredPlan(("cifar10",), "cifar10", True, "cifar10", ("synthetic",))
+    assert stored == StoredPlan(("cifar10",), "cifar10", True, "cifar10", ("synthetic", "cifar10-placed"))
     # a run written before plans were stored: derived from its step files (none here: nothing to report)
     assert StoredPlan.read(tmp_path, {"preset": "cifar-full"}) == StoredPlan((), None, False, None, ())
 
