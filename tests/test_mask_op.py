@@ -247,3 +247,41 @@ def test_totals_follow_the_model_to_another_device():
         model.to("meta")
         model(torch.rand(2, 3, 6, 6, device="meta")).sum().backward()
         assert [t.device.type for t in handle._totals.values()] == ["meta", "meta"]
+
+
+class Buffered(nn.Module):
+    """A target with a buffer and no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def test_totals_start_on_a_buffer_only_targets_device_and_enabled_is_read_at_the_backward():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Buffered())
+    x = torch.rand(2, 3, 6, 6)
+    model.to("meta")
+    with gradmask.attach(model, GradientMask(groups=2, kernel_size=3), targets=["1"]) as handle:
+        assert handle._totals["1"].device.type == "meta"
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model[0].reset_parameters()
+    model[1].scale.fill_(1.0)
+    plain = grads_of(model, x)
+    with gradmask.attach(model, GradientMask(groups=2, kernel_size=3), targets=["1"]) as handle:
+        loss = model(x).square().sum()
+        handle.enabled = False  # between the forward and the backward: eagerly, the hook passes
+        loss.backward()
+        assert handle.stats()["1"]["calls"] == 0
+    assert all(torch.equal(plain[k], g) for k, g in grads(model).items())
+
+
+def grads_of(model, x):
+    model.zero_grad(set_to_none=True)
+    model(x).square().sum().backward()
+    result = grads(model)
+    model.zero_grad(set_to_none=True)
+    return result
