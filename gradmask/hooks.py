@@ -7,7 +7,12 @@ being recognised by what it computes (:func:`is_residual_block`). Targets whose 
 
 The hook pattern is a forward hook that calls ``output.register_hook``: the tensor hook sees
 the gradient with respect to the module's output even when a later in-place op (``ReLU
-(inplace=True)``, ``+=``) rewrites that tensor, where module backward hooks fail.
+(inplace=True)``, ``+=``) rewrites that tensor, where module backward hooks fail. The tensor hook
+calls the operator ``torch.ops.gradmask.mask`` and adds its statistics into a float64 tensor per
+target on the gradient's device; it has no other side effect, so ``torch.compile`` (torch releases
+whose Dynamo traces hooks on intermediate tensors, 2.13 here) traces it into the backward graph
+with the operator as one node: no graph break. On older releases Dynamo breaks the graph at each
+target, and the hook runs eagerly, masking alike.
 """
 from __future__ import annotations
 
@@ -311,25 +316,32 @@ def token_grid_for(name: str, module: nn.Module, shape: torch.Size, token_grid: 
     return TokenGrid(side, side, prefix)
 
 
-class _TargetStats:
-    __slots__ = ("kept", "energy", "energy_calls", "positions", "calls", "shape", "maps", "nonfinite_maps",
-                 "tied_maps")
-
-    def __init__(self):
-        self.kept: Optional[torch.Tensor] = None  # device tensors: no host sync in the hook
-        self.energy: Optional[torch.Tensor] = None  # sum over calls of the energy share kept (finite ones)
-        self.energy_calls: Optional[torch.Tensor] = None  # calls whose energy share is finite
-        self.nonfinite_maps: Optional[torch.Tensor] = None
-        self.tied_maps: Optional[torch.Tensor] = None
-        self.positions = 0
-        self.maps = 0
-        self.calls = 0
-        self.shape: Optional[tuple] = None
+def _module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (CPU when it has none)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
-def _mean_energy(stats: _TargetStats) -> Optional[float]:
-    calls = int(stats.energy_calls.item()) if stats.energy_calls is not None else 0
-    return stats.energy.item() / calls if calls else None
+def _new_totals(device: torch.device) -> torch.Tensor:
+    return torch.zeros(8, dtype=torch.float64, device=device)
+
+
+# The slots of a target's running totals (float64 on the gradient's device, summed over backward calls)
+_CALLS, _POSITIONS, _MAPS, _KEPT, _ENERGY, _ENERGY_CALLS, _NONFINITE, _TIED = range(8)
+
+
+def _call_totals(numel: int, maps: int, kept_fraction: torch.Tensor, nonfinite_maps: torch.Tensor,
+                 tied_maps: torch.Tensor, energy_kept: torch.Tensor) -> torch.Tensor:
+    """The ``(8,)`` float64 totals of one masked gradient of ``numel`` values in ``maps`` maps:
+    1 call, positions, maps, positions kept, the energy share kept and 1 when that is finite (0 and 0
+    for an all-zero or non-finite gradient), non-finite and tied maps. Device ops only (no host sync)."""
+    one = torch.ones_like(kept_fraction)
+    finite = energy_kept.isfinite()
+    return torch.stack([one, one * numel, one * maps, kept_fraction * numel, torch.where(finite, energy_kept, 0.0),
+                        finite.to(torch.float64), nonfinite_maps.to(torch.float64), tied_maps.to(torch.float64)])
 
 
 class MaskHandle:
@@ -344,9 +356,10 @@ class MaskHandle:
     (see :class:`TokenGrid`; None: a square grid of ``T - prefix_tokens`` patches), ``grid_source``
     where they came from (for error messages). A module that already carries another handle's
     hooks is an error: two masks on one output would mask its gradient twice.
-    Under ``torch.compile`` the tensor hooks run eagerly (the graph breaks at each target); since
-    Dynamo does not guard on module hooks, attaching or removing drops the code it has compiled in
-    this process (if any), so the next call recompiles with the hooks as they are.
+    Under ``torch.compile`` the hooks are traced into the graphs (see the module docstring), and
+    ``enabled`` is read when the forward runs (eagerly: also when the backward runs); since Dynamo
+    does not guard on module hooks, attaching or removing drops the code it has compiled in this
+    process (if any), so the next call recompiles with the hooks as they are.
     """
 
     def __init__(self, gradient_mask: GradientMask, targets: dict[str, nn.Module],
@@ -359,9 +372,11 @@ class MaskHandle:
         self.prefix_tokens = prefix_tokens
         self.grid_source = grid_source
         self.enabled = True
-        self._stats = {name: _TargetStats() for name in self.targets}
-        self._eager_mask_map = torch.compiler.disable(self._mask_gradient)
-        self._eager_mask_tokens = torch.compiler.disable(self._mask_tokens)
+        # per target: running totals (see _call_totals) on the target's device, and the last gradient shape;
+        # both exist before the first forward (a compiled graph may not create what its backward updates, and
+        # Dynamo guards on a dict's keys)
+        self._totals = {name: _new_totals(_module_device(module)) for name, module in self.targets.items()}
+        self._shapes: dict[str, Optional[tuple]] = dict.fromkeys(self.targets)
         self._handles: list = []
         self.reattach()
 
@@ -394,39 +409,29 @@ class MaskHandle:
             except ValueError as error:
                 raise ValueError(f"gradmask target {name!r} ({type(module).__name__}): {error}") from None
             if self.enabled and output.requires_grad:
-                output.register_hook(functools.partial(self._eager_mask_map, name) if grid is None
-                                     else functools.partial(self._eager_mask_tokens, name, grid))
+                if self._totals[name].device != output.device:  # the model moved since attach
+                    self._move_totals(name, output.device)
+                self._shapes[name] = (tuple(output.shape) if grid is None else
+                                      (output.shape[0], output.shape[2], grid.height, grid.width))
+                output.register_hook(functools.partial(self._mask_gradient, name, grid))
         hook.gradmask_handle = self  # lets mask_handles() find the handle from the model
         return hook
 
-    def _mask_tokens(self, name: str, grid: TokenGrid, grad: torch.Tensor) -> Optional[torch.Tensor]:
-        """A token target's gradient ``(N, T, D)``: the patch tokens masked as the map
-        ``(N, D, H, W)`` (Algorithm 1 unchanged), the prefix tokens' gradient passed untouched."""
-        masked = self._mask_gradient(name, grid.to_map(grad))
-        return None if masked is None else grid.to_tokens(masked, grad[:, :grid.prefix])
+    @torch.compiler.disable  # a graph breaks here only at the first call after the model moved
+    def _move_totals(self, name: str, device: torch.device) -> None:
+        self._totals[name] = self._totals[name].to(device)
 
-    def _mask_gradient(self, name: str, grad: torch.Tensor) -> Optional[torch.Tensor]:
+    def _mask_gradient(self, name: str, grid: Optional[TokenGrid], grad: torch.Tensor) -> Optional[torch.Tensor]:
+        """The tensor hook: ``grad`` masked (a token target's ``(N, T, D)``: the patch tokens as the
+        map ``(N, D, H, W)``, Algorithm 1 unchanged, the prefix tokens' gradient passed untouched),
+        its statistics added to the target's totals on the device (no host sync)."""
         if not self.enabled:
             return None
-        result = self.gradient_mask.apply(grad)
-        stats = self._stats[name]
-        kept = result.kept_fraction * grad.numel()  # float64 on the device: no host sync in the hook
-        finite = result.energy_kept.isfinite()
-        energy = torch.where(finite, result.energy_kept, 0.0)
-        if stats.kept is None:
-            stats.kept, stats.nonfinite_maps, stats.tied_maps = kept, result.nonfinite_maps, result.tied_maps
-            stats.energy, stats.energy_calls = energy, finite.to(torch.int64)
-        else:
-            stats.kept = stats.kept + kept
-            stats.energy = stats.energy + energy
-            stats.energy_calls = stats.energy_calls + finite
-            stats.nonfinite_maps = stats.nonfinite_maps + result.nonfinite_maps
-            stats.tied_maps = stats.tied_maps + result.tied_maps
-        stats.positions += grad.numel()
-        stats.maps += result.maps
-        stats.calls += 1
-        stats.shape = tuple(grad.shape)
-        return result.gradient
+        maps = grad if grid is None else grid.to_map(grad)
+        result = self.gradient_mask.apply(maps)
+        self._totals[name].add_(_call_totals(maps.numel(), result.maps, result.kept_fraction, result.nonfinite_maps,
+                                             result.tied_maps, result.energy_kept))
+        return result.gradient if grid is None else grid.to_tokens(result.gradient, grad[:, :grid.prefix])
 
     def stats(self) -> dict[str, dict]:
         """``{target: {"kept_fraction", "energy_kept", "calls", "shape", "maps", "nonfinite_maps",
@@ -436,15 +441,20 @@ class MaskHandle:
         ``nonfinite_maps`` those whose gradient held a NaN or inf (kept there unchanged: the
         optimizer's or GradScaler's check sees it), ``tied_maps`` those where no position scored
         above the threshold (kept at the maximum, e.g. an all-zero gradient); see GradientMask."""
-        return {name: {"kept_fraction": (s.kept.item() / s.positions) if s.positions else None,
-                       "energy_kept": _mean_energy(s),
-                       "calls": s.calls, "shape": s.shape, "maps": s.maps,
-                       "nonfinite_maps": s.nonfinite_maps.item() if s.calls else 0,
-                       "tied_maps": s.tied_maps.item() if s.calls else 0}
-                for name, s in self._stats.items()}
+        result = {}
+        for name, totals in self._totals.items():
+            t = totals.tolist()  # one host sync per target
+            calls = int(t[_CALLS])
+            result[name] = {"kept_fraction": t[_KEPT] / t[_POSITIONS] if t[_POSITIONS] else None,
+                            "energy_kept": t[_ENERGY] / t[_ENERGY_CALLS] if t[_ENERGY_CALLS] else None,
+                            "calls": calls, "shape": self._shapes[name] if calls else None, "maps": int(t[_MAPS]),
+                            "nonfinite_maps": int(t[_NONFINITE]), "tied_maps": int(t[_TIED])}
+        return result
 
     def reset_stats(self) -> None:
-        self._stats = {name: _TargetStats() for name in self.targets}
+        """Start the statistics again (new zero totals: a backward still running adds to the old ones)."""
+        for name, totals in self._totals.items():  # the same dict (compiled code reads it)
+            self._totals[name] = torch.zeros_like(totals)
 
     def remove(self) -> None:
         for handle in self._handles:

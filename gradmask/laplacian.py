@@ -285,7 +285,8 @@ class LoGFilter:
         return self._cached("dense", height, width, device, dtype, build)[0]
 
     def __call__(self, maps: torch.Tensor, dtype: Optional[torch.dtype] = None, abs_input: bool = False,
-                 abs_output: bool = False, isolate_nonfinite: bool = False) -> torch.Tensor:
+                 abs_output: bool = False, isolate_nonfinite: bool = False,
+                 device_generic: bool = False) -> torch.Tensor:
         """Filter ``maps`` ``(..., H, W)`` (floating point) -> same shape, in ``dtype`` (default:
         the maps' dtype). ``abs_input`` filters ``|maps|``, ``abs_output`` returns ``|result|``
         (the mask's ``|LoG(|g|)|``): both are done block by block while the block is in cache.
@@ -294,7 +295,8 @@ class LoGFilter:
         position ranks first and is kept); without it NaN and inf spread over the window.
 
         On CPU the maps go through in blocks of about ``CPU_BLOCK_BYTES`` so that both matrix
-        products work in cache.
+        products work in cache. ``device_generic=True`` takes the path of non-CPU devices on any
+        device (matrix products over all maps at once, torch ops only: how tests run it on CPU).
         """
         if maps.dim() < 2 or not maps.is_floating_point():
             raise ValueError(f"maps must be a floating-point tensor (..., H, W), got "
@@ -303,7 +305,8 @@ class LoGFilter:
         *lead, height, width = maps.shape
         flat = maps.reshape(-1, height, width)
         out = torch.empty(flat.shape, dtype=dtype, device=maps.device)
-        if self.uses_banded_filter(height, width, maps.device, dtype):
+        cpu = maps.device.type == "cpu" and not device_generic
+        if cpu and self.uses_banded_filter(height, width, maps.device, dtype):
             self._banded(flat.to(dtype).contiguous(), out, abs_input, abs_output, isolate_nonfinite)
             return out.view(*lead, height, width)
         if self.uses_dense_operator(height, width):
@@ -316,11 +319,10 @@ class LoGFilter:
 
             def product(part: torch.Tensor, result: torch.Tensor) -> None:
                 torch.matmul(rows, torch.matmul(part, cols).view(-1, rows.shape[1], width), out=result)
-        block = len(flat)
-        if maps.device.type == "cpu":
+        block = max(1, len(flat))
+        if cpu:
             block = max(1, CPU_BLOCK_BYTES // (height * width * out.element_size()))
-        compiled = (isolate_nonfinite and maps.device.type == "cpu" and dtype == torch.float32
-                    and banded_available())
+        compiled = isolate_nonfinite and cpu and dtype == torch.float32 and banded_available()
         for start in range(0, len(flat), block):
             source = flat[start:start + block].to(dtype)
             if compiled:

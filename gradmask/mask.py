@@ -1,10 +1,20 @@
-"""The Gradient Mask (Algorithm 1) and the two ablations of Table 2."""
+"""The Gradient Mask (Algorithm 1) and the two ablations of Table 2, and the registered operator
+``torch.ops.gradmask.mask`` that computes it (what :meth:`GradientMask.apply` and the hooks call).
+
+The operator has a fake implementation (shapes and dtypes only), so ``torch.compile`` traces it as
+one opaque node instead of breaking the graph; its CPU kernel is the fast path (compiled LoG, numpy
+selection, cache-sized blocks), the kernel of every other device the device-generic path (torch
+ops only: matrix-product LoG, ``torch.kthvalue``). :func:`force_device_generic` makes CPU tensors
+take the device-generic path too (for tests: it is how CI runs the CUDA path without a GPU).
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -14,6 +24,26 @@ from .settings import DEFAULTS, MaskSettings, check_inhibition_rate
 
 NORM_SCALE_EXPONENT = 48  # before squaring, a sample's largest |g| is scaled into [2**47, 2**48)
 _MINUS_INF = torch.tensor(-math.inf)  # a 0-d CPU scalar: usable with tensors on any device
+_FORCE_DEVICE_GENERIC = False  # see force_device_generic
+
+
+@contextlib.contextmanager
+def force_device_generic(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, CPU tensors take the device-generic path of the mask (the one CUDA and
+    other devices take: selection by ``torch.kthvalue``, the LoG's matrix products over all maps,
+    the uncompiled norms, the bookkeeping on the tensors' device) instead of the CPU fast path.
+    For tests: it lets a machine without a GPU run and check the code a GPU runs."""
+    global _FORCE_DEVICE_GENERIC
+    previous, _FORCE_DEVICE_GENERIC = _FORCE_DEVICE_GENERIC, bool(enabled)
+    try:
+        yield
+    finally:
+        _FORCE_DEVICE_GENERIC = previous
+
+
+def _device_generic(device: torch.device) -> bool:
+    """Whether tensors on ``device`` take the device-generic path (see :func:`force_device_generic`)."""
+    return device.type != "cpu" or _FORCE_DEVICE_GENERIC
 
 
 def _sample_scales(grad: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
@@ -113,7 +143,7 @@ class GradientMask:
         MaskSettings(groups=groups, sigma=sigma, kernel_size=kernel_size, kernel=kernel, padding=padding,
                      inhibition_rate=inhibition_rate, mode=mode)  # validates, naming the bad one
         self.groups = groups
-        self.inhibition_rate = inhibition_rate
+        self.inhibition_rate = inhibition_rate  # also the 0-d CPU tensor the operator reads
         self.mode = mode
         self.log_filter = LoGFilter(sigma=sigma, kernel_size=kernel_size, kernel=kernel,
                                     padding=padding)
@@ -138,12 +168,16 @@ class GradientMask:
 
     @property
     def inhibition_rate(self) -> float:
-        """The quantile ``q`` in [0, 1); read at every call (nothing derived from it is cached)."""
+        """The quantile ``q`` in [0, 1); read at every call (nothing derived from it is cached).
+        The operator reads it from a 0-d float64 CPU tensor (``torch.compile`` guards on Python
+        numbers, not on tensor values: setting it between compiled steps recompiles nothing);
+        setting it replaces that tensor (a backward already running keeps the rate it read)."""
         return self._inhibition_rate
 
     @inhibition_rate.setter
     def inhibition_rate(self, value: float) -> None:
         self._inhibition_rate = check_inhibition_rate(value)
+        self._rate = torch.tensor(self._inhibition_rate, dtype=torch.float64)
 
     @property
     def sigma(self) -> float:
@@ -189,27 +223,30 @@ class GradientMask:
         a minicolumn (``pixel``: a value) holds a non-finite gradient, and where the true score
         exceeds the dtype's range (the mask is computed on scaled scores, unaffected by that)."""
         self._check(grad)
-        scores, scales = self._scores(grad)
+        scores, scales = self._scores(grad, _device_generic(grad.device))
         if scales is None:
             return scores
         unscale = scales.reciprocal().view(-1, 1, 1, 1)  # exact: powers of two
         return scores * unscale * unscale if self.mode == "norm" else scores * unscale
 
-    def _scores(self, grad: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _scores(self, grad: torch.Tensor, generic: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(scores, scales)`` of a ``grad`` that :meth:`_check` has passed: the :meth:`scores` of
         sample ``n`` times ``scales[n]`` (``scales[n]**2`` for ``mode="norm"``); ``scales`` is
-        None for ``mode="pixel"`` (not scaled). Non-finite positions score +inf, nothing is NaN."""
+        None for ``mode="pixel"`` (not scaled). Non-finite positions score +inf, nothing is NaN.
+        ``generic``: the device-generic path (see :func:`force_device_generic`)."""
         compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
         with torch.no_grad():
             if self.mode == "pixel":
                 return self.log_filter(grad, dtype=compute, abs_input=True, abs_output=True,
-                                       isolate_nonfinite=True), None
-            squared, scales = self._squared_norms(grad, compute)
+                                       isolate_nonfinite=True, device_generic=generic), None
+            squared, scales = self._squared_norms(grad, compute, generic)
             if self.mode == "norm":  # sqrt is monotone: thresholding squared norms selects the same set
                 return squared.nan_to_num_(nan=math.inf, posinf=math.inf), scales
-            return self.log_filter(squared.sqrt_(), abs_output=True, isolate_nonfinite=True), scales
+            return self.log_filter(squared.sqrt_(), abs_output=True, isolate_nonfinite=True,
+                                   device_generic=generic), scales
 
-    def _squared_norms(self, grad: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _squared_norms(self, grad: torch.Tensor, compute: torch.dtype,
+                       generic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(squared (N, K, H, W), scales (N,))`` in ``compute``: per sample, set and pixel the
         sum over the set's channels of ``(scales[n] g)**2`` (eq. 12-13, squared), see
         :func:`_sample_scales`; fp16 is not scaled (``scales`` 1: its squares fit float32).
@@ -222,7 +259,7 @@ class GradientMask:
         n, c, h, w = grad.shape
         sets = grad.reshape(n, self.groups, c // self.groups, h, w)  # a view, contiguous or channels_last
         squared = torch.empty(n, self.groups, h, w, dtype=compute, device=grad.device)
-        compiled = (grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.bfloat16)
+        compiled = (not generic and grad.dtype in (torch.float32, torch.bfloat16)
                     and compiled_library() is not None
                     and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)))
         if grad.dtype == torch.float16:
@@ -231,9 +268,9 @@ class GradientMask:
             scales = torch.empty(n, dtype=compute)
         else:
             scales = _sample_scales(grad, compute)
-        block = n
-        if grad.device.type == "cpu":
-            block = max(1, CPU_BLOCK_BYTES // (sets[0].numel() * squared.element_size()))
+        block = max(1, n)
+        if not generic:
+            block = max(1, CPU_BLOCK_BYTES // max(1, sets[0].numel() * squared.element_size()))
         for start in range(0, n, block):
             if compiled:  # each sample is one dense run of C*H*W values
                 samples = min(block, n - start)
@@ -244,13 +281,16 @@ class GradientMask:
             torch.sum(part.square_(), dim=2, out=squared[start:start + block])
         return squared, scales
 
-    def _threshold(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _threshold(self, flat: torch.Tensor, rate: float,
+                   generic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores ``flat`` ``(R, n)`` -> ``(keep_above, threshold, largest)``, each ``(R, 1)``: a
         position is kept where its score is ``> keep_above``, the threshold itself except in a map
         where no score is above it (``largest == threshold``): there the number just below it, so
-        that the positions equal to it, the maximum, are kept (the tie rule)."""
-        rank = math.floor(self.inhibition_rate * (flat.shape[1] - 1)) + 1  # 1-based order statistic
-        threshold, largest = kth_smallest_and_max(flat, rank, nonnegative=True)  # scores are >= 0
+        that the positions equal to it, the maximum, are kept (the tie rule). ``rate``: the
+        inhibition rate; ``generic``: the device-generic selection."""
+        rank = math.floor(rate * (flat.shape[1] - 1)) + 1  # 1-based order statistic
+        threshold, largest = kth_smallest_and_max(flat, rank, nonnegative=True,  # scores are >= 0
+                                                  device_generic=generic)
         # the float below the maximum is >= the threshold unless the maximum is the threshold
         return torch.minimum(threshold, torch.nextafter(largest, _MINUS_INF)), threshold, largest
 
@@ -258,11 +298,12 @@ class GradientMask:
         """Compact boolean mask ``(N, G, 1, H, W)``: one ``(H, W)`` mask per sample and set."""
         self._check(grad)
         n, c, h, w = grad.shape
-        if self.inhibition_rate == 0.0:  # keeps everything: no scores needed
+        if self.inhibition_rate == 0.0 or grad.numel() == 0:  # keeps everything: no scores needed
             return torch.ones(n, self.maps_per_sample(c), 1, h, w, dtype=torch.bool, device=grad.device)
-        scores, _ = self._scores(grad)
+        generic = _device_generic(grad.device)
+        scores, _ = self._scores(grad, generic)
         flat = scores.view(-1, h * w)
-        keep_above, _, _ = self._threshold(flat)
+        keep_above, _, _ = self._threshold(flat, self.inhibition_rate, generic)
         return (flat > keep_above).view(n, -1, 1, h, w)
 
     def mask(self, grad: torch.Tensor) -> torch.Tensor:
@@ -279,38 +320,107 @@ class GradientMask:
 
     def apply(self, grad: torch.Tensor) -> MaskedGradient:
         """The masked gradient ``grad * mask`` ``(N, C, H, W)`` with the fraction of positions
-        kept and the counts of non-finite and tied maps (:class:`MaskedGradient`).
-
-        The hot path of the hooks: the scores become the {0, 1} mask in place (``gt_``), and for
-        one mask per channel (``mode="pixel"``) the masked gradient is written into that same
-        buffer, so no tensor the size of ``grad`` is allocated besides the scores.
-        """
+        kept and the counts of non-finite and tied maps (:class:`MaskedGradient`), from the
+        operator ``torch.ops.gradmask.mask`` (traced by ``torch.compile`` as one node). An empty
+        ``grad`` (``N = 0``, e.g. the last batch of a filtered loader) comes back unchanged."""
         self._check(grad)
+        masked, kept_fraction, nonfinite_maps, tied_maps, energy_kept = self._masked(grad)
+        return MaskedGradient(masked, kept_fraction, nonfinite_maps, tied_maps,
+                              grad.shape[0] * self.maps_per_sample(grad.shape[1]), energy_kept)
+
+    def _masked(self, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``torch.ops.gradmask.mask`` of a ``grad`` that :meth:`_check` has passed (or whose
+        forward output a hook checked): ``(masked, kept_fraction, nonfinite_maps, tied_maps,
+        energy_kept)`` as in :class:`MaskedGradient`."""
+        with torch.no_grad():
+            return torch.ops.gradmask.mask(grad, self._rate, self.groups, self.sigma, self.kernel_size,
+                                           self.kernel, self.padding, self.mode)
+
+    def _kernel(self, grad: torch.Tensor, rate: float, generic: bool) -> tuple[torch.Tensor, ...]:
+        """The operator's computation with inhibition rate ``rate`` (``generic``: the
+        device-generic path). The hot path: the scores become the {0, 1} mask in place (``gt_``),
+        and for one mask per channel (``mode="pixel"``) the masked gradient is written into that
+        same buffer, so no tensor the size of ``grad`` is allocated besides the scores and the
+        result (laid out as ``torch.empty_like(grad)``, what the fake implementation promises)."""
         n, c, h, w = grad.shape
         maps = n * self.maps_per_sample(c)
-        with torch.no_grad():
-            if self.inhibition_rate == 0.0:
-                one = torch.ones((), dtype=torch.float64, device=grad.device)
-                total = _energy(grad)
-                return MaskedGradient(grad.clone(), one, self._nonfinite_maps(grad),
-                                      torch.zeros((), dtype=torch.int64, device=grad.device), maps, total / total)
-            scores, _ = self._scores(grad)
-            flat = scores.view(maps, h * w)
-            keep_above, threshold, largest = self._threshold(flat)
-            flat.gt_(keep_above)  # (N*G, H*W) of 0.0 / 1.0
-            # per-row sums are exact integers (< 2**24 per row), their total is summed in float64
-            kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
-            counts = dict(kept_fraction=kept_fraction, nonfinite_maps=largest.isposinf().sum(),
-                          tied_maps=(keep_above < threshold).sum(), maps=maps)
-            total = _energy(grad)  # before the pixel path below may overwrite the scores with the result
-            g = maps // n
-            if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
-                masked = flat.view(n, c, h, w).mul_(grad)
-            else:
-                keep = flat.view(n, g, 1, h, w).to(grad.dtype)
-                masked = (grad.reshape(n, g, c // g, h, w) * keep).reshape(n, c, h, w)
-            return MaskedGradient(masked, **counts, energy_kept=_energy(masked) / total)
+        int_zero = functools.partial(torch.zeros, (), dtype=torch.int64, device=grad.device)
+        if grad.numel() == 0:  # nothing to mask: passed through, nothing kept or dropped
+            return (grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device), int_zero(), int_zero(),
+                    torch.full((), math.nan, dtype=torch.float64, device=grad.device))
+        if rate == 0.0:
+            total = _energy(grad)
+            return (grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device),
+                    self._nonfinite_maps(grad), int_zero(), total / total)
+        scores, _ = self._scores(grad, generic)
+        flat = scores.view(maps, h * w)
+        keep_above, threshold, largest = self._threshold(flat, rate, generic)
+        flat.gt_(keep_above)  # (N*G, H*W) of 0.0 / 1.0
+        # per-row sums are exact integers (< 2**24 per row), their total is summed in float64
+        kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
+        nonfinite_maps, tied_maps = largest.isposinf().sum(), (keep_above < threshold).sum()
+        total = _energy(grad)  # before the pixel path below may overwrite the scores with the result
+        g = maps // n
+        if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
+            masked = flat.view(n, c, h, w).mul_(grad)
+        else:
+            masked = torch.empty_like(grad)
+            torch.mul(grad.reshape(n, g, c // g, h, w), flat.view(n, g, 1, h, w).to(grad.dtype),
+                      out=masked.view(n, g, c // g, h, w))
+        return masked, kept_fraction, nonfinite_maps, tied_maps, _energy(masked) / total
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         """The masked gradient ``grad * mask`` ``(N, C, H, W)``."""
         return self.apply(grad).gradient
+
+
+# --- the operator -------------------------------------------------------------------------------
+
+_LIBRARY = torch.library.Library("gradmask", "DEF")
+# cudagraph_unsafe (where torch has it): the kernels read the rate and choose paths on the host, so
+# inductor's CUDA graphs leave the operator outside the captured graph instead of freezing them
+_LIBRARY.define("mask(Tensor grad, Tensor rate, int groups, float sigma, int? kernel_size, str kernel, "
+                "str padding, str mode) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                tags=tuple(getattr(torch.Tag, tag) for tag in ("cudagraph_unsafe",) if hasattr(torch.Tag, tag)))
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_of(groups: int, sigma: float, kernel_size: Optional[int], kernel: str, padding: str,
+             mode: str) -> GradientMask:
+    """One :class:`GradientMask` per setting (its LoG matrices cached), the operator's computation."""
+    return GradientMask(groups=groups, sigma=sigma, kernel_size=kernel_size, kernel=kernel, padding=padding,
+                        mode=mode)
+
+
+def _operator(generic: bool, grad: torch.Tensor, rate: torch.Tensor, groups: int, sigma: float,
+              kernel_size: Optional[int], kernel: str, padding: str, mode: str) -> tuple[torch.Tensor, ...]:
+    """``torch.ops.gradmask.mask(grad (N, C, H, W), rate (0-d, CPU), settings...)`` ->
+    ``(masked (N, C, H, W) like grad, kept_fraction (), nonfinite_maps (), tied_maps (), energy_kept ())``
+    on grad's device, as the fields of :class:`MaskedGradient`."""
+    return _mask_of(groups, sigma, kernel_size, kernel, padding, mode)._kernel(grad, rate.item(), generic)
+
+
+def _cpu_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    """The operator on CPU: the fast path (the device-generic one under :func:`force_device_generic`)."""
+    return _operator(_FORCE_DEVICE_GENERIC, grad, *args)
+
+
+def _generic_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    """The operator on CUDA and every other device: the device-generic path."""
+    return _operator(True, grad, *args)
+
+
+_LIBRARY.impl("mask", _cpu_kernel, "CPU")
+_LIBRARY.impl("mask", _generic_kernel, "CompositeExplicitAutograd")
+
+
+def _fake_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    """Shapes, dtypes and layout of the operator's results (for tracing)."""
+    def scalar(dtype: torch.dtype) -> torch.Tensor:
+        return grad.new_empty((), dtype=dtype)
+    return (torch.empty_like(grad), scalar(torch.float64), scalar(torch.int64), scalar(torch.int64),
+            scalar(torch.float64))
+
+
+(getattr(torch.library, "register_fake", None) or torch.library.impl_abstract)(
+    "gradmask::mask", _fake_kernel, lib=_LIBRARY)

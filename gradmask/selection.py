@@ -13,7 +13,8 @@ On CPU the rows go to numpy over row blocks on a small thread pool (numpy releas
   in reused buffers (faster than ``numpy.partition``; the measurements are in docs/DESIGN.md);
 - longer rows use ``numpy.partition`` (introselect).
 
-Elsewhere ``torch.kthvalue`` runs on the device. Every path returns the same value: the k-th
+Elsewhere (and for any tensor with ``device_generic=True``: how tests run the CUDA path on CPU)
+``torch.kthvalue`` runs on the device. Every path returns the same value: the k-th
 smallest element of each row (``-0.0`` may come back for ``+0.0`` and vice versa: equal floats).
 :func:`kth_smallest_and_max` also returns each row's largest element: on CPU the last of a sorted
 row or of the two sorted halves (free), or ``torch.amax`` over the integer keys beside the
@@ -101,18 +102,19 @@ def _kth_keys(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.partition(keys, k - 1, axis=1)[:, k - 1], largest
 
 
-def kth_smallest_and_max(values: torch.Tensor, k: int,
-                         nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def kth_smallest_and_max(values: torch.Tensor, k: int, nonnegative: bool = False,
+                         device_generic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``values`` ``(R, n)`` -> ``(kth (R, 1), largest (R, 1))``: the ``k``-th smallest (1-based)
     and the largest element of each row. NaN has no place in this order: rows must hold none.
 
     ``nonnegative=True`` promises that no value is negative (scores such as norms and ``|x|``),
     which skips one pass on CPU; the result is wrong if the promise is broken.
+    ``device_generic=True`` takes the path of non-CPU devices (``torch.kthvalue``) on any device.
     """
     rows, n = values.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+    if device_generic or values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
         return values.kthvalue(k, dim=1, keepdim=True).values, values.amax(dim=1, keepdim=True)
     array = values.detach().contiguous().numpy()
     int_type, _ = _KEY_TYPES[array.dtype]
@@ -132,7 +134,8 @@ def kth_smallest_and_max(values: torch.Tensor, k: int,
     return kth, largest
 
 
-def kth_smallest(values: torch.Tensor, k: int, nonnegative: bool = False) -> torch.Tensor:
+def kth_smallest(values: torch.Tensor, k: int, nonnegative: bool = False,
+                 device_generic: bool = False) -> torch.Tensor:
     """``values`` ``(R, n)`` -> ``(R, 1)``: the ``k``-th smallest (1-based) of each row (see
     :func:`kth_smallest_and_max`)."""
-    return kth_smallest_and_max(values, k, nonnegative)[0]
+    return kth_smallest_and_max(values, k, nonnegative, device_generic)[0]

@@ -268,7 +268,9 @@ def test_sample_scales_compiled_equal_torch():
     for dtype in (torch.float32, torch.bfloat16):
         for layout in (torch.contiguous_format, torch.channels_last):
             g = grad.to(dtype).contiguous(memory_format=layout)
-            _, scales = gm._squared_norms(g, torch.float32)
-            assert torch.equal(scales, _sample_scales(g, torch.float32))
+            squared, scales = gm._squared_norms(g, torch.float32, False)
+            generic_squared, generic_scales = gm._squared_norms(g, torch.float32, True)  # CUDA's: uncompiled
+            assert torch.equal(scales, _sample_scales(g, torch.float32)) and torch.equal(scales, generic_scales)
+            assert torch.equal(squared.nan_to_num(), generic_squared.nan_to_num())
             assert scales[6] == scales[7] == 1.0 and scales[5] == 2.0**48
             assert (scales.log2() == scales.log2().round()).all()
