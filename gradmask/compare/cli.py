@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from ..commands import register
 from ..progress import RunProgress
 from ..train import cli as _train_cli
+from ..train.rundir import take_folder
 from .jobs import ProcessTrainer, check_jobs
 from .report import VARIANTS, report_paths, summary_text, write_report
 from .runner import check_seeds, check_variants, compare
@@ -79,7 +81,12 @@ def run(args: argparse.Namespace) -> int:
         make_tuning(tune, args.tune_epochs, args.tune_seeds, args.tune_val_fraction)  # bad input fails here
     jobs = check_jobs(args.jobs)
     if args.report_only:
-        paths = write_report(args.out)
+        lock = take_folder(Path(args.out)) if Path(args.out).is_dir() else None  # a missing folder: said below
+        try:
+            paths = write_report(args.out)
+        finally:
+            if lock is not None:
+                lock.release()
     else:
         base = _train_cli.config_from_args(args)
         from ..train import train
