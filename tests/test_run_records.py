@@ -466,3 +466,16 @@ def test_the_reproduce_report_counts_only_the_runs_of_each_comparison(tmp_path):
     out = make_comparison(tmp_path / "cmp")
     shutil.copytree(out / "lateral-seed1", out / "lateral-seed1.bak")
     assert training_code(tmp_path) == "0.1.0 (4 runs)"
+
+
+def test_a_trained_run_verifies_against_its_checkpoint(tmp_path):
+    from gradmask.train import TrainConfig, read_checkpoint, train
+    out = tmp_path / "run"
+    train(TrainConfig(train_limit=16, test_limit=16, synthetic_train=16, synthetic_test=16, epochs=2, batch_size=16,
+                      progress=False, out=str(out)))
+    records = read_run(out)
+    assert records.final["checkpoint"] == read_checkpoint(out)["checksum"] and records.unverified == []
+    assert [r["epoch"] for r in records.metrics] == [1, 2]
+    _flip_digit(out / "metrics.jsonl", "test_loss")
+    with pytest.raises(ChecksumError, match=rf"{out / 'metrics.jsonl'}, line 1, is damaged"):
+        read_run(out)
