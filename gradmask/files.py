@@ -1,7 +1,8 @@
 """Files written whole or not at all (every checkpoint, cache entry, run record and report), and
 the checksums of the files gradmask writes and later trusts (checkpoints, cache entries, step
-results): :func:`digest` of the content, stored under :data:`CHECKSUM` inside the file, verified
-on load by :func:`verify`."""
+results, run records): :func:`digest` of the content (:func:`json_digest` for JSON records),
+stored under :data:`CHECKSUM` inside the file, verified on load by :func:`verify`
+(:func:`read_record` for a JSON record)."""
 from __future__ import annotations
 
 import csv
@@ -162,24 +163,63 @@ def with_checksum(content: dict, fn: Callable[[Any], str] = digest) -> dict:
 _UNVERIFIED_SAID: set[str] = set()  # files already reported as unverified (said once per process)
 
 
-def verify(content: dict, path: Union[str, os.PathLike], what: str, fn: Callable[[Any], str] = digest
-           ) -> Optional[str]:
+def warn_unverified(path: Union[str, os.PathLike], what: str, stacklevel: int = 3) -> None:
+    """Say (once per file and process) that ``path`` has no checksum and was loaded unverified."""
+    if str(path) not in _UNVERIFIED_SAID:
+        _UNVERIFIED_SAID.add(str(path))
+        warnings.warn(f"{what} {path} has no checksum (written by an older gradmask): loaded unverified",
+                      UnverifiedFileWarning, stacklevel=stacklevel)
+
+
+def verify(content: dict, path: Union[str, os.PathLike], what: str, fn: Callable[[Any], str] = digest,
+           warn: bool = True) -> Optional[str]:
     """Check ``content`` (read from ``path``) against its stored checksum; returns it. A mismatch
     raises :class:`ChecksumError` naming the file; a file without one (written before gradmask kept
-    checksums) is accepted with an :class:`UnverifiedFileWarning` (said once per file and process)."""
+    checksums) is accepted with an :class:`UnverifiedFileWarning` (said once per file and process;
+    ``warn=False``: not said, the caller tells of the None returned)."""
     stored = content.get(CHECKSUM)
     if stored is None:
-        if str(path) not in _UNVERIFIED_SAID:
-            _UNVERIFIED_SAID.add(str(path))
-            warnings.warn(f"{what} {path} has no checksum (written by an older gradmask): loaded unverified",
-                          UnverifiedFileWarning, stacklevel=3)
+        if warn:
+            warn_unverified(path, what, stacklevel=4)
         return None
     actual = fn({k: v for k, v in content.items() if k != CHECKSUM})
-    if actual != stored:
+    if not isinstance(stored, str) or actual != stored:
         raise ChecksumError(f"{what} {path} is damaged: its content does not match the checksum it was written "
-                            f"with ({stored[:19]}..., now {actual[:19]}...); it was changed after gradmask wrote "
+                            f"with ({str(stored)[:19]}..., now {actual[:19]}...); it was changed after gradmask wrote "
                             f"it (a disk, copy or edit error). Restore it from a copy or produce it again")
     return stored
+
+
+def read_json(path: Union[str, os.PathLike], what: str) -> Any:
+    """The JSON value of UTF-8 file ``path``; text that is not UTF-8 or not JSON raises
+    ``ValueError`` naming ``what`` and the file."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is damaged: it is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is damaged or truncated: not valid JSON ({exc})") from None
+
+
+def read_record(path: Union[str, os.PathLike], what: str, warn: bool = True) -> tuple[dict, Optional[str]]:
+    """``(content without its checksum, the checksum or None)`` of JSON record ``path`` (an object,
+    :func:`json_digest` verified by :func:`verify`; ``warn``: as there). Not UTF-8, not JSON, not an
+    object, or another content than its checksum's: ``ValueError`` naming the file."""
+    record = read_json(path, what)
+    if not isinstance(record, dict):
+        raise ValueError(f"{what} {path} is not a gradmask record: expected a JSON object, got "
+                         f"{type(record).__name__}")
+    checksum = verify(record, path, what, json_digest, warn=warn)
+    return {k: v for k, v in record.items() if k != CHECKSUM}, checksum
+
+
+def write_record(path: Union[str, os.PathLike], content: dict) -> str:
+    """Write ``content`` (JSON values) with its :func:`json_digest` as an indented JSON object
+    through :func:`write_atomic`; returns the checksum."""
+    checked = with_checksum(content, json_digest)
+    write_atomic(path, json.dumps(checked, indent=2) + "\n")
+    return checked[CHECKSUM]
 
 
 class UnreadableFileError(ValueError):

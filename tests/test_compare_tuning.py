@@ -48,7 +48,7 @@ class FakeTrain:
             return {"val_acc": self.score(config), "train_seconds": 2.0}
         run, final = RunDir(config.out), {"test_acc": 0.5, "test_top5": 0.9, "epochs": 1, "train_seconds": 3.0}
         run.write_config(config.to_dict(), "test")
-        run.append_metrics({"epoch": 1, "test_acc": 0.5, "train_loss": 1.0, "epoch_seconds": 3.0})
+        run.append_metrics({"epoch": 1, "test_acc": 0.5, "test_top5": 0.9, "train_loss": 1.0, "epoch_seconds": 3.0})
         run.write_final(final)
         return final
 

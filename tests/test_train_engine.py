@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gradmask
+from gradmask.files import json_digest
 from gradmask.train import FINAL_KEYS, METRIC_KEYS, TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.source import source_revision
 
@@ -54,6 +55,7 @@ def _jsonl(path):
 def test_run_directory_contract(masked_run):
     out, config, final, _ = masked_run
     saved = json.loads(Path(out / "config.json").read_text())
+    assert saved.pop("checksum") == json_digest(saved)           # every record carries its checksum
     assert saved.pop("gradmask_version") == source_revision()
     assert saved.pop("trained_by") == [source_revision()] == final["trained_by"]
     assert source_revision().startswith(gradmask.__version__)
@@ -70,7 +72,10 @@ def test_run_directory_contract(masked_run):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert "mask_kept_mean" in rows[0] and "mask_kept" not in rows[0]
     assert float(rows[0]["test_acc"]) == pytest.approx(records[0]["test_acc"])
-    assert json.loads(Path(out / "final.json").read_text()) == final
+    written = json.loads(Path(out / "final.json").read_text())
+    assert written.pop("checksum") == json_digest(written) and written == final
+    assert final["checkpoint"] == read_checkpoint(out)["checksum"]   # the checkpoint it describes
+    assert all(r.pop("checksum") == json_digest(r) for r in records)
     assert tuple(final) == FINAL_KEYS
     assert final["epochs"] == 2 and final["mask"] == "lateral" and final["model"] == "resnet18_narrow"
     assert final["test_acc"] == records[-1]["test_acc"] and final["device"] == "cpu"

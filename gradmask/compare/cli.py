@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..commands import register
 from ..progress import RunProgress
 from ..train import cli as _train_cli
+from ..train.rundir import take_folder
 from .executor import add_executor_arguments, executor_from_args, open_trainer
 from .jobs import check_jobs
 from .report import VARIANTS, report_paths, summary_text, write_report
@@ -81,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     jobs = check_jobs(args.jobs)
     executor = executor_from_args(args)
     if args.report_only:
-        paths = write_report(args.out)
+        lock = take_folder(Path(args.out)) if Path(args.out).is_dir() else None  # a missing folder: said below
+        try:
+            paths = write_report(args.out)
+        finally:
+            if lock is not None:
+                lock.release()
     else:
         base = _train_cli.config_from_args(args)
         tuning_runs = 0 if tune is None else args.tune_seeds * sum(

@@ -2,7 +2,9 @@
 
 A run directory (written by :func:`gradmask.train.train`) holds ``config.json`` (the TrainConfig and
 ``gradmask_version``), ``metrics.jsonl`` (one object per finished epoch) and, once finished,
-``final.json``. :func:`write_report` writes next to them:
+``final.json``. The runs of a comparison are those its ``manifest.json`` lists (:mod:`.manifest`),
+each read with its records verified (:func:`gradmask.train.records.read_run`).
+:func:`write_report` writes next to them:
 
 - ``results.csv`` / ``results.json``: one row per run (the raw numbers the table is drawn from);
 - ``accuracy.png`` / ``loss.png``: test top-1 and train loss per epoch, mean over seeds with a
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import shlex
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,10 +29,11 @@ from ..files import write_atomic, write_csv
 from ..reporting import figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
 from ..train.config import field_applies
-from ..train.rundir import RunDir
+from ..train.records import CONFIG, RunRecords, read_run
+from .manifest import MANIFEST, UnlistedRunWarning, older_comparison, read_manifest
 from .mechanism import mechanism, mechanism_blocks
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
-from .tuning import chosen_at_edges, grid_edges, point_label, read_tuning
+from .tuning import check_chosen, chosen_at_edges, grid_edges, point_label, read_tuning
 
 VARIANTS = MASK_MODES
 """The mask variants ``compare`` trains, in report order (anything else sorts after them)."""
@@ -165,33 +169,86 @@ def variant_order(names: Iterable[str]) -> list[str]:
     return known + sorted(names - set(VARIANTS))
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+def _run(records: RunRecords) -> Run:
+    return Run(records.path, records.config, records.metrics, records.final)
+
+
+def _listed_runs(out: Path, folders: list[Path]) -> tuple[list[Run], list[str]]:
+    """The runs ``out``'s manifest lists (``folders``: every sub-folder holding a run), each checked
+    against its entry; the others are ignored with a warning. Returns ``(runs, unverified files)``."""
+    manifest = read_manifest(out)
+    runs, unverified = [], []
+    for entry in manifest.runs:
+        folder = out / entry.folder
+        if not (folder / CONFIG).is_file():
+            continue  # listed, not started yet
+        records = read_run(folder, warn=False)
+        run = _run(records)
+        if (run.variant, run.seed) != entry.key:
+            raise ValueError(f"run {folder} holds {run.variant} seed {run.seed}, but the comparison's manifest "
+                             f"({out / MANIFEST}) lists it as {entry.variant} seed {entry.seed}: a run was put in "
+                             f"another's folder")
+        if entry.final is not None and records.final_checksum != entry.final:
+            raise ValueError(f"run result {folder / 'final.json'} is not the one the comparison's manifest "
+                             f"({out / MANIFEST}) recorded for {entry.variant} seed {entry.seed} "
+                             f"({'the run is not finished' if records.final is None else 'another result'}): the "
+                             f"run was trained again or replaced outside `gradmask compare`; run the same compare "
+                             f"command again to record it")
+        runs.append(run)
+        unverified += [str(folder / name) for name in records.unverified]
+    listed = {out / entry.folder for entry in manifest.runs}
+    unlisted = [p.name for p in folders if p not in listed]
+    if unlisted:
+        warnings.warn(f"{out}: ignored {len(unlisted)} folder(s) holding a run that the comparison's manifest does not "
+                      f"list: {', '.join(unlisted)} (copies or runs of another experiment; not in the report)",
+                      UnlistedRunWarning, stacklevel=3)
+    return runs, unverified
+
+
+def _found_runs(out: Path, folders: list[Path]) -> tuple[list[Run], list[str]]:
+    """A comparison written before manifests: every sub-folder holding a run; two of one (variant,
+    seed) are an error naming both. Returns ``(runs, unverified files)``."""
+    runs, unverified, seen = [], [], {}
+    for folder in folders:
+        records = read_run(folder, warn=False)
+        run = _run(records)
+        twin = seen.setdefault((run.variant, run.seed), run)
+        if twin is not run:
+            raise ValueError(f"{out} holds two runs of {run.variant} seed {run.seed}: {twin.name} and {run.name} (a "
+                             f"copy, or runs of two experiments); move one out of the comparison folder")
+        runs.append(run)
+        unverified += [str(folder / name) for name in records.unverified]
+    return runs, unverified
 
 
 def load_runs(out_dir: str | os.PathLike) -> list[Run]:
-    """Every sub-folder of ``out_dir`` holding a ``config.json``, ordered by variant then seed.
+    """The runs of comparison folder ``out_dir`` with their records verified
+    (:func:`gradmask.train.records.read_run`), ordered by variant then seed: those its manifest
+    lists (other folders holding a run are ignored with an :class:`UnlistedRunWarning`), or, for a
+    comparison written before manifests, every sub-folder holding a ``config.json`` (said once,
+    with the files read unverified; two runs of one variant and seed are an error naming both).
+    The runs of a tuned variant must have been trained at the point its ``tuning.json`` chose.
 
     ``metrics.jsonl`` holds the finished epochs (a run killed during its first epoch has none yet);
-    a run is finished when ``final.json`` exists. A half-written last metrics line is ignored.
+    a run is finished when ``final.json`` exists. A last metrics line cut short is ignored.
     """
     out = Path(out_dir)
     if not out.is_dir():
         raise FileNotFoundError(f"compare output folder {out} does not exist")
-    runs = []
-    for sub in sorted(p for p in out.iterdir() if p.is_dir()):
-        config_path = sub / "config.json"
-        if not config_path.is_file():
-            continue
-        config = _read_json(config_path)
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_path}: expected a JSON object")
-        final_path = sub / "final.json"
-        final = _read_json(final_path) if final_path.is_file() else None
-        runs.append(Run(sub, config, RunDir(sub).read_metrics(), final))
+    folders = sorted(p for p in out.iterdir() if p.is_dir() and (p / CONFIG).is_file())
+    if (out / MANIFEST).is_file():
+        runs, unverified = _listed_runs(out, folders)
+        why = []
+    else:
+        runs, unverified = _found_runs(out, folders)
+        why = [f"no {MANIFEST}: its runs are the folders found"] if runs else []
+    if unverified:
+        why.append(f"{len(unverified)} run record(s) without checksums")
+    if why:
+        older_comparison(out, "; ".join(why))
+    tuning = read_tuning(out)
+    if tuning is not None:
+        check_chosen(tuning, [(r.variant, r.name, r.config) for r in runs], out)
     order = {v: i for i, v in enumerate(variant_order(r.variant for r in runs))}
     runs.sort(key=lambda r: (order[r.variant], r.seed if r.seed is not None else math.inf, r.name))
     return runs

@@ -7,6 +7,10 @@ interrupted comparison has paired runs for every seed it reached.
 
 With ``tune=`` each variant is first tuned on a validation split (:mod:`.tuning`: short runs in
 ``{out}/tune/``, the test split never read), and its final runs use its chosen grid point.
+
+``compare`` takes ``out`` like a run folder (``.gradmask.lock``, partial temporary files below it
+removed) and records its runs in ``{out}/manifest.json`` (:mod:`.manifest`): the report reads
+those, not every folder it finds.
 """
 from __future__ import annotations
 
@@ -18,11 +22,22 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of gsnr_every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from ..train.distributed import is_main_process
+from ..train.records import FINAL, read_final
+from ..train.rundir import take_folder
 from .arms import arm_changes, parse_arm
 from .executor import check_executor, open_trainer
 from .jobs import check_jobs, train_all
+from .manifest import record_finals, record_runs
 from .report import VARIANTS, write_report
-from .tuning import DEFAULT_VAL_FRACTION, checked_replace, grid_points, make_tuning, run_tuning, tuning_plan
+from .tuning import (
+    DEFAULT_VAL_FRACTION,
+    checked_replace,
+    grid_points,
+    make_tuning,
+    run_tuning,
+    tuning_checksum,
+    tuning_plan,
+)
 
 
 def check_variants(variants: Iterable[str] | str) -> tuple[str, ...]:
@@ -96,7 +111,9 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
             tune: Optional[Mapping[str, Iterable]] = None, tune_epochs: Optional[int] = None, tune_seeds: int = 1,
             val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1, executor="local") -> list[Path]:
-    """Train ``variants`` x ``seeds`` runs from ``base_config`` and write the report in ``out``.
+    """Train ``variants`` x ``seeds`` runs from ``base_config``, record them in ``out``'s manifest
+    and write the report in ``out``, which is taken like a run folder for the duration (a second
+    ``compare`` on it is refused).
 
     Each run is ``train_fn(dataclasses.replace(base_config, **arm_changes(variant), seed=s,
     out=f"{out}/{variant}-seed{s}", resume=True))`` (a variant is an arm, :mod:`.arms`: ``"lateral"``,
@@ -136,6 +153,19 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
         for variant in variants:
             for point in grid_points(tuning, variant):
                 checked_replace(base_config, {**point, **arm_changes(variant)}, "tune")
+    main = is_main_process()  # under torchrun every process trains, one owns the folder and writes there
+    lock = take_folder(Path(out)) if main else None
+    try:
+        return _compare_in(base_config, variants, runs, out, seed_offset, train_fn, log, tuning, jobs, main,
+                           executor)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _compare_in(base_config, variants: tuple, runs: list, out, seed_offset: int, train_fn: Callable | None,
+                log: Callable[[str], Any] | None, tuning, jobs: int, main: bool, executor) -> list[Path]:
+    """:func:`compare` in its taken folder."""
     # runs already there with other settings: refused before anything trains, or (overwrite) trained again
     changed = changed_runs(base_config, runs, tuning.grid if tuning is not None else ())
     if changed and not getattr(base_config, "overwrite", False):
@@ -147,8 +177,10 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
                            "overwrite=True (--overwrite) to train those runs again")
     if train_fn is None and (jobs > 1 or executor != "local"):
         with open_trainer(executor, jobs, str(getattr(base_config, "device", "cpu")), out, log) as trainer:
-            return compare(base_config, variants, seeds, out, seed_offset, trainer, log, tune, tune_epochs,
-                           tune_seeds, val_fraction, jobs)
+            return _compare_in(base_config, variants, runs, out, seed_offset, trainer, log, tuning, jobs, main,
+                               executor)
+    if main:  # the comparison's runs are those its manifest lists: these join it before they train
+        record_runs(out, runs, retrained=changed)
     if train_fn is None:
         from gradmask.train import train as train_fn
     chosen: dict[str, dict] = {}
@@ -174,6 +206,14 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             log(f"[{k}/{len(runs)}] {variant} seed {seed}{at} -> {path} ({status})")
 
     train_all(train_fn, configs, jobs, before=announce)
-    if is_main_process():  # under torchrun every process trains, one writes the report
+    if main:
+        finals = {(variant, seed): _final_checksum(path) for variant, seed, path in runs}
+        record_finals(out, finals, tuning_checksum(out) if tuning is not None else None)
         write_report(out)
     return [Path(path) for _, _, path in runs]
+
+
+def _final_checksum(path: str) -> str | None:
+    """The checksum of run ``path``'s ``final.json`` (verified); None when unfinished or unverified."""
+    final = Path(path) / FINAL
+    return read_final(final, warn=False)[1] if final.is_file() else None

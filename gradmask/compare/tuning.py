@@ -12,23 +12,24 @@ which no tuned field applies is not tuned at all.
 
 Tuning runs live in ``{out}/tune/{variant}-{point}-seed{s}`` and resume like every other run (a
 finished grid point returns at once); ``{out}/tuning.json`` holds the sweep, the choice and the
-tuning runs' training time.
+tuning runs' training time, with its checksum (:func:`read_tuning` verifies it, and that the
+comparison's manifest names it, :mod:`.manifest`).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from ..files import write_atomic
+from ..files import read_record, write_record
 from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
 from .arms import arm_changes, arm_mask, field_converter
 from .jobs import train_all
+from .manifest import older_comparison, read_manifest
 
 TUNE_DIR = "tune"
 TUNING_JSON = "tuning.json"
@@ -295,16 +296,56 @@ def run_tuning(base, variants: Iterable[str], tuning: Tuning, out, seed_offset: 
     chosen = {v: (choose(points) if points else {}) for v, points in sweep.items()}
     result = TuningResult(tuning, sweep, chosen, sum(s.train_seconds for s in scores.values()))
     Path(out).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(out) / TUNING_JSON, json.dumps(result.to_json(), indent=2) + "\n")
+    write_record(Path(out) / TUNING_JSON, result.to_json())
     return result
 
 
-def read_tuning(out) -> Optional[dict]:
-    """``{out}/tuning.json`` (see :meth:`TuningResult.to_json`), or None when ``out`` was not tuned."""
+def tuning_checksum(out) -> Optional[str]:
+    """The stored checksum of ``{out}/tuning.json`` (verified; None without the file or checksum)."""
     path = Path(out) / TUNING_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_record(path, "tuning record", warn=False)[1] if path.is_file() else None
+
+
+def read_tuning(out) -> Optional[dict]:
+    """``{out}/tuning.json`` (see :meth:`TuningResult.to_json`) without its checksum, or None when
+    ``out`` was not tuned. A file whose content does not match its checksum, or another one than the
+    comparison's manifest names, raises ``ValueError`` naming it; one written before checksums is
+    read unverified (said once per comparison)."""
+    path = Path(out) / TUNING_JSON
+    if not path.is_file():
+        return None
+    content, checksum = read_record(path, "tuning record", warn=False)
+    manifest = read_manifest(out)
+    named = None if manifest is None else manifest.tuning
+    if named is not None and checksum != named:
+        raise ValueError(f"tuning record {path} is not the one the comparison's manifest ({out}/manifest.json) "
+                         f"names ({'it has no checksum' if checksum is None else f'{checksum[:19]}...'}, the "
+                         f"manifest names {named[:19]}...): it was replaced or edited after the tuning")
+    if checksum is None:
+        older_comparison(out, f"{TUNING_JSON} has no checksum")
+    return content
+
+
+def check_chosen(tuning: Mapping[str, Any], configs: Iterable[tuple[str, str, Mapping[str, Any]]], out) -> None:
+    """Each run of a tuned variant was trained at the point ``tuning`` (``out``'s tuning.json) says
+    was chosen for it: ``configs`` are ``(variant, run name, config.json)``; a field of another
+    value raises ``ValueError`` naming the file, the run and the field."""
+    variants = tuning.get("variants") if isinstance(tuning, Mapping) else None
+    if not isinstance(variants, Mapping):
+        raise ValueError(f"tuning record {Path(out) / TUNING_JSON} has no variants object: not a gradmask tuning "
+                         f"record")
+    for variant, name, config in configs:
+        record = variants.get(variant)
+        chosen = record.get("chosen") if isinstance(record, Mapping) and record.get("tuned") else {}
+        for key, value in (chosen or {}).items():
+            if key in config and config[key] != value:
+                raise ValueError(f"tuning record {Path(out) / TUNING_JSON} says {variant} was trained at "
+                                 f"{key}={value!r}, but its run {name} was trained at {key}={config[key]!r}: the "
+                                 f"record does not describe these runs (it was edited or left from an earlier "
+                                 f"tuning, or runs were added to the comparison without its --tune options)")
 
 
 __all__ = ["DEFAULT_VAL_FRACTION", "NOT_TUNABLE", "PointScore", "TUNE_DIR", "TUNING_JSON", "Tuning", "TuningResult",
-           "checked_replace", "choose", "chosen_at_edges", "grid_edges", "grid_points", "make_tuning", "parse_tune",
-           "point_label", "read_tuning", "run_tuning", "tuning_config", "tuning_plan", "tuning_run_dir"]
+           "check_chosen", "checked_replace", "choose", "chosen_at_edges", "grid_edges", "grid_points", "make_tuning",
+           "parse_tune", "point_label", "read_tuning", "run_tuning", "tuning_checksum", "tuning_config", "tuning_plan",
+           "tuning_run_dir"]

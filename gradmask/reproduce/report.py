@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ..compare.manifest import read_manifest
 from ..compare.report import fmt_duration
 from ..files import write_atomic, write_csv
 from ..reporting import render_html, render_markdown
@@ -37,9 +38,17 @@ def _counted(values: list[str], noun: str) -> str:
 def training_code(out: Path) -> str:
     """Which code revisions trained the run folders under ``out``, from their ``config.json``:
     ``"0.1.0+g1234abcd5678 (40 runs); 0.1.0 then 0.1.0+g1234abcd5678 (1 run)"`` (runs of gradmask
-    before ``trained_by`` was recorded: their ``gradmask_version``)."""
+    before ``trained_by`` was recorded: their ``gradmask_version``); a folder its comparison's manifest
+    does not list is not counted."""
     revisions = []
+    manifests: dict[Path, object] = {}
     for path in sorted(Path(out).rglob("config.json")):
+        folder = path.parent
+        if folder.parent not in manifests:
+            manifests[folder.parent] = read_manifest(folder.parent)
+        listed = manifests[folder.parent]
+        if listed is not None and folder.name not in {r.folder for r in listed.runs}:
+            continue  # not a run of its comparison (a copy): the reports leave it out too
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -31,7 +31,7 @@ from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.distributed import is_main_process
-from ..train.rundir import FINAL, RunLock
+from ..train.rundir import FINAL, take_folder
 from ..train.source import source_revision
 from . import runs as training
 from .experiments import EXPERIMENTS
@@ -206,7 +206,8 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     books in ``{out}/slurm``; the measurements still run here, in order, once their runs are trained).
 
     The folder is taken like a run folder (``<out>/.gradmask.lock``): a second ``reproduce`` on it is
-    refused while this one runs.
+    refused while this one runs, and the partial temporary files an interrupted one left below it are
+    removed.
 
     Returns ``{"report": paths, "ran": [step names measured now], "skipped": [finished earlier]}``."""
     check_jobs(jobs)
@@ -216,7 +217,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
             return reproduce(plan, out, progress, command, trainer, log, jobs)
     out = Path(out)
     main = is_main_process()
-    lock = RunLock.acquire(out) if main else None    # one reproduce per folder (rank 0's under torchrun)
+    lock = take_folder(out) if main else None    # one reproduce per folder (rank 0's under torchrun)
     try:
         return _reproduce_in(plan, out, main, progress, command, train_fn, log, jobs)
     finally:

@@ -50,12 +50,14 @@ def recording_reads():
         _RECORDERS.remove(reads)
 
 
-def save_checkpoint(path: Union[str, os.PathLike], state: dict) -> None:
+def save_checkpoint(path: Union[str, os.PathLike], state: dict) -> str:
     """``torch.save(state + its checksum)`` to a temporary file beside ``path``, then
     ``os.replace``: a reader (or a kill mid-write) never sees a partial checkpoint, and a failed
-    write (a full disk: ``OSError`` saying so) leaves the previous checkpoint as it was."""
+    write (a full disk: ``OSError`` saying so) leaves the previous checkpoint as it was. Returns
+    the checksum (``final.json`` records it)."""
     checked = with_checksum(state)
     write_atomic(path, lambda f: torch.save(checked, f))
+    return checked["checksum"]
 
 
 def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:
@@ -88,6 +90,22 @@ def read_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu"
         for reads in _RECORDERS:
             reads[path.resolve()] = checksum or f"legacy:{st.st_size}:{st.st_mtime_ns}"
     return state
+
+
+_SUMMARIES: dict[tuple, tuple] = {}  # (path, inode, size, mtime) -> checkpoint_summary's answer
+
+
+def checkpoint_summary(path: Union[str, os.PathLike]) -> tuple[Optional[str], list]:
+    """``(checksum or None, history)`` of the checkpoint at ``path`` (:func:`read_checkpoint`,
+    verified), read once per process and version of the file: what the run's records are checked
+    against."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SUMMARIES:
+        state = read_checkpoint(path)
+        _SUMMARIES[key] = (state.get("checksum"), [dict(r) for r in state["history"]])
+    return _SUMMARIES[key]
 
 
 def load_model_state(model: nn.Module, weights: dict, path: Union[str, os.PathLike]) -> None:
@@ -166,5 +184,5 @@ def load_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu"
     return trained.model, trained.config
 
 
-__all__ = ["CHECKPOINT", "TrainedModel", "build_model", "load_checkpoint", "load_model_state", "load_trained",
-           "read_checkpoint", "recording_reads", "save_checkpoint", "trained_image_size"]
+__all__ = ["CHECKPOINT", "TrainedModel", "build_model", "checkpoint_summary", "load_checkpoint", "load_model_state",
+           "load_trained", "read_checkpoint", "recording_reads", "save_checkpoint", "trained_image_size"]

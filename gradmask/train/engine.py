@@ -256,6 +256,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     batch_augment = augment.batch
     show = config.progress and dist_ctx.is_main
+    checkpoint = None if resume is None else resume.get("checksum")  # of the last checkpoint written
     try:
         for epoch in range(start_epoch, config.epochs):
             start = time.perf_counter()
@@ -294,14 +295,15 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                                    f"lower lr (now {config.lr}) or check the data")
             rank_states = dist_ctx.all_gather_object({"rng": rng_state(), "loader": data.loader_state()})
             if dist_ctx.is_main:
-                save_checkpoint(run.checkpoint, _checkpoint_state(ctx, model_args, rank_states))
+                checkpoint = save_checkpoint(run.checkpoint, _checkpoint_state(ctx, model_args, rank_states))
         last = history[-1]
         ev = data.eval_split
         final = {f"{ev}_acc": last[f"{ev}_acc"], f"{ev}_top5": last[f"{ev}_top5"], f"{ev}_loss": last[f"{ev}_loss"],
                  "epochs": config.epochs, "train_seconds": sum(r["epoch_seconds"] for r in history),
                  "device": _device_name(device, dist_ctx.world_size), "model": config.model,
                  "mask": config.mask, "seed": config.seed,
-                 "num_params": sum(p.numel() for p in model.parameters()), "trained_by": trained_by}
+                 "num_params": sum(p.numel() for p in model.parameters()), "trained_by": trained_by,
+                 "checkpoint": checkpoint if dist_ctx.is_main else None}
         dist_ctx.barrier()
         if dist_ctx.is_main:
             run.write_final(final)

@@ -17,45 +17,42 @@
   ``mask_kept_mean`` and ``mask_energy_kept_mean`` (means over targets, empty without a mask).
 - ``checkpoint.pt``: see :mod:`gradmask.train.checkpoint`.
 - ``final.json``: keys ``FINAL_KEYS``, written last and only when every epoch finished: its
-  existence means "finished".
+  existence means "finished"; ``checkpoint`` is the checksum of the checkpoint it describes.
 - ``.gradmask.lock``: present while a process owns the folder (:meth:`RunDir.lock`).
+
+``config.json``, ``final.json`` and each line of ``metrics.jsonl`` carry a ``"checksum"``;
+``final.json`` also names the checksum of the checkpoint it describes (``"checkpoint"``): see
+:mod:`gradmask.train.records`.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
 import json
-import math
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from ..files import write_atomic, write_csv
+from ..files import write_atomic, write_csv, write_record
+from . import records
 from .checkpoint import CHECKPOINT, read_checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig, config_differences
+from .records import CONFIG, FINAL, METRICS_JSONL, json_record, metrics_line
 
-CONFIG = "config.json"
 LOCK = ".gradmask.lock"
-METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
-FINAL = "final.json"
 TENSORBOARD = "tensorboard"
 RUN_FILES = (CONFIG, METRICS_JSONL, METRICS_CSV, CHECKPOINT, FINAL)
 
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "lr",
                "epoch_seconds", "images_per_second", "mask_kept", "mask_energy_kept")
 FINAL_KEYS = ("test_acc", "test_top5", "test_loss", "epochs", "train_seconds", "device", "model", "mask",
-              "seed", "num_params", "trained_by")
-
-
-def _json_value(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # JSON has no NaN / inf
-    return v
+              "seed", "num_params", "trained_by", "checkpoint")
 
 
 class RunDirInUse(ValueError):
@@ -130,9 +127,15 @@ def lock_owner(folder) -> Optional[str]:
     cannot tell whether it runs)"`` for one of another host; None without a lock or when its process
     is gone."""
     try:
-        owner = _parse_owner((Path(folder) / LOCK).read_text(encoding="utf-8", errors="replace"))
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # none, or a symbolic link (which no gradmask job uses)
+    try:
+        owner = RunLock._read(fd)
     except OSError:
         return None
+    finally:
+        os.close(fd)
     if not owner or owner == _UNKNOWN_OWNER:
         return None
     if owner.get("host") != socket.gethostname():
@@ -180,7 +183,7 @@ class RunLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             while True:
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = _open_lock(lock)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -196,6 +199,9 @@ class RunLock:
                     break
                 os.close(fd)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError(f"out {folder}: its {LOCK} is a symbolic link; gradmask does not follow it (it would "
+                                 f"create or truncate the file it points to): delete {lock}") from exc
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                              errno.EEXIST):
                 raise ValueError(f"out {folder} is not writable ({exc.strerror}: {exc.filename}); "
@@ -229,6 +235,57 @@ class RunLock:
             os.close(fd)
             raise
         return cls(lock, fd)
+
+
+def _open_lock(lock: Path) -> int:
+    """``lock`` opened for reading and writing (created 0644 if absent) without following a
+    symbolic link (``ELOOP``); a lock that is not a regular file of this user with at most one link
+    (a hard link to another file, another user's file) raises ``ValueError`` naming it (0 links: the
+    previous owner just removed it; :meth:`RunLock.acquire` opens it again)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    st = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"belongs to another user (uid {st.st_uid})" if st.st_uid != os.geteuid() else
+               f"has {st.st_nlink} hard links (it is another file's name too)" if st.st_nlink > 1 else None)
+    if problem is not None:
+        os.close(fd)
+        raise ValueError(f"lock file {lock} {problem}; gradmask does not take it over: delete it if no gradmask job "
+                         f"of its owner uses the folder")
+    return fd
+
+
+def remove_partial_files(folder: Path) -> int:
+    """Remove the partial temporary files (:func:`_is_partial`) an interrupted writer left in
+    ``folder`` and every folder below it, except below a folder another live process holds (its
+    ``.gradmask.lock``, :func:`lock_owner`); symbolic links are not followed. Returns the bytes
+    removed. For the owner of ``folder`` only."""
+    removed = 0
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        if here != folder and LOCK in files and lock_owner(here) is not None:
+            dirs.clear()  # a run another process trains now: its own files
+            continue
+        for name in files:
+            p = here / name
+            if _is_partial(name) and p.is_file() and not p.is_symlink():
+                removed += p.stat().st_size
+                p.unlink()
+    return removed
+
+
+def take_folder(folder: Path) -> RunLock:
+    """Own ``folder`` (:meth:`RunLock.acquire`), then remove the partial temporary files left
+    anywhere below it (:func:`remove_partial_files`), saying so on stderr."""
+    lock = RunLock.acquire(folder)
+    try:
+        removed = remove_partial_files(folder)
+    except BaseException:
+        lock.release()
+        raise
+    if removed:
+        print(f"gradmask: removed partial temporary files ({removed / 1e6:.1f} MB) that an interrupted "
+              f"job left in {folder}", file=sys.stderr)
+    return lock
 
 
 def claim(run: "RunDir", dist_ctx) -> Optional[RunLock]:
@@ -274,17 +331,8 @@ class RunDir:
 
     def lock(self) -> RunLock:
         """Own this folder until ``release()`` (see :class:`RunLock`); creates it; then removes the
-        partial temporary files an interrupted writer left (no one else writes here now)."""
-        lock = RunLock.acquire(self.path)
-        removed = 0
-        for p in self.path.iterdir():
-            if _is_partial(p.name) and p.is_file():
-                removed += p.stat().st_size
-                p.unlink()
-        if removed:
-            print(f"gradmask: removed partial temporary files ({removed / 1e6:.1f} MB) that an interrupted "
-                  f"run left in {self.path}", file=sys.stderr)
-        return lock
+        partial temporary files an interrupted writer left below it (:func:`take_folder`)."""
+        return take_folder(self.path)
 
     def check_start(self, resume: bool, overwrite: bool) -> None:
         """Refuse to start a fresh run over another one (read-only: every process may call it)."""
@@ -309,17 +357,16 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         extra = {"gradmask_version": version} if trained_by is None else {"gradmask_version": version,
                                                                           "trained_by": list(trained_by)}
-        write_atomic(self.path / CONFIG, json.dumps({**config_dict, **extra}, indent=2) + "\n")
+        write_record(self.path / CONFIG, {**config_dict, **extra})
 
     def append_metrics(self, record: dict) -> None:
         with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+            f.write(metrics_line(record))
 
     def write_metrics(self, history: list[dict], jsonl: bool = False) -> None:
         """Rewrite ``metrics.csv`` (and ``metrics.jsonl`` when ``jsonl``) from ``history``."""
         if jsonl:
-            write_atomic(self.path / METRICS_JSONL,
-                          "".join(json.dumps({k: _json_value(v) for k, v in r.items()}) + "\n" for r in history))
+            write_atomic(self.path / METRICS_JSONL, "".join(metrics_line(r) for r in history))
         per_target = ("mask_kept", "mask_energy_kept")  # {target: value}: one column of their mean each
         columns = [k for k in METRIC_KEYS if k not in per_target] + [f"{k}_mean" for k in per_target]
         extra = sorted({k for r in history for k, v in r.items()
@@ -335,44 +382,26 @@ class RunDir:
         write_csv(self.path / METRICS_CSV, columns, rows)
 
     def write_final(self, final: dict) -> None:
-        write_atomic(self.path / FINAL, json.dumps({k: _json_value(v) for k, v in final.items()}, indent=2) + "\n")
+        write_record(self.path / FINAL, json_record(final))
 
     def read_final(self) -> Optional[dict]:
-        if not self.finished:
-            return None
-        with open(self.path / FINAL, encoding="utf-8") as f:
-            return json.load(f)
+        """``final.json`` (verified, without its checksum), or None when the run is not finished."""
+        return records.read_final(self.path / FINAL)[0] if self.finished else None
 
     def read_metrics(self) -> list[dict]:
-        """The epoch records of ``metrics.jsonl`` in epoch order ([] without the file). A half-written
-        last line (a run killed, or writing right now) is skipped; a repeated epoch (a resumed run)
-        counts once, its last record; any other damage is a ``ValueError`` naming the file and line."""
-        path = self.path / METRICS_JSONL
-        if not path.is_file():
-            return []
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        by_epoch: dict[int, dict] = {}
-        for i, line in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    break
-                raise ValueError(f"{path}, line {i + 1}: not valid JSON") from None
-            if not isinstance(row, dict) or "epoch" not in row:
-                raise ValueError(f"{path}, line {i + 1}: expected an object with an 'epoch' key")
-            by_epoch[int(row["epoch"])] = row
-        return [by_epoch[e] for e in sorted(by_epoch)]
+        """The epoch records of ``metrics.jsonl`` in epoch order, each verified, without their
+        checksums ([] without the file; :func:`gradmask.train.records.read_metrics`)."""
+        return records.read_metrics(self.path / METRICS_JSONL)[0]
 
     def read_config(self) -> Optional[TrainConfig]:
         """The run's ``config.json`` as a TrainConfig, or None without one."""
         path = self.path / CONFIG
         if not path.is_file():
             return None
+        content = records.read_config(path)[0]
         try:
-            with open(path, encoding="utf-8") as f:
-                return TrainConfig.from_dict(json.load(f))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            return TrainConfig.from_dict(content)
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"run config {path} cannot be read ({exc})") from exc
 
     def _stored(self) -> tuple[Optional[dict], Optional[TrainConfig]]:
@@ -405,4 +434,5 @@ class RunDir:
 
 
 __all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",
-           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim", "lock_owner", "slurm_job"]
+           "RunDir", "RunDirInUse", "RunLock", "TENSORBOARD", "claim", "lock_owner", "remove_partial_files",
+           "slurm_job", "take_folder"]
