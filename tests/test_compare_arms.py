@@ -127,7 +127,7 @@ def test_table1_shows_every_arm_with_computed_verdicts_and_the_mechanism(tmp_pat
     base = TrainConfig(dataset="synthetic", epochs=2, train_limit=64, test_limit=32, progress=False)
     compare(base, variants="none,lateral,lateral@sigma=1", seeds=3, out=tmp_path / "synthetic" / "runs",
             train_fn=fake_train, log=None)
-    s = section(tmp_path, {"device": "cpu"}, ["synthetic"])
+    s = section(tmp_path, {"device": "cpu", "plan": {"arms": ["none", "lateral", "lateral@sigma=1"]}}, ["synthetic"])
     numbers = s.numbers["synthetic"]
     assert set(numbers["arms"]) == {"lateral@sigma=1 vs none", "lateral@sigma=1 vs lateral"}
     worse = numbers["arms"]["lateral@sigma=1 vs lateral"]

@@ -216,7 +216,7 @@ class Plan:
                 "accuracy": list(self.accuracy), "ablation": self.ablation,
                 "separate_ablation": self.separate_ablation, "robustness": self.robustness, "gsnr": self.gsnr,
                 "table3_box_sets": ["synthetic", *self.box_sets],
-                "tuning": None if self.tuning is None else self.tuning.to_json()}
+                "tuning": None if self.tuning is None else self.tuning.to_json(), "arms": list(self.preset.arms)}
 
     def training(self, dataset: str, ablation: bool = False) -> dict:
         """TrainConfig fields of ``dataset``'s runs (dataset and data path included); ``ablation``:

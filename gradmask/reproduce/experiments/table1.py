@@ -132,10 +132,13 @@ def section(out: Path, state: dict, datasets: list[str]) -> Section:
             extra += tuning_blocks(tuning, arms)[1:]
         if gap:
             gaps[dataset] = gap
-        others = [v for v in runs if v not in ("none", "lateral")]
+        # Table 1's arms (reproduce.json's plan; stored before arms existed: none and lateral); a folder
+        # that Table 2 shares (norm, pixel at this scale) adds no arms to Table 1
+        table1_arms = [v for v in (state.get("plan") or {}).get("arms") or ("none", "lateral") if v in runs]
+        others = [v for v in table1_arms if v not in ("none", "lateral")]
         if others:
             extra += _arm_blocks(dataset, runs, others, s)
-        arms_mech, changes = mechanism(runs, "none")
+        arms_mech, changes = mechanism({v: runs[v] for v in table1_arms}, "none")
         extra += [("p", f"**{args[0]} ({dataset}).**") if kind == "h2" else (kind, *args)
                   for kind, *args in mechanism_blocks(arms_mech, changes, "none")]
         s.numbers[dataset]["mechanism"] = [a.to_json() for a in arms_mech]
