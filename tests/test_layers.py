@@ -148,3 +148,22 @@ def test_import_contracts_hold_and_no_subpackage_imports_another_in_a_cycle():
     graph = subprocess.run([sys.executable, ".ci/import_graph.py"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout
     assert "sub-package cycles: 0" in graph, graph
+
+
+def test_the_public_namespace_is_exactly_all():
+    """Every public attribute of ``gradmask`` that is not a submodule is listed in ``__all__`` (no
+    ``gradmask.importlib`` / ``gradmask.annotations`` leaking from the package's own imports), and
+    ``dir(gradmask)`` lists exactly those names plus submodules."""
+    import types
+    probe = ("import json, types, gradmask\n"
+             "print(json.dumps([n for n in dir(gradmask) if not n.startswith('_')\n"
+             "                  and not isinstance(getattr(gradmask, n), types.ModuleType)]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    public = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert public == set(gradmask.__all__), (sorted(public - set(gradmask.__all__)),
+                                              sorted(set(gradmask.__all__) - public))
+    modules = {n for n in vars(gradmask) if isinstance(getattr(gradmask, n), types.ModuleType)}
+    assert modules <= {"hooks", "laplacian", "mask", "selection", "settings", "models", "robustness", "saliency",
+                       "train", "data", "compare", "reproduce", "files", "device", "reporting", "progress",
+                       "lightning", "commands", "cli", "mask_stats", "status"}, sorted(modules)
+    assert "importlib" not in dir(gradmask) and "annotations" not in dir(gradmask)
