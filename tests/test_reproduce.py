@@ -24,7 +24,7 @@ from gradmask.reproduce.verdict import (
 )
 
 # the smallest plan that still exercises every step: 2 SGD steps of 16 images per run, 32 test images
-TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=16, lr=0.05, schedule="onecycle",
+TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=16, lr=0.05, schedule="triangle",
                      warmup_epochs=0.5, augment="none", train_limit=32, test_limit=32, synthetic_train=32,
                      synthetic_test=32)
 TINY_EVALUATION = Evaluation(robustness_images=32, sparsities=(0, 0.5), epsilons=(0, 2), saliency_images=32,
@@ -480,3 +480,12 @@ def test_measuring_code_counts_the_revisions_of_the_steps():
     state = {"steps": {"a": {"gradmask": "0.1.0+gb"}, "b": {"gradmask": "0.1.0+gb"}, "c": {"title": "older"}}}
     assert measuring_code(state) == "0.1.0+gb (2 steps); unrecorded (1 step)"
     assert measuring_code({}) == "no step"
+
+
+def test_a_step_stored_with_the_old_schedule_name_is_not_run_again_for_it():
+    """Steps stored before "onecycle" was renamed "triangle" hold it in their settings: read as today's."""
+    from gradmask.reproduce.runner import _current_names
+    stored = {"fields": {"schedule": "onecycle", "lr": 0.1}, "variants": ["none"], "seeds": 3}
+    assert _current_names(stored) == {"fields": {"schedule": "triangle", "lr": 0.1}, "variants": ["none"], "seeds": 3}
+    assert stored["fields"]["schedule"] == "onecycle"          # the record itself is not changed
+    assert _current_names({"checkpoints": ["a"]}) == {"checkpoints": ["a"]}

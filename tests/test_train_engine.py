@@ -14,7 +14,7 @@ from gradmask.train.source import source_revision
 
 
 def tiny(out, **kw) -> TrainConfig:
-    base = dict(train_limit=256, test_limit=128, epochs=2, batch_size=64, lr=0.05, schedule="onecycle",
+    base = dict(train_limit=256, test_limit=128, epochs=2, batch_size=64, lr=0.05, schedule="triangle",
                 warmup_epochs=0.5, progress=False, out=str(out))
     return TrainConfig(**{**base, **kw})
 
@@ -154,7 +154,7 @@ def test_accuracy_above_chance_after_a_short_run(tmp_path):
     # its standard deviation on 1000 test images 0.0095: 0.14 is four of them above. (Seeds 0-3
     # reach 0.16-0.23 here; the data need a few thousand image-steps before shapes are picked up.)
     final = train(TrainConfig(train_limit=1500, test_limit=1000, epochs=4, batch_size=32, lr=0.03,
-                              schedule="onecycle", warmup_epochs=1, augment="none", mask="none",
+                              schedule="triangle", warmup_epochs=1, augment="none", mask="none",
                               progress=False, out=str(tmp_path)))
     records = _jsonl(tmp_path / "metrics.jsonl")
     assert final["test_acc"] > 0.14, records
@@ -360,3 +360,37 @@ def test_a_run_resumed_with_other_code_says_so_and_records_both(tmp_path, monkey
     # resuming a run of older gradmask (no trained_by in its checkpoint) names its version
     assert engine._trained_by({"gradmask_version": "0.0.9", "epoch": 3}, engine.RunDir(tmp_path / "old")) == \
         ["0.0.9", "0.1.0+gbbbb.dirty"]
+
+
+def test_a_run_stored_with_the_old_schedule_name_resumes_to_the_same_numbers(tmp_path):
+    """A run written before "onecycle" was renamed "triangle" (config.json, the checkpoint's config and
+    its LambdaLR state say "onecycle"), stopped after epoch 1, resumes under either name to the
+    numbers of an uninterrupted run."""
+    from gradmask.train.checkpoint import save_checkpoint
+
+    whole = train(tiny(tmp_path / "whole", mask="lateral"))
+
+    class Stop:
+        def on_epoch_end(self, ctx, record):
+            if ctx.epoch == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(out, mask="lateral"), callbacks=[Stop()])
+    state = read_checkpoint(out)
+    assert state["epoch"] == 1
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    state["config"]["schedule"] = "onecycle"
+    for fn in state["scheduler"]["lr_lambdas"]:
+        fn["kind"] = "onecycle"
+    save_checkpoint(out / "checkpoint.pt", state)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "schedule": "onecycle"}))
+    (out / ".gradmask.lock").unlink(missing_ok=True)
+
+    resumed = train(TrainConfig(**{**tiny(out, mask="lateral").to_dict(), "schedule": "onecycle", "resume": True}))
+    for key in ("test_acc", "test_loss", "test_top5"):
+        assert resumed[key] == whole[key], key
+    assert _jsonl(out / "metrics.jsonl")[-1]["train_loss"] == _jsonl(tmp_path / "whole" / "metrics.jsonl")[-1][
+        "train_loss"]

@@ -12,6 +12,7 @@ import numpy as np
 from ..compare.report import fmt_duration, load_runs
 from ..compare.tuning import chosen_at_edges
 from ..data import DATASETS
+from ..progress import counted
 from ..reporting import evaluation_warnings, figure, save_figure
 from . import paper
 from .runs import FIGURES, runs_dir
@@ -187,7 +188,7 @@ def run_setting(runs: list, state: dict) -> str:
             f"rate {per_variant(runs, 'inhibition_rate')}), {c.get('epochs')} epochs, batch {c.get('batch_size')}, "
             f"lr {per_variant(runs, 'lr')} {c.get('schedule')}, augment {augments}, seeds {seeds}, device "
             f"{runs[0].final.get('device', state.get('device'))}, training wall time {fmt_duration(seconds)} "
-            f"({len(runs)} runs).")
+            f"({counted(len(runs), 'run')}).")
 
 
 def accuracies(runs: list) -> list[float]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from ..files import write_atomic, write_csv
+from ..progress import counted
 from ..reporting import figure, render_html, render_markdown, save_figure
 from .gsnr import read_gsnr
 
@@ -159,7 +160,7 @@ def plot_gsnr(run_dirs: Iterable[Union[str, os.PathLike]], path: Union[str, os.P
             continue
         epochs = sorted(set.intersection(*(set(m) for m in members)))
         ax.plot(epochs, [sum(m[e] for m in members) / len(members) for e in epochs], "-", lw=2.2,
-                color=colors[variant], label=f"{variant} (mean of {len(members)} runs)")
+                color=colors[variant], label=f"{variant} (mean of {counted(len(members), 'run')})")
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
@@ -269,7 +270,8 @@ def _blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
     if gsnr:
         b.append(("h2", "GSNR (Fig. 7)"))
         first = next(iter(gsnr.values()))
-        masked = [f"{n} ({len(e.get('masked') or [])} masked targets)" for n, e in gsnr.items() if e.get("masked")]
+        masked = [f"{n} ({counted(len(e.get('masked') or []), 'masked target')})"
+                  for n, e in gsnr.items() if e.get("masked")]
         b.append(("p", f"Gradient signal-to-noise ratio mean^2 / (variance + {first.get('eps', 1e-30):g}) of the "
                        f"per-sample gradients (torch.func vmap, model in eval mode) over {first.get('n_samples', '?')} "
                        f"{first.get('split', 'train')} images, averaged over each layer's weights and over all "

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
+from ..progress import counted
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import TrainConfig
 from .data import RunData, build_data
@@ -56,7 +57,7 @@ def _trained_by(resume: Optional[dict], run: RunDir) -> list[str]:
     before = list(resume.get("trained_by") or [resume.get("gradmask_version") or "unknown"])
     if before[-1] == now:
         return before
-    print(f"gradmask: resuming {run.path} with code {now}; its {int(resume['epoch'])} finished epoch(s) were "
+    print(f"gradmask: resuming {run.path} with code {now}; its {counted(int(resume['epoch']), 'finished epoch')} were "
           f"trained by {', '.join(before)}", file=sys.stderr)
     return before + [now]
 
