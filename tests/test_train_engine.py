@@ -298,19 +298,29 @@ def test_streamed_imagenet_layout(image_tree, tmp_path):
     assert state["model_args"]["stem"] == "imagenet" and state["model_args"]["num_classes"] == 2
 
 
-def test_progress_bar_and_optional_tensorboard(tmp_path, capsys):
-    config = tiny(tmp_path, mask="none", epochs=1, train_limit=64, test_limit=32, progress=True, tensorboard=True)
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-        have_tensorboard = True
-    except Exception:  # noqa: BLE001
-        have_tensorboard = False
-    if have_tensorboard:
-        train(config)
-        assert (tmp_path / "tensorboard").is_dir()
-    else:
-        with pytest.warns(UserWarning, match="tensorboard"):
-            train(config)
+def test_tensorboard_without_the_package_is_an_error_before_anything_is_written(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as without tensorboard
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"tensorboard.*pip install 'gradmask\[tensorboard\]'"):
+        train(tiny(out, mask="none", epochs=1, tensorboard=True))
+    assert not out.exists()
+
+
+def test_progress_bar_and_tensorboard_under_the_logged_names(tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra: pip install -e '.[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    config = tiny(tmp_path, mask="lateral", epochs=1, train_limit=64, test_limit=32, progress=True,
+                  tensorboard=True)
+    train(config)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "test/loss", "test/acc", "test/top5", "train_eval/acc", "train/lr",
+            "gradmask/kept/layer1.0", "gradmask/energy_kept/layer1.0", "time/epoch_seconds"} <= tags, sorted(tags)
+    record = _jsonl(tmp_path / "metrics.jsonl")[0]
+    assert events.Scalars("train/loss")[0].value == pytest.approx(record["train_loss"])
+    assert events.Scalars("gradmask/kept/layer1.0")[0].value == pytest.approx(record["mask_kept"]["layer1.0"])
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "img/s" in err
     assert "\r" not in err      # not a terminal: the epoch's summary line, no bar fragments
@@ -353,7 +363,7 @@ def test_a_run_resumed_with_other_code_says_so_and_records_both(tmp_path, monkey
     capsys.readouterr()
     final = train(config.replace(resume=True))
     err = capsys.readouterr().err
-    assert "with code 0.1.0+gbbbb.dirty; its 1 finished epoch(s) were trained by 0.1.0+gaaaa" in err
+    assert "with code 0.1.0+gbbbb.dirty; its 1 finished epoch was trained by 0.1.0+gaaaa" in err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["gradmask_version"] == "0.1.0+gbbbb.dirty"
     assert saved["trained_by"] == final["trained_by"] == ["0.1.0+gaaaa", "0.1.0+gbbbb.dirty"]
