@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import run_browser
 from scipy import stats
 
 from gradmask.compare.stats import DiffInterval
@@ -290,24 +291,6 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def _chromium():
-    import os
-    import shutil
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI must check the report in a real browser: .ci/run installs Debian's chromium")
-    pytest.skip("no chromium here (CI installs it: apt-get install chromium)")
-
-
-def _run_browser(*args):
-    import subprocess
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--no-first-run", "--disable-extensions", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
-
-
 @pytest.mark.slow
 def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tmp_path):
     """Open report.html from disk with no network in Debian's chromium: every figure decodes, every
@@ -321,7 +304,7 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
     # a copy with a load-time probe (the report itself has no script)
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK_SCRIPT + "\n</body>"))
-    dom = _run_browser("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
+    dom = run_browser("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
     found = re.search(r'data-check="([^"]+)"', dom)
     assert found, "the load handler did not run"
     check = json.loads(html_lib.unescape(found.group(1)))
@@ -333,10 +316,10 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
 
     shot = tmp_path / "report.png"
     height = min(check["height"], 16000)               # the whole page, figures included
-    _run_browser(f"--window-size=1000,{height}", f"--screenshot={shot}", (out / "report.html").as_uri())
+    run_browser(f"--window-size=1280,{height}", f"--screenshot={shot}", (out / "report.html").as_uri())
     with Image.open(shot) as screenshot:
         image = np.asarray(screenshot.convert("RGB")).astype(np.int16)
-    assert image.shape[:2] == (height, 1000)
+    assert image.shape[:2] == (height, 1280)
     ink = (image.sum(-1) < 600).mean()                  # text, table borders, plot lines
     colour = (image.max(-1) - image.min(-1) > 60).mean()  # the figures' coloured lines and maps
     assert 0.02 < ink < 0.9, ink
