@@ -40,8 +40,10 @@ class GradientMaskCallback(Callback):
         targets: module names / name patterns / types relative to the ``LightningModule``; None:
             every residual block but the last ``skip_last``.
         skip_last: see :func:`gradmask.attach`.
-        token_grid, prefix_tokens: the patch grid of token targets, see :func:`gradmask.attach`.
-        log_kept: log the kept fraction and the energy kept per target at the end of each training epoch.
+        token_grid: the patch grid ``(H, W)`` of token targets ``(N, T, D)``, see :func:`gradmask.attach`.
+        prefix_tokens: the class / register tokens before the patches, see :func:`gradmask.attach`.
+        log_kept: log the kept fraction and the energy kept per target at the end of each training
+            epoch.
 
     ``handle`` is the live :class:`gradmask.MaskHandle` while fitting (None otherwise). The
     callback holds no state a checkpoint needs: the mask is attached again when a resumed fit starts.
