@@ -529,7 +529,7 @@ def step_train_speed(args, record: StepResult, deadline: float) -> None:
             continue
         out = Path(args.work) / "train_speed" / mask
         config = TrainConfig(**data, model=sizes.train_model, stem="cifar", epochs=2, batch_size=sizes.train_batch,
-                             lr=0.1, schedule="onecycle", warmup_epochs=0.5, amp="bf16", channels_last=True,
+                             lr=0.1, schedule="triangle", warmup_epochs=0.5, amp="bf16", channels_last=True,
                              compile=sizes.train_compile, device=sizes.device, mask=mask, groups=sizes.train_groups,
                              progress=False, out=str(out), overwrite=True)
         start = time.perf_counter()
@@ -612,14 +612,14 @@ def step_compare(args, record: StepResult, deadline: float) -> None:
     data, description = (_data_fields(args, sizes) if sizes.device == "cpu" else
                          ({"dataset": "cifar10", "data": args.cifar10}, f"CIFAR-10 ({args.cifar10})"))
     base = TrainConfig(**data, model=sizes.train_model, stem="cifar", epochs=epochs, batch_size=sizes.train_batch,
-                       lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="onecycle", warmup_epochs=0.25 * epochs,
+                       lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="triangle", warmup_epochs=0.25 * epochs,
                        amp=sizes.compare_amp, channels_last=True, compile=compiled, device=sizes.device,
                        groups=sizes.train_groups, progress=False)
     out = Path(args.work) / "compare"
     record.result(setting={"data": description, "model": sizes.train_model, "epochs": epochs,
                            "seeds": sizes.compare_seeds, "variants": ["none", "lateral"], "batch": sizes.train_batch,
                            "lr": 0.1,
-                           "schedule": "onecycle", "amp": sizes.compare_amp, "compile": compiled, "out": str(out)})
+                           "schedule": "triangle", "amp": sizes.compare_amp, "compile": compiled, "out": str(out)})
     compare(base, variants=("none", "lateral"), seeds=sizes.compare_seeds, out=out,
             log=lambda line: print(line, flush=True))
     record.result(**collect_compare(out, Path(args.out)))

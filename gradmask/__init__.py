@@ -7,9 +7,9 @@
 ``import gradmask`` loads the core only (the mask, the LoG, selection, hooks: torch and numpy);
 the rest of the names below (models, saliency, robustness) are imported on first use.
 """
-from __future__ import annotations
-
-import importlib
+# No ``from __future__ import annotations`` and no plain ``import x`` here: both would bind a name
+# (``gradmask.annotations``, ``gradmask.importlib``) outside ``__all__``.
+from importlib import import_module as _import_module
 
 from .hooks import MaskHandle, attach, default_targets, no_gradient_mask, register_residual_block, residual_blocks
 from .laplacian import LoGFilter
@@ -42,7 +42,7 @@ __all__ = ["GSNRProbe", "GradCAM", "GradCAMPlusPlus", "GradientMask", "LIBackgro
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_import_module(_LAZY[name]), name)
         globals()[name] = value  # later look-ups skip __getattr__
         return value
     raise AttributeError(f"module 'gradmask' has no attribute {name!r}")

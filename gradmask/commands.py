@@ -32,15 +32,39 @@ def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless the text already states one (or there is
-    none to state: None, or a suppressed default that the command fills in itself)."""
+    """Every option's help ends with its default, written one way: ``(default: X)``, generated here
+    and nowhere else (help texts never state their default). ``X`` is the option's default, or the
+    text given with :func:`show_default` for a None / suppressed default that the command fills in
+    (the preset's value, "inferred", ...); flags (``store_true``) and options without a default show none."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (action.option_strings and action.default not in (None, argparse.SUPPRESS)
-                and "default" not in text and "%(default)" not in text):
-            text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
-        return text
+        text = (action.help or "").replace(" (default: %(default)s)", "")  # BooleanOptionalAction's own (3.11)
+        shown = default_text(action)
+        if shown is None:
+            return text
+        shown = shown.replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+def show_default(action: argparse.Action, text: str) -> argparse.Action:
+    """``--help`` shows ``text`` as the default of ``action`` (the return value of ``add_argument``):
+    for options whose default is None or suppressed and filled in by the command."""
+    action.shown_default = text  # type: ignore[attr-defined]
+    return action
+
+
+def default_text(action: argparse.Action) -> Optional[str]:
+    """What ``(default: X)`` shows for ``action``; None: nothing (a positional, a flag, no default)."""
+    if not action.option_strings or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                                                        argparse._HelpAction, argparse._VersionAction)):
+        return None
+    if hasattr(action, "shown_default"):
+        return action.shown_default
+    if action.default is None or action.default is argparse.SUPPRESS or action.default == []:
+        return None
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return "on" if action.default else "off"
+    return _shown(action.default)
 
 
 def kernel_size_argument(text: str) -> Optional[int]:
@@ -101,7 +125,7 @@ def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, su
         if values[name] is None:
             shown = {"kernel_size": "full", "targets": "every residual block but the last --skip-last"}[name]
         default = argparse.SUPPRESS if suppress else values[name]
-        group.add_argument(flag, dest=name, default=default, help=f"{help} (default: {shown})", **kwargs)
+        show_default(group.add_argument(flag, dest=name, default=default, help=help, **kwargs), shown)
 
     mode = next(f for f in dataclasses.fields(MaskSettings) if f.name == "mode")
     add("--mask", "mask", f"none (plain backprop), or the mask mode: {mode.metadata['help']}", choices=MASK_MODES)
@@ -116,7 +140,7 @@ def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, su
         else:
             add(flag, f.name, f.metadata["help"], type=_setting_argument(f.name, type(getattr(DEFAULTS, f.name))))
     add("--targets", "targets", "comma-separated module names / patterns to mask")
-    add("--skip-last", "skip_last", "default targets: every residual block but the last N", type=int)
+    add("--skip-last", "skip_last", "without --targets: every residual block but the last N", type=int)
 
 
 def device_argument(text: str) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 import warnings
 from typing import Optional
@@ -36,17 +37,22 @@ CPU_BLOCK_BYTES = 1 << 20  # maps per CPU block: about one L2 cache
 DENSE_MAX_POSITIONS = 256  # largest H*W filtered through the dense (HW x HW) operator
 BANDED_MAX_RADIUS = 4      # largest window radius of the compiled banded filter
 COMPILED_VERSION = 2       # what gradmask_compiled_version() of a current build of _banded.c returns
+#: Said once per process (logger "gradmask") when the compiled filter is first wanted and was not built.
+NOT_BUILT_NOTICE = ("gradmask: the compiled LoG (gradmask/_banded.c) was not built at install time (no C compiler); "
+                    "the LoG runs on matrix products, slower on CPU")
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_library():
     """The compiled ``gradmask/_banded.c`` (``gradmask_banded_log``, ``gradmask_finite_input``,
     ``gradmask_mark_nonfinite``, ``gradmask_sample_scales``) as a ctypes library with its argument
-    types set, or None if it was not built (or was built from an older ``_banded.c``: a warning
-    says so, and the matrix products serve until ``pip install -e .`` rebuilds it)."""
+    types set, or None if it was not built (a one-line notice, :data:`NOT_BUILT_NOTICE`, on the
+    "gradmask" logger) or was built from an older ``_banded.c`` (a warning says so, and the matrix
+    products serve until ``pip install -e .`` rebuilds it)."""
     try:
         from . import _banded
     except ImportError:
+        logging.getLogger("gradmask").warning(NOT_BUILT_NOTICE)
         return None
     library = ctypes.CDLL(_banded.__file__)  # ctypes releases the GIL during each call
     version = getattr(library, "gradmask_compiled_version", None)

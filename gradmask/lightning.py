@@ -1,4 +1,5 @@
-"""Gradient Mask in a Lightning ``Trainer`` (``pip install "gradmask[lightning]"``).
+"""Gradient Mask in a Lightning ``Trainer`` (the ``lightning`` extra: ``pip install -e ".[lightning]"`` in a
+checkout, ``pip install "gradmask[lightning]"`` from a wheel).
 
     import gradmask, lightning
     from gradmask.lightning import GradientMaskCallback
@@ -9,8 +10,10 @@
 The mask is attached to the ``LightningModule`` when fitting starts (target names are relative to
 it, e.g. ``"model.layer1.0"`` for a module that holds ``self.model``), removed while validation,
 test or predict loops run (no backward there) and put back afterwards, and removed when fitting
-ends or fails. The kept fraction of each target is logged once per training epoch with
-``LightningModule.log`` (``gradmask/kept/<target>``, averaged over processes under DDP).
+ends or fails. The kept fraction and the share of the gradient's energy kept of each target are
+logged once per training epoch with ``LightningModule.log`` under the names ``gradmask train`` gives
+them in TensorBoard (:mod:`gradmask.metric_names`: ``gradmask/kept/<target>``,
+``gradmask/energy_kept/<target>``), averaged over processes under DDP.
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ try:
     from lightning.pytorch.callbacks import Callback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gradmask.lightning needs Lightning: pip install 'gradmask[lightning]' "
-                      "(or pip install lightning)") from exc
+                      "(in a checkout: pip install -e '.[lightning]'; or pip install lightning)") from exc
 
 from .hooks import MaskHandle, Target, _check_token_grid, attach
 from .mask import GradientMask
+from .metric_names import PER_TARGET, metric_tag
 
-LOG_PREFIX = "gradmask/kept"
+LOG_PREFIX = PER_TARGET["mask_kept"]  # "gradmask/kept"
 
 
 class GradientMaskCallback(Callback):
@@ -36,8 +40,10 @@ class GradientMaskCallback(Callback):
         targets: module names / name patterns / types relative to the ``LightningModule``; None:
             every residual block but the last ``skip_last``.
         skip_last: see :func:`gradmask.attach`.
-        token_grid, prefix_tokens: the patch grid of token targets, see :func:`gradmask.attach`.
-        log_kept: log the kept fraction per target at the end of each training epoch.
+        token_grid: the patch grid ``(H, W)`` of token targets ``(N, T, D)``, see :func:`gradmask.attach`.
+        prefix_tokens: the class / register tokens before the patches, see :func:`gradmask.attach`.
+        log_kept: log the kept fraction and the energy kept per target at the end of each training
+            epoch.
 
     ``handle`` is the live :class:`gradmask.MaskHandle` while fitting (None otherwise). The
     callback holds no state a checkpoint needs: the mask is attached again when a resumed fit starts.
@@ -75,9 +81,9 @@ class GradientMaskCallback(Callback):
             return
         if self.log_kept:
             for name, stats in self.handle.stats().items():
-                if stats["kept_fraction"] is not None:
-                    pl_module.log(f"{LOG_PREFIX}/{name}", stats["kept_fraction"], on_step=False, on_epoch=True,
-                                  sync_dist=True)
+                for key, value in (("mask_kept", stats["kept_fraction"]), ("mask_energy_kept", stats["energy_kept"])):
+                    if value is not None:
+                        pl_module.log(metric_tag(key, name), value, on_step=False, on_epoch=True, sync_dist=True)
         self.handle.reset_stats()
 
     def on_fit_end(self, trainer, pl_module) -> None:

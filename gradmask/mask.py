@@ -126,9 +126,11 @@ class GradientMask:
 
     Args:
         groups: number of channel sets ``K`` (paper: 16); must divide ``C``.
-        sigma, kernel_size, kernel, padding: the LoG filter, see
-            :class:`gradmask.laplacian.LoGFilter` (defaults: the authors' sigma=11, 5x5 window,
-            reflect padding; kernel from eq. 2).
+        sigma: the LoG's standard deviation (default: the authors' 11); see
+            :class:`gradmask.laplacian.LoGFilter` for this and the next three.
+        kernel_size: the LoG window (default 5x5; None: ``2*ceil(3 sigma)+1``).
+        kernel: ``"log"`` (eq. 2, default) or ``"authors"``.
+        padding: ``"reflect"`` (default) or ``"zero"``.
         inhibition_rate: the quantile ``q`` in [0, 1) (paper: 0.5); may be set between steps
             (schedules), validated alike.
         mode: ``"lateral"``, ``"norm"`` or ``"pixel"``.

@@ -28,6 +28,11 @@ def fmt_seconds(seconds: Optional[float]) -> str:
     return f"{seconds}s"
 
 
+def counted(n: int, noun: str, plural: Optional[str] = None) -> str:
+    """``"1 run"``, ``"0 runs"``, ``"3 runs"`` (``plural``: the noun's plural when not noun + "s")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 class RunProgress:
     """Counts runs as they finish. ``total`` runs in all, ``done`` of them finished before;
     ``bar``: draw a tqdm bar on stderr (a terminal), else ``log`` one line per run; ``jobs``: runs
@@ -114,4 +119,4 @@ class RunProgress:
             self._bar = None
 
 
-__all__ = ["RunProgress", "fmt_seconds"]
+__all__ = ["RunProgress", "counted", "fmt_seconds"]

@@ -17,7 +17,7 @@ from gradmask.compare.jobs import ProcessTrainer, job_devices, train_all
 from gradmask.compare.tuning import read_tuning
 from gradmask.train import TrainConfig
 
-TINY = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=32, lr=0.05, schedule="onecycle",
+TINY = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=32, lr=0.05, schedule="triangle",
             warmup_epochs=0.5, augment="none", train_limit=64, test_limit=32, synthetic_train=96,
             synthetic_test=32, progress=False, device="cpu")
 

@@ -26,7 +26,7 @@ from gradmask.reproduce.presets import PRESETS, Evaluation
 from gradmask.train import RunDir, TrainConfig, train
 from gradmask.train.data import VALIDATION_SEED, validation_split
 
-TINY = dict(model="resnet18_narrow", groups=4, epochs=2, batch_size=32, lr=0.05, schedule="onecycle",
+TINY = dict(model="resnet18_narrow", groups=4, epochs=2, batch_size=32, lr=0.05, schedule="triangle",
             warmup_epochs=0.5, augment="none", train_limit=64, test_limit=32, synthetic_train=96,
             synthetic_test=32, progress=False, device="cpu")
 

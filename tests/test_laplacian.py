@@ -233,3 +233,32 @@ def test_fused_magnitudes_and_dtype_equal_the_composition(shape):
         assert torch.equal(fused, f(source.abs().float()).abs())
     assert torch.equal(f(x, abs_output=True), f(x).abs())
     assert torch.equal(f(x.double(), abs_input=True), f(x.double().abs()))
+
+
+def test_without_the_compiled_filter_one_notice_and_the_matrix_products(monkeypatch, caplog):
+    """A machine without a C compiler at install time has no gradmask._banded: the first call that
+    wants it logs one line (NOT_BUILT_NOTICE) and the LoG equals the compiled path's result."""
+    import builtins
+    import logging
+    grads = torch.randn(2, 3, 40, 40)
+    expected = LoGFilter(sigma=11.0, kernel_size=5)(grads)
+    real_import = builtins.__import__
+
+    def no_banded(name, globals=None, locals=None, fromlist=(), level=0):
+        if fromlist and "_banded" in fromlist:
+            raise ImportError("no compiled _banded")
+        return real_import(name, globals, locals, fromlist, level)
+
+    laplacian.compiled_library.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_banded)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gradmask"):
+            assert not laplacian.banded_available()
+            got = LoGFilter(sigma=11.0, kernel_size=5)(grads)
+            assert not laplacian.banded_available()
+        assert [r.getMessage() for r in caplog.records] == [laplacian.NOT_BUILT_NOTICE]
+        assert "\n" not in laplacian.NOT_BUILT_NOTICE
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    finally:
+        monkeypatch.undo()
+        laplacian.compiled_library.cache_clear()

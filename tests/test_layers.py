@@ -148,3 +148,37 @@ def test_import_contracts_hold_and_no_subpackage_imports_another_in_a_cycle():
     graph = subprocess.run([sys.executable, ".ci/import_graph.py"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout
     assert "sub-package cycles: 0" in graph, graph
+
+
+def test_the_public_namespace_is_exactly_all():
+    """Every public attribute of ``gradmask`` that is not a submodule is listed in ``__all__`` (no
+    ``gradmask.importlib`` / ``gradmask.annotations`` leaking from the package's own imports), and
+    ``dir(gradmask)`` lists exactly those names plus submodules."""
+    import types
+    probe = ("import json, types, gradmask\n"
+             "print(json.dumps([n for n in dir(gradmask) if not n.startswith('_')\n"
+             "                  and not isinstance(getattr(gradmask, n), types.ModuleType)]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    public = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert public == set(gradmask.__all__), (sorted(public - set(gradmask.__all__)),
+                                              sorted(set(gradmask.__all__) - public))
+    modules = {n: getattr(gradmask, n) for n in vars(gradmask) if isinstance(getattr(gradmask, n), types.ModuleType)}
+    assert all(m.__name__ == f"gradmask.{n}" for n, m in modules.items()), modules  # subpackages only
+    assert "importlib" not in dir(gradmask) and "annotations" not in dir(gradmask)
+
+
+def test_every_public_name_is_documented_with_shapes_and_in_the_api_reference():
+    """docs/api.md (mkdocstrings, built by `mkdocs build --strict` in CI) renders every name of
+    ``gradmask.__all__``; each has a docstring, and those that take or return tensors state shapes."""
+    import inspect
+    import re
+    api = (ROOT / "docs" / "api.md").read_text()
+    tensors = {"GradCAM", "GradCAMPlusPlus", "GradientMask", "LIBackgroundBlur", "LIMap", "LoGFilter", "Normalized",
+               "attach", "box_iou", "create_model", "fgsm", "gsnr", "localization_scores", "saliency_box",
+               "saliency_boxes", "select_images"}
+    for name in gradmask.__all__:
+        assert re.search(rf"^::: gradmask\.[\w.]*\.{name}$", api, re.M), f"{name} is not in docs/api.md"
+        doc = inspect.getdoc(getattr(gradmask, name)) or ""
+        assert len(doc) > 40, f"gradmask.{name} has no docstring"
+        if name in tensors:
+            assert re.search(r"\((N|M|H)\b|\(\.\.\.", doc), f"gradmask.{name}'s docstring states no shapes"

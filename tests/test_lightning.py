@@ -97,6 +97,9 @@ def test_callback_attaches_for_training_only_logs_kept_fractions_and_removes_at_
     kept = [float(r["gradmask/kept/model.blocks.0"]) for r in rows if r.get("gradmask/kept/model.blocks.0")]
     assert len(kept) == 2 and all(0.4 < k <= 0.5 for k in kept)  # 8x8 maps, rate 0.5: 32 of 64 kept
     assert "gradmask/kept/model.blocks.2" not in rows[0]  # skip_last=1
+    tag = "gradmask/energy_kept/model.blocks.0"
+    energy = [float(r[tag]) for r in rows if r.get(tag)]
+    assert len(energy) == 2 and all(0 < e <= 1 for e in energy)  # the names gradmask train logs (metric_names)
 
 
 def test_masked_training_differs_from_plain_and_matches_attach(tmp_path):

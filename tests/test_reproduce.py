@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import run_browser
 from scipy import stats
 
 from gradmask.compare.stats import DiffInterval
@@ -26,7 +27,7 @@ from gradmask.reproduce.verdict import (
 )
 
 # the smallest plan that still exercises every step: 2 SGD steps of 16 images per run, 32 test images
-TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=16, lr=0.05, schedule="onecycle",
+TINY_TRAINING = dict(model="resnet18_narrow", groups=4, epochs=1, batch_size=16, lr=0.05, schedule="triangle",
                      warmup_epochs=0.5, augment="none", train_limit=32, test_limit=32, synthetic_train=32,
                      synthetic_test=32)
 TINY_EVALUATION = Evaluation(robustness_images=32, sparsities=(0, 0.5), epsilons=(0, 2), saliency_images=32,
@@ -301,24 +302,6 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def _chromium():
-    import os
-    import shutil
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI must check the report in a real browser: .ci/run installs Debian's chromium")
-    pytest.skip("no chromium here (CI installs it: apt-get install chromium)")
-
-
-def _run_browser(*args):
-    import subprocess
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--no-first-run", "--disable-extensions", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
-
-
 @pytest.mark.slow
 def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tmp_path):
     """Open report.html from disk with no network in Debian's chromium: every figure decodes, every
@@ -332,7 +315,7 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
     # a copy with a load-time probe (the report itself has no script)
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK_SCRIPT + "\n</body>"))
-    dom = _run_browser("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
+    dom = run_browser("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
     found = re.search(r'data-check="([^"]+)"', dom)
     assert found, "the load handler did not run"
     check = json.loads(html_lib.unescape(found.group(1)))
@@ -344,10 +327,10 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tiny_run, tm
 
     shot = tmp_path / "report.png"
     height = min(check["height"], 16000)               # the whole page, figures included
-    _run_browser(f"--window-size=1000,{height}", f"--screenshot={shot}", (out / "report.html").as_uri())
+    run_browser(f"--window-size=1280,{height}", f"--screenshot={shot}", (out / "report.html").as_uri())
     with Image.open(shot) as screenshot:
         image = np.asarray(screenshot.convert("RGB")).astype(np.int16)
-    assert image.shape[:2] == (height, 1000)
+    assert image.shape[:2] == (height, 1280)
     ink = (image.sum(-1) < 600).mean()                  # text, table borders, plot lines
     colour = (image.max(-1) - image.min(-1) > 60).mean()  # the figures' coloured lines and maps
     assert 0.02 < ink < 0.9, ink
@@ -491,3 +474,12 @@ def test_measuring_code_counts_the_revisions_of_the_steps():
     state = {"steps": {"a": {"gradmask": "0.1.0+gb"}, "b": {"gradmask": "0.1.0+gb"}, "c": {"title": "older"}}}
     assert measuring_code(state) == "0.1.0+gb (2 steps); unrecorded (1 step)"
     assert measuring_code({}) == "no step"
+
+
+def test_a_step_stored_with_the_old_schedule_name_is_not_run_again_for_it():
+    """Steps stored before "onecycle" was renamed "triangle" hold it in their settings: read as today's."""
+    from gradmask.reproduce.runner import _current_names
+    stored = {"fields": {"schedule": "onecycle", "lr": 0.1}, "variants": ["none"], "seeds": 3}
+    assert _current_names(stored) == {"fields": {"schedule": "triangle", "lr": 0.1}, "variants": ["none"], "seeds": 3}
+    assert stored["fields"]["schedule"] == "onecycle"          # the record itself is not changed
+    assert _current_names({"checkpoints": ["a"]}) == {"checkpoints": ["a"]}

@@ -39,7 +39,7 @@ def test_cli_preset_quick_with_overrides(tmp_path):
     assert main(["train", "--preset", "quick", "--train-limit", "64", "--test-limit", "32", "--epochs", "1",
                  "--mask", "none", "--no-progress", "--out", str(out)]) == 0
     config = json.loads(Path(out / "config.json").read_text())
-    assert config["schedule"] == "onecycle" and config["train_limit"] == 64 and config["mask"] == "none"
+    assert config["schedule"] == "triangle" and config["train_limit"] == 64 and config["mask"] == "none"
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -32,7 +32,7 @@ def test_paper_preset():
 def test_quick_preset_is_small_and_overridable():
     c = TrainConfig.from_preset("quick", epochs=2, mask="none")
     assert c.model == "resnet18_narrow" and c.epochs == 2 and c.mask == "none"
-    assert c.schedule in ("onecycle", "cosine") and c.train_limit <= 10000 and c.test_limit is not None
+    assert c.schedule in ("triangle", "cosine") and c.train_limit <= 10000 and c.test_limit is not None
     assert set(PRESETS) == {"paper", "quick"}
 
 
@@ -100,8 +100,8 @@ def test_multistep_drops_at_the_milestone_epochs():
     assert factors[30:] == pytest.approx([0.04] * 20)
 
 
-def test_onecycle_rises_then_falls_to_zero():
-    s = LRSchedule("onecycle", epochs=4, steps_per_epoch=10, warmup_epochs=1)
+def test_triangle_rises_then_falls_to_zero():
+    s = LRSchedule("triangle", epochs=4, steps_per_epoch=10, warmup_epochs=1)
     f = [s(i) for i in range(40)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(f[:9], f[1:10]))
@@ -110,9 +110,27 @@ def test_onecycle_rises_then_falls_to_zero():
 
 
 def test_warmup_over_every_epoch_keeps_a_last_falling_step():
-    s = LRSchedule("onecycle", epochs=1, steps_per_epoch=10, warmup_epochs=1)
+    s = LRSchedule("triangle", epochs=1, steps_per_epoch=10, warmup_epochs=1)
     f = [s(i) for i in range(10)]
     assert f[8] == pytest.approx(1.0) and 0 < f[9] < 1
+
+
+def test_onecycle_is_the_old_name_of_triangle():
+    """"onecycle" (before the rename) is read as "triangle" everywhere: configs, LRSchedule, the CLI;
+    the presets use the new name, and the help says what the schedule is."""
+    old = TrainConfig.from_dict({**TrainConfig.from_preset("quick").to_dict(), "schedule": "onecycle"})
+    assert old.schedule == "triangle" and old == TrainConfig.from_preset("quick")
+    assert TrainConfig.from_preset("quick").schedule == "triangle"
+    steps = [LRSchedule(k, epochs=3, steps_per_epoch=7, warmup_epochs=1) for k in ("onecycle", "triangle")]
+    assert [steps[0](i) for i in range(21)] == [steps[1](i) for i in range(21)]
+    assert _parse(["--schedule", "onecycle"]).schedule == "triangle"
+    from gradmask.cli import build_parser
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    assert "triangle (linear down to 0" in text and "not PyTorch's OneCycleLR" in text
+    from gradmask.reproduce.presets import PRESETS as REPRODUCE_PRESETS  # noqa: F401 (imports cleanly)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(schedule="one-cycle")
 
 
 def test_cosine_without_warmup():

@@ -47,7 +47,7 @@ def _torchrun(args, tmp_path, timeout=120):
 def test_two_gloo_processes_train_one_model_on_disjoint_shards(tmp_path):
     out, spy = tmp_path / "run", tmp_path / "spy"
     spy.mkdir()
-    config = TrainConfig(train_limit=256, test_limit=101, epochs=2, batch_size=64, lr=0.05, schedule="onecycle",
+    config = TrainConfig(train_limit=256, test_limit=101, epochs=2, batch_size=64, lr=0.05, schedule="triangle",
                          warmup_epochs=0.5, mask="lateral", progress=False, out=str(out))
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)

@@ -15,7 +15,7 @@ from gradmask.train.source import source_revision
 
 
 def tiny(out, **kw) -> TrainConfig:
-    base = dict(train_limit=256, test_limit=128, epochs=2, batch_size=64, lr=0.05, schedule="onecycle",
+    base = dict(train_limit=256, test_limit=128, epochs=2, batch_size=64, lr=0.05, schedule="triangle",
                 warmup_epochs=0.5, progress=False, out=str(out))
     return TrainConfig(**{**base, **kw})
 
@@ -159,7 +159,7 @@ def test_accuracy_above_chance_after_a_short_run(tmp_path):
     # its standard deviation on 1000 test images 0.0095: 0.14 is four of them above. (Seeds 0-3
     # reach 0.16-0.23 here; the data need a few thousand image-steps before shapes are picked up.)
     final = train(TrainConfig(train_limit=1500, test_limit=1000, epochs=4, batch_size=32, lr=0.03,
-                              schedule="onecycle", warmup_epochs=1, augment="none", mask="none",
+                              schedule="triangle", warmup_epochs=1, augment="none", mask="none",
                               progress=False, out=str(tmp_path)))
     records = _jsonl(tmp_path / "metrics.jsonl")
     assert final["test_acc"] > 0.14, records
@@ -303,19 +303,29 @@ def test_streamed_imagenet_layout(image_tree, tmp_path):
     assert state["model_args"]["stem"] == "imagenet" and state["model_args"]["num_classes"] == 2
 
 
-def test_progress_bar_and_optional_tensorboard(tmp_path, capsys):
-    config = tiny(tmp_path, mask="none", epochs=1, train_limit=64, test_limit=32, progress=True, tensorboard=True)
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-        have_tensorboard = True
-    except Exception:  # noqa: BLE001
-        have_tensorboard = False
-    if have_tensorboard:
-        train(config)
-        assert (tmp_path / "tensorboard").is_dir()
-    else:
-        with pytest.warns(UserWarning, match="tensorboard"):
-            train(config)
+def test_tensorboard_without_the_package_is_an_error_before_anything_is_written(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as without tensorboard
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"tensorboard.*pip install 'gradmask\[tensorboard\]'"):
+        train(tiny(out, mask="none", epochs=1, tensorboard=True))
+    assert not out.exists()
+
+
+def test_progress_bar_and_tensorboard_under_the_logged_names(tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra: pip install -e '.[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    config = tiny(tmp_path, mask="lateral", epochs=1, train_limit=64, test_limit=32, progress=True,
+                  tensorboard=True)
+    train(config)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "test/loss", "test/acc", "test/top5", "train_eval/acc", "train/lr",
+            "gradmask/kept/layer1.0", "gradmask/energy_kept/layer1.0", "time/epoch_seconds"} <= tags, sorted(tags)
+    record = _jsonl(tmp_path / "metrics.jsonl")[0]
+    assert events.Scalars("train/loss")[0].value == pytest.approx(record["train_loss"])
+    assert events.Scalars("gradmask/kept/layer1.0")[0].value == pytest.approx(record["mask_kept"]["layer1.0"])
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "img/s" in err
     assert "\r" not in err      # not a terminal: the epoch's summary line, no bar fragments
@@ -358,10 +368,44 @@ def test_a_run_resumed_with_other_code_says_so_and_records_both(tmp_path, monkey
     capsys.readouterr()
     final = train(config.replace(resume=True))
     err = capsys.readouterr().err
-    assert "with code 0.1.0+gbbbb.dirty; its 1 finished epoch(s) were trained by 0.1.0+gaaaa" in err
+    assert "with code 0.1.0+gbbbb.dirty; its 1 finished epoch was trained by 0.1.0+gaaaa" in err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["gradmask_version"] == "0.1.0+gbbbb.dirty"
     assert saved["trained_by"] == final["trained_by"] == ["0.1.0+gaaaa", "0.1.0+gbbbb.dirty"]
     # resuming a run of older gradmask (no trained_by in its checkpoint) names its version
     assert engine._trained_by({"gradmask_version": "0.0.9", "epoch": 3}, engine.RunDir(tmp_path / "old")) == \
         ["0.0.9", "0.1.0+gbbbb.dirty"]
+
+
+def test_a_run_stored_with_the_old_schedule_name_resumes_to_the_same_numbers(tmp_path):
+    """A run written before "onecycle" was renamed "triangle" (config.json, the checkpoint's config and
+    its LambdaLR state say "onecycle"), stopped after epoch 1, resumes under either name to the
+    numbers of an uninterrupted run."""
+    from gradmask.train.checkpoint import save_checkpoint
+
+    whole = train(tiny(tmp_path / "whole", mask="lateral"))
+
+    class Stop:
+        def on_epoch_end(self, ctx, record):
+            if ctx.epoch == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(out, mask="lateral"), callbacks=[Stop()])
+    state = read_checkpoint(out)
+    assert state["epoch"] == 1
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    state["config"]["schedule"] = "onecycle"
+    for fn in state["scheduler"]["lr_lambdas"]:
+        fn["kind"] = "onecycle"
+    save_checkpoint(out / "checkpoint.pt", state)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "schedule": "onecycle"}))
+    (out / ".gradmask.lock").unlink(missing_ok=True)
+
+    resumed = train(TrainConfig(**{**tiny(out, mask="lateral").to_dict(), "schedule": "onecycle", "resume": True}))
+    for key in ("test_acc", "test_loss", "test_top5"):
+        assert resumed[key] == whole[key], key
+    assert _jsonl(out / "metrics.jsonl")[-1]["train_loss"] == _jsonl(tmp_path / "whole" / "metrics.jsonl")[-1][
+        "train_loss"]

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..commands import register
+from ..commands import register, show_default
 from ..progress import RunProgress
 from ..train import cli as _train_cli
 from ..train.rundir import take_folder
@@ -38,31 +38,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     # declared after the training flags and overriding them where they clash (--out, --mask, --seed, --overwrite)
     group = parser.add_argument_group("comparison", conflict_handler="resolve")
     group.add_argument("--variants", default=",".join(VARIANTS),
-                       help=f"comma-separated mask variants among {', '.join(VARIANTS)} (default: all)")
-    group.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+                       help=f"comma-separated mask variants among {', '.join(VARIANTS)}")
+    group.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     group.add_argument("--seed-offset", type=int, default=0,
-                       help="first seed; runs use seed-offset .. seed-offset+seeds-1 (default 0)")
+                       help="first seed; runs use seed-offset .. seed-offset+seeds-1")
     group.add_argument("--out", default="runs/compare",
-                       help="comparison folder: one sub-folder per run, the report next to them "
-                            "(default runs/compare)")
+                       help="comparison folder: one sub-folder per run, the report next to them")
     group.add_argument("--tune", action="append", default=[], metavar="FIELD=V1,V2,...",
                        help="tune FIELD (any TrainConfig field, e.g. lr=0.05,0.1,0.2; repeatable: a grid) per "
                             "variant on a validation split first; the final runs use each variant's best point")
-    group.add_argument("--tune-epochs", type=int, default=None,
-                       help="epochs of a tuning run (default: --epochs; the warm-up is scaled with them)")
-    group.add_argument("--tune-seeds", type=int, default=1, help="tuning runs per grid point (default 1)")
+    show_default(group.add_argument("--tune-epochs", type=int, default=None,
+                                    help="epochs of a tuning run (the warm-up is scaled with them)"), "--epochs")
+    group.add_argument("--tune-seeds", type=int, default=1, help="tuning runs per grid point")
     group.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, dest="tune_val_fraction",
-                       help=f"share of the training images held out for tuning, in (0, 0.5] "
-                            f"(default {DEFAULT_VAL_FRACTION})")
+                       help="share of the training images held out for tuning, in (0, 0.5]")
     group.add_argument("--jobs", type=int, default=1,
                        help="runs trained at a time, each in its own process with its share of the CPU threads "
                             "or, with --device cuda, a GPU of its own (round robin over the visible GPUs); "
-                            "with --executor slurm: Slurm jobs running at a time (default 1)")
+                            "with --executor slurm: Slurm jobs running at a time")
     group.add_argument("--report-only", action="store_true",
                        help="train nothing: rewrite the report from the runs already in --out")
     group.add_argument("--overwrite", action="store_true", default=None,
-                       help="train again the runs in --out whose settings differ from these options "
-                            "(default: refuse them, naming the fields that differ)")
+                       help="train again the runs in --out whose settings differ from these options (without "
+                            "it: refuse them, naming the fields that differ)")
     add_executor_arguments(parser)
     group.add_argument("--mask", action=_Replaced, instead="--variants", default="none", help=argparse.SUPPRESS)
     group.add_argument("--seed", action=_Replaced, instead="--seeds and --seed-offset", default=0,

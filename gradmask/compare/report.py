@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from ..data import DATASETS
 from ..files import write_atomic, write_csv
-from ..reporting import figure, render_html, render_markdown, save_figure
+from ..reporting import arm_colors, figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
 from ..train.config import field_applies
 from ..train.records import CONFIG, RunRecords, read_run
@@ -53,8 +53,6 @@ _PREFERRED_KEYS = [
     "inhibition_rate", "groups", "sigma", "kernel_size", "kernel", "padding", "targets", "skip_last",
     "device", "amp", "channels_last", "compile", "num_workers",
 ]
-_COLORS = {"none": "#444444", "lateral": "#1f77b4", "norm": "#ff7f0e", "pixel": "#2ca02c"}
-_EXTRA_COLORS = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -499,10 +497,6 @@ def conclusions(runs: list[Run], summaries: list[VariantSummary], tuning: dict |
 
 # -------------------------------------------------------------------------------------------- plots
 
-def _color(variant: str, index: int) -> str:
-    return _COLORS.get(variant, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
-
-
 def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> Path:
     """Per variant: the mean over finished runs of ``key`` per epoch with a min-max band; unfinished
     runs as thin dashed lines. Written with the Agg canvas (no pyplot state, no display)."""
@@ -510,10 +504,10 @@ def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, 
 
     fig = figure(7.5, 4.6, dpi=120)
     ax = fig.add_subplot(1, 1, 1)
-    extra = 0
-    for variant in variant_order(r.variant for r in runs):
-        color = _color(variant, extra)
-        extra += variant not in _COLORS
+    variants = variant_order(r.variant for r in runs)
+    colors = arm_colors(variants)
+    for variant in variants:
+        color = colors[variant]
         mine = [r for r in runs if r.variant == variant]
         finished = [r for r in mine if r.finished]
         per_epoch: dict[int, list[float]] = {}
@@ -540,7 +534,7 @@ def plot_metric(runs: list[Run], key: str, ylabel: str, title: str, path: Path, 
                 labelled = True
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(title + "\n(line: mean over seeds, band: min to max)", fontsize=11)
+    ax.set_title(title + "\n(line: mean over seeds, band: min to max)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -1,7 +1,8 @@
 """Statistics for comparing runs: per-group summaries and Welch's t interval of a difference of means.
 
 Seeds are few (3 to 5), so the interval uses Student's t with the Welch-Satterthwaite degrees of
-freedom (variances are not assumed equal). With fewer than two runs in a group no variance can be
+freedom (variances are not assumed equal): ``scipy.stats.ttest_ind(a, b, equal_var=False)``'s
+``confidence_interval``. With fewer than two runs in a group no variance can be
 estimated: the bounds are NaN and the report says "not established (n < 2)".
 """
 from __future__ import annotations
@@ -74,12 +75,10 @@ def diff_confidence_interval(a: Iterable[float], b: Iterable[float], level: floa
     diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan
     if a.size < 2 or b.size < 2:
         return DiffInterval(diff, math.nan, math.nan)
-    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    if se == 0.0:
-        return DiffInterval(diff, diff, diff)
-    dof = welch_dof(a, b)
-    half = float(_scipy_stats.t.ppf(0.5 + level / 2.0, dof)) * se
-    return DiffInterval(diff, diff - half, diff + half)
+    if a.var(ddof=1) == 0.0 and b.var(ddof=1) == 0.0:
+        return DiffInterval(diff, diff, diff)  # scipy gives NaN bounds here
+    ci = _scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=level)
+    return DiffInterval(diff, float(ci.low), float(ci.high))
 
 
 def interval_contains_zero(ci: DiffInterval) -> bool | None:

@@ -28,6 +28,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models() -> list[str]:
+    """The registered model names, sorted (``torchvision:NAME`` / ``timm:NAME`` are accepted besides)."""
     return sorted(_REGISTRY)
 
 

@@ -31,7 +31,8 @@ class Normalize(nn.Module):
 
 
 class Normalized(nn.Module):
-    """A user's model that expects normalised input, made to take images in [0, 1]."""
+    """A user's model that expects normalised input, made to take images in [0, 1]: images
+    ``(N, 3, H, W)`` -> ``model((images - mean) / std)`` (``mean``, ``std``: one value per channel)."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..commands import device_argument, register
+from ..commands import device_argument, register, show_default
 from ..compare.executor import add_executor_arguments, executor_from_args
 from ..compare.jobs import check_jobs
 from ..compare.tuning import make_tuning, parse_tune
@@ -17,30 +17,32 @@ from .runner import reproduce
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick", choices=list(PRESETS),
-                        help="quick: synthetic data, ~12 min on 2 CPU cores (default); cifar: CIFAR-10/100 "
+                        help="quick: synthetic data, ~12 min on 2 CPU cores; cifar: CIFAR-10/100 "
                              "(narrow ResNet on CPU, ResNet-18 on a GPU); paper: the paper's settings")
     parser.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                         help=f"a dataset path, repeatable; NAME one of {', '.join(DATA_NAMES)}")
-    parser.add_argument("--out", default=None, help="output folder (default runs/reproduce-<preset>); "
-                                                    "re-running resumes what is there")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per accuracy comparison (default 3; fewer gives no confidence interval)")
+    show_default(parser.add_argument("--out", default=None,
+                                     help="output folder; re-running resumes what is there"),
+                 "runs/reproduce-<preset>")
+    show_default(parser.add_argument("--seeds", type=int, default=None,
+                                     help="seeds per accuracy comparison (fewer than 2 give no confidence "
+                                          "interval)"), "3")
     parser.add_argument("--device", default="auto", type=device_argument,
-                        help="auto, cpu, cuda or cuda:N; auto: CUDA when available (default). The preset's "
+                        help="auto, cpu, cuda or cuda:N; auto: CUDA when available. The preset's "
                              "recipes are the device type's (cuda for cuda:N)")
     parser.add_argument("--tune", action="append", default=[], metavar="FIELD=V1,V2,...",
                         help="tune Table 1's arms: FIELD (a TrainConfig field, e.g. lr=0.05,0.1,0.2; repeatable: a "
                              "grid) chosen per arm on a validation split before the final runs (replaces the "
                              "preset's tuning; cifar-full tunes lr=0.05,0.1,0.2,0.4 by itself)")
-    parser.add_argument("--tune-epochs", type=int, default=None, help="epochs of a tuning run (default: the preset's, "
-                                                                      "else the final runs')")
-    parser.add_argument("--tune-seeds", type=int, default=None, help="tuning runs per grid point (default 1)")
-    parser.add_argument("--val-fraction", type=float, default=None,
-                        help="share of the training images held out for tuning, in (0, 0.5] (default 0.1)")
+    show_default(parser.add_argument("--tune-epochs", type=int, default=None, help="epochs of a tuning run"),
+                 "the preset's, else the final runs'")
+    show_default(parser.add_argument("--tune-seeds", type=int, default=None, help="tuning runs per grid point"), "1")
+    show_default(parser.add_argument("--val-fraction", type=float, default=None,
+                                     help="share of the training images held out for tuning, in (0, 0.5]"), "0.1")
     parser.add_argument("--jobs", type=int, default=1,
                         help="training runs at a time, each in its own process with its share of the CPU threads "
                              "or a GPU of its own (round robin over the visible GPUs); the measurements run one "
-                             "at a time; with --executor slurm: Slurm jobs running at a time (default 1)")
+                             "at a time; with --executor slurm: Slurm jobs running at a time")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (bars are drawn only on a terminal; otherwise, and with this "
                              "option, one line per training run)")

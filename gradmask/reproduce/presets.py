@@ -35,24 +35,24 @@ GSNR_ORDER = ("cifar10", "cifar100", "synthetic")   # Figure 7: the first of the
 # the synthetic recipe behind Table 3 / Appendix A / Figure 10 (and Table 1 for "quick"): no distractors
 # (clutter 0), batch 32 at lr 0.05; with the full clutter (batch 64, lr 0.1) the normal models reached only
 # 14-25% in these 4 epochs on 3000 images, without it 74-90% over 3 seeds (docs/DESIGN.md, the quick preset)
-_SYNTHETIC_QUICK = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=32, lr=0.05, schedule="onecycle",
+_SYNTHETIC_QUICK = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=32, lr=0.05, schedule="triangle",
                         warmup_epochs=1.0, augment="none", train_limit=3000, test_limit=1000, synthetic_clutter=0.0)
 # the longer synthetic recipe (cifar presets on CUDA, "paper"): full clutter, its own batch size and lr
-_SYNTHETIC_LONG = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=64, lr=0.1, schedule="onecycle",
+_SYNTHETIC_LONG = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=64, lr=0.1, schedule="triangle",
                        warmup_epochs=1.0, augment="crop-flip", train_limit=None, test_limit=1000,
                        synthetic_train=10000)
 # Table 3 / Figure 10 on CIFAR-10 objects placed on backgrounds (cifar10-placed, 32 px canvas): 6000 rendered
 # training images (6000 different training objects), 1000 test images, 6 epochs; crop-flip, so that the li-blur
 # runs (crop-flip + Algorithm 2) differ from the baseline by Algorithm 2 alone; about 0.6x a cifar CPU run
-_PLACED_QUICK = dict(model="resnet18_narrow", groups=4, epochs=6, batch_size=64, lr=0.1, schedule="onecycle",
+_PLACED_QUICK = dict(model="resnet18_narrow", groups=4, epochs=6, batch_size=64, lr=0.1, schedule="triangle",
                      warmup_epochs=1.0, augment="crop-flip", train_limit=None, test_limit=1000, synthetic_train=6000,
                      synthetic_test=1000)
 _PLACED = {"cpu": _PLACED_QUICK, "cuda": _PLACED_QUICK}
 #: the box sets whose models reproduce trains itself (Table 3 and Figure 10 run on them)
 TRAINED_BOX_SETS = ("synthetic", PLACED)
-_CIFAR_CPU = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=128, lr=0.1, schedule="onecycle",
+_CIFAR_CPU = dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=128, lr=0.1, schedule="triangle",
                   warmup_epochs=1.0, augment="crop-flip", train_limit=15000, test_limit=2000)
-_CIFAR_GPU = dict(model="resnet18", groups=16, epochs=30, batch_size=256, lr=0.1, schedule="onecycle",
+_CIFAR_GPU = dict(model="resnet18", groups=16, epochs=30, batch_size=256, lr=0.1, schedule="triangle",
                   warmup_epochs=3.0, augment="crop-flip", amp="bf16", channels_last=True)
 _CIFAR_PAPER = dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch_size=128, lr=0.1, momentum=0.9,
                     weight_decay=5e-4, schedule="multistep", milestones=(60, 120, 160), gamma=0.2,
@@ -61,7 +61,7 @@ _CIFAR_PAPER = dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch
 # test images, 15 epochs (a 50k-image epoch of the narrow ResNet takes about 3.2 min on one thread), each
 # arm's lr tuned on a 10% validation split with 3-epoch runs (warm-up scaled to 0.6 epochs); the grid reaches
 # 0.4 because on the 3-value grid both arms chose its top, 0.2 (the masked arm still rising)
-_CIFAR_FULL = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=128, lr=0.1, schedule="onecycle",
+_CIFAR_FULL = dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=128, lr=0.1, schedule="triangle",
                    warmup_epochs=3.0, augment="crop-flip")
 _CIFAR_FULL_TUNING = Tuning({"lr": (0.05, 0.1, 0.2, 0.4)}, epochs=3, seeds=1, val_fraction=0.1)
 # Table 1 where a regulariser can pay: a network that fits its training set. A fixed 10,000-image draw of

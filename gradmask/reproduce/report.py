@@ -14,6 +14,7 @@ from pathlib import Path
 from ..compare.manifest import read_manifest
 from ..compare.report import fmt_duration
 from ..files import write_atomic, write_csv
+from ..progress import counted
 from ..reporting import render_html, render_markdown
 from .experiments import EXPERIMENTS
 from .sections import Section
@@ -32,7 +33,7 @@ NAMES_NOTE = ("**Names.** Arms are named by their `--mask` value: " + ", ".join(
 # ------------------------------------------------------------------------------ the report
 def _counted(values: list[str], noun: str) -> str:
     """``"a (2 runs); b (1 run)"`` in first-seen order; ``"no run"`` for none."""
-    return "; ".join(f"{v} ({n} {noun}{'s' if n != 1 else ''})" for v, n in Counter(values).items()) or f"no {noun}"
+    return "; ".join(f"{v} ({counted(n, noun)})" for v, n in Counter(values).items()) or f"no {noun}"
 
 
 def training_code(out: Path) -> str:

@@ -30,6 +30,7 @@ from ..compare.jobs import check_jobs
 from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
+from ..train.config import SCHEDULE_ALIASES
 from ..train.distributed import is_main_process
 from ..train.rundir import FINAL, take_folder
 from ..train.source import source_revision
@@ -188,6 +189,15 @@ def machine() -> dict:
     return info
 
 
+def _current_names(settings):
+    """Stored step settings with old names read as today's (``"schedule": "onecycle"`` is "triangle"):
+    a step stored before a rename is not run again for it."""
+    fields = settings.get("fields") if isinstance(settings, dict) else None
+    if isinstance(fields, dict) and fields.get("schedule") in SCHEDULE_ALIASES:
+        return {**settings, "fields": {**fields, "schedule": SCHEDULE_ALIASES[fields["schedule"]]}}
+    return settings
+
+
 def _json_safe(obj):
     return json.loads(json.dumps(obj, default=str))
 
@@ -270,7 +280,7 @@ def _run_steps(all_steps: list[Step], out: Path, main: bool, state: dict, counte
             continue
         settings = _json_safe(step.settings)
         stored = read_step(out, step.name)
-        why = "new" if stored is None else ("other settings" if stored.get("settings") != settings
+        why = "new" if stored is None else ("other settings" if _current_names(stored.get("settings")) != settings
                                             else _stale(step, stored, runs, trained))
         if why is None:
             log(f"[{k}/{len(all_steps)}] {step.title}: finished earlier")

@@ -12,7 +12,8 @@ import numpy as np
 from ..compare.report import fmt_duration, load_runs
 from ..compare.tuning import chosen_at_edges
 from ..data import DATASETS
-from ..reporting import evaluation_warnings, figure, save_figure
+from ..progress import counted
+from ..reporting import arm_colors, evaluation_warnings, figure, save_figure
 from . import paper
 from .runs import FIGURES, runs_dir
 from .verdict import difference_interval, headline, verdict
@@ -57,21 +58,22 @@ def plot_seed_curves(path: Path, curves: dict, xlabel: str, ylabel: str, title: 
     """``curves``: ``{label: [[(x, y), ...] per seed]}`` -> mean line with a min-max band per label."""
     fig = figure(6.4, 4.0)
     ax = fig.subplots()
-    for i, (label, per_seed) in enumerate(curves.items()):
+    colors = arm_colors(curves)
+    for label, per_seed in curves.items():
         per_seed = [c for c in per_seed if c]
         if not per_seed:
             continue
         xs = [x for x, _ in per_seed[0]]
         ys = np.array([[y * scale if finite(y) else np.nan for _, y in c] for c in per_seed], dtype=float)
-        color = f"C{i}"
+        color = colors[label]
         ax.plot(xs, np.nanmean(ys, 0), "o-", color=color, label=f"{label} (mean of {len(per_seed)})")
         if len(per_seed) > 1:
             ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=0.2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     return save_figure(fig, path)
 
 
@@ -189,7 +191,7 @@ def run_setting(runs: list, state: dict) -> str:
             f"rate {per_variant(runs, 'inhibition_rate')}), {c.get('epochs')} epochs, batch {c.get('batch_size')}, "
             f"lr {per_variant(runs, 'lr')} {c.get('schedule')}, augment {augments}, seeds {seeds}, device "
             f"{runs[0].final.get('device', state.get('device'))}, training wall time {fmt_duration(seconds)} "
-            f"({len(runs)} runs).")
+            f"({counted(len(runs), 'run')}).")
 
 
 def accuracies(runs: list) -> list[float]:

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from ..commands import register
+from ..commands import register, show_default
 from ..data import dataset_spec
 from ..device import resolve_device
 from ..reporting import evaluation_warnings
@@ -48,36 +48,37 @@ def _numbers(text: str, option: str) -> list[float]:
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or their checkpoint.pt)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default=None,
-                      help="'synthetic', or the dataset path (default: the runs' config)")
-    data.add_argument("--dataset", default=None,
-                      help="synthetic, cifar10, cifar100, folder or imagenet (default: the runs' config)")
-    data.add_argument("--test-limit", type=int, default=None,
-                      help="evaluate on N test images (default: the whole test split)")
-    data.add_argument("--image-size", type=int, default=None,
-                      help="evaluate at this image side (default: the side the runs were trained at)")
-    data.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    show_default(data.add_argument("--data", default=None, help="'synthetic', or the dataset path"),
+                 "the runs' config")
+    show_default(data.add_argument("--dataset", default=None, help="synthetic, cifar10, cifar100, folder or imagenet"),
+                 "the runs' config")
+    show_default(data.add_argument("--test-limit", type=int, default=None, help="evaluate on N test images"),
+                 "the whole test split")
+    show_default(data.add_argument("--image-size", type=int, default=None, help="evaluate at this image side"),
+                 "the side the runs were trained at")
+    data.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     what = parser.add_argument_group("measurements")
     what.add_argument("--epsilons", default=DEFAULT_EPSILONS,
-                      help=f"FGSM epsilons in 1/255 units (default {DEFAULT_EPSILONS})")
+                      help="FGSM epsilons in 1/255 units")
     what.add_argument("--subset", default="joint", choices=["joint", "all"],
                       help="FGSM on the images every model gets right (joint, the paper) or on all")
     what.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
-                      help="pruned fractions in [0, 1) (default 0,0.1,...,0.9)")
-    what.add_argument("--schemes", default="global,layer", help="pruning schemes: global, layer (default both)")
+                      help="pruned fractions in [0, 1)")
+    what.add_argument("--schemes", default="global,layer", help="pruning schemes: global, layer")
     what.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
-                      help="re-estimate BatchNorm statistics of each pruned model on N training images "
-                           "(default 0: statistics as trained)")
-    what.add_argument("--gsnr-samples", type=int, default=512, help="GSNR samples (default 512; 0 skips GSNR)")
-    what.add_argument("--gsnr-split", default="train", choices=["train", "test"], help="GSNR images (default train)")
+                      help="re-estimate BatchNorm statistics of each pruned model on N training images (0: the "
+                           "statistics as trained)")
+    what.add_argument("--gsnr-samples", type=int, default=512, help="GSNR samples (0 skips GSNR)")
+    what.add_argument("--gsnr-split", default="train", choices=["train", "test"], help="GSNR images")
     what.add_argument("--gsnr-mask", default="run", choices=["run", "none"],
-                      help="per-sample gradients with each run's gradient mask (run, default) or plain (none)")
+                      help="per-sample gradients with each run's gradient mask (run) or plain (none)")
     what.add_argument("--gsnr-params", default="conv", choices=["conv", "all"],
-                      help="parameters measured: convolution weights (default, as the paper) or all")
-    what.add_argument("--gsnr-chunk", type=int, default=64, help="samples per vmap chunk (memory; default 64)")
+                      help="parameters measured: convolution weights (conv, as the paper) or all")
+    what.add_argument("--gsnr-chunk", type=int, default=64, help="samples per vmap chunk (memory)")
     out = parser.add_argument_group("output")
-    out.add_argument("--out", default=None, help="report folder (default: <parent of the first run>/robustness)")
-    out.add_argument("--names", default=None, help="comma-separated model names (default: the run folder names)")
+    show_default(out.add_argument("--out", default=None, help="report folder"), "<parent of the first run>/robustness")
+    show_default(out.add_argument("--names", default=None, help="comma-separated model names"),
+                 "the run folder names")
     out.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -25,12 +25,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from ..files import write_atomic, write_csv
-from ..reporting import figure, render_html, render_markdown, save_figure
+from ..progress import counted
+from ..reporting import arm_colors, figure, render_html, render_markdown, save_figure, series_styles
 from .gsnr import read_gsnr
-
-_COLORS = ["#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#17becf", "#bcbd22"]
-_VARIANT_COLORS = {"none": "#444444", "lateral": "#1f77b4", "norm": "#ff7f0e", "pixel": "#2ca02c"}
 
 MASK_NOTE = ("Gradient mask hooks were switched off (or absent: checkpoints are loaded without hooks) "
              "during the attacks and every accuracy evaluation: FGSM uses each model's true input "
@@ -39,10 +36,6 @@ MASK_NOTE = ("Gradient mask hooks were switched off (or absent: checkpoints are 
 
 # --------------------------------------------------------------------------------------- figures
 
-def _color(i: int) -> str:
-    return _COLORS[i % len(_COLORS)]
-
-
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and v is not None and math.isfinite(v)
 
@@ -50,13 +43,14 @@ def _finite(v) -> bool:
 def plot_pruning(pruning: dict, path: Union[str, os.PathLike]) -> Path:
     """Accuracy vs sparsity: one panel per scheme, one line per model."""
     schemes = sorted({s for curves in pruning.values() for s in curves}, key=lambda s: (s != "global", s))
-    fig = figure(5.0 * max(1, len(schemes)), 4.0)
+    fig = figure(4.7 * max(1, len(schemes)), 4.0)
+    styles = series_styles(pruning)
     for k, scheme in enumerate(schemes or ["global"]):
         ax = fig.add_subplot(1, max(1, len(schemes)), k + 1)
-        for i, (name, curves) in enumerate(pruning.items()):
+        for name, curves in pruning.items():
             if scheme in curves:
                 pts = curves[scheme]["points"]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=_color(i), label=name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **styles[name])
         ax.set_title(f"L1 pruning, {scheme}")
         ax.set_xlabel("fraction of Conv/Linear weights pruned")
         ax.set_ylabel("top-1 accuracy")
@@ -79,8 +73,9 @@ def plot_fgsm(fgsm: dict, path: Union[str, os.PathLike]) -> Path:
         ax.text(0.5, 0.5, "no measurement:\n" + textwrap.fill(fgsm["warning"], 48), ha="center", va="center",
                 transform=ax.transAxes, color="#b00020", fontsize=10)
     else:
-        for i, (name, curve) in enumerate(fgsm["curves"].items()):
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], "o-", color=_color(i), label=name)
+        styles = series_styles(fgsm["curves"])
+        for name, curve in fgsm["curves"].items():
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], label=name, **styles[name])
         ax.legend(fontsize=8)
     ax.set_xlabel("epsilon (1/255)")
     ax.set_ylabel("accuracy under attack")
@@ -99,18 +94,19 @@ def plot_gsnr_layers(gsnr: dict, path: Union[str, os.PathLike]) -> Path:
             if layer != "network" and layer not in layers:
                 layers.append(layer)
     positive = True
-    for i, (name, entry) in enumerate(gsnr.items()):
+    styles = series_styles(gsnr)
+    for name, entry in gsnr.items():
         s = entry["summary"]
         xs = [j for j, layer in enumerate(layers) if _finite(s.get(layer))]
         ys = [s[layers[j]] for j in xs]
         positive &= all(y > 0 for y in ys)
         net = s.get("network")
         label = f"{name} (network {net:.3g})" if _finite(net) else name
-        ax.plot(xs, ys, "o-", ms=3, color=_color(i), label=label)
+        ax.plot(xs, ys, ms=3, label=label, **styles[name])
     if positive and layers:
         ax.set_yscale("log")
     ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels(layers, rotation=70, fontsize=6)
+    ax.set_xticklabels(layers, rotation=70)
     ax.set_ylabel("mean GSNR of the layer")
     ax.set_title("GSNR per layer (mean over the layer's weights)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -147,7 +143,7 @@ def plot_gsnr(run_dirs: Iterable[Union[str, os.PathLike]], path: Union[str, os.P
     fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     variants = list(dict.fromkeys(v for _, v, _ in data))
-    colors = {v: _VARIANT_COLORS.get(v, _color(len(_VARIANT_COLORS) + i)) for i, v in enumerate(variants)}
+    colors = arm_colors(variants)
     positive = True
     for run, variant, points in data:
         positive &= all(v > 0 for _, v in points)
@@ -159,7 +155,7 @@ def plot_gsnr(run_dirs: Iterable[Union[str, os.PathLike]], path: Union[str, os.P
             continue
         epochs = sorted(set.intersection(*(set(m) for m in members)))
         ax.plot(epochs, [sum(m[e] for m in members) / len(members) for e in epochs], "-", lw=2.2,
-                color=colors[variant], label=f"{variant} (mean of {len(members)} runs)")
+                color=colors[variant], label=f"{variant} (mean of {counted(len(members), 'run')})")
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
@@ -269,7 +265,8 @@ def _blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
     if gsnr:
         b.append(("h2", "GSNR (Fig. 7)"))
         first = next(iter(gsnr.values()))
-        masked = [f"{n} ({len(e.get('masked') or [])} masked targets)" for n, e in gsnr.items() if e.get("masked")]
+        masked = [f"{n} ({counted(len(e.get('masked') or []), 'masked target')})"
+                  for n, e in gsnr.items() if e.get("masked")]
         b.append(("p", f"Gradient signal-to-noise ratio mean^2 / (variance + {first.get('eps', 1e-30):g}) of the "
                        f"per-sample gradients (torch.func vmap, model in eval mode) over {first.get('n_samples', '?')} "
                        f"{first.get('split', 'train')} images, averaged over each layer's weights and over all "

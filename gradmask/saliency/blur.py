@@ -58,7 +58,8 @@ class BlurResult(NamedTuple):
 
 class LIBackgroundBlur:
     """Algorithm 2: on a random ``rate`` share of the batch, replace the pixels lateral inhibition
-    marks unimportant by a Gaussian-blurred copy of the image.
+    marks unimportant by a Gaussian-blurred copy of the image: ``aug(images, labels)`` takes images
+    ``(N, C, H, W)`` in [0, 1] and labels ``(N,)`` and returns a new ``(N, C, H, W)`` batch.
 
     Per selected image: ``F = sum_l |LoG(||dP/dA^l||_2)|`` over the activation layers (the LI-Map
     of :class:`~gradmask.saliency.LIMap` before min-max normalisation, K = 1, ``P`` the logit of the

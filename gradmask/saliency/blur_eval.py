@@ -21,7 +21,7 @@ from torch import nn
 from ..data.augment import as_images
 from ..files import write_atomic
 from ..models import eval_mode, model_device
-from ..reporting import figure, save_figure
+from ..reporting import arm_colors, figure, save_figure
 from .blur import gaussian_blur
 from .evaluate import _batches, _jsonable
 from .localization import _per_image
@@ -96,14 +96,15 @@ def plot_blur_curves(path: Union[str, os.PathLike], curves: Mapping[str, Sequenc
     """One line per model: accuracy against the background blur sigma."""
     fig = figure(6, 4)
     ax = fig.subplots()
+    colors = arm_colors(curves)
     for label, curve in curves.items():
         xs, ys = zip(*curve) if curve else ((), ())
-        ax.plot(xs, ys, marker="o", label=label)
+        ax.plot(xs, ys, marker="o", color=colors[label], label=label)
     ax.set_xlabel("background blur sigma (pixels)")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     return save_figure(fig, path)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..commands import register
+from ..commands import register, show_default
 from ..device import resolve_device
 from ..reporting import evaluation_warnings
 from . import boxes as _boxes
@@ -41,20 +41,22 @@ from .sanity import cascading_randomization, save_sanity_maps, write_sanity_repo
 def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, images_help: str = "") -> None:
     group = parser.add_argument_group("data (images with boxes)")
     group.add_argument("--data", default="synthetic",
-                       help="'synthetic' (default: the synthetic test split, 32 px) or the path of a "
+                       help="'synthetic' (the synthetic test split, 32 px) or the path of a "
                             "VOC 2007 tree (VOCdevkit) or of an ImageFolder tree with box XMLs")
-    group.add_argument("--dataset", default=None, choices=sorted(_boxes.BOX_DATASETS),
-                       help="what --data is (default: inferred)")
-    group.add_argument("--split", default=None,
-                       help="split to read (default: test for synthetic / voc2007, val for xml)")
-    group.add_argument("--image-size", type=int, default=None,
-                       help="resize images to this side (default: the side the model was trained at)")
-    group.add_argument("--synthetic-clutter", type=float, default=None,
-                       help="--data synthetic: the distractors' amount, >= 0 (default: the one the model was "
-                            "trained with, its synthetic_clutter)")
-    group.add_argument("--images", type=int, default=images_default,
-                       help=images_help or "use the first N images (default: all; synthetic: 1000)")
-    group.add_argument("--batch-size", type=int, default=64, help="images per forward/backward (default 64)")
+    show_default(group.add_argument("--dataset", default=None, choices=sorted(_boxes.BOX_DATASETS),
+                                    help="what --data is"), "inferred")
+    show_default(group.add_argument("--split", default=None, help="split to read"),
+                 "test for synthetic / voc2007, val for xml")
+    show_default(group.add_argument("--image-size", type=int, default=None, help="resize images to this side"),
+                 "the side the model was trained at")
+    show_default(group.add_argument("--synthetic-clutter", type=float, default=None,
+                                    help="--data synthetic: the distractors' amount, >= 0"),
+                 "the one the model was trained with, its synthetic_clutter")
+    images = group.add_argument("--images", type=int, default=images_default,
+                                help=images_help or "use the first N images")
+    if images_default is None:
+        show_default(images, "all; synthetic: 1000")
+    group.add_argument("--batch-size", type=int, default=64, help="images per forward/backward")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
 
 
@@ -188,15 +190,15 @@ def _describe(args, name, data) -> str:
 def _saliency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory or its checkpoint.pt")
     _add_data_arguments(parser)
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
-    parser.add_argument("--top-fraction", type=float, default=0.15, help="share of pixels forming the box (0.15)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated saliency methods")
+    parser.add_argument("--top-fraction", type=float, default=0.15, help="share of pixels forming the box")
     parser.add_argument("--max-box-fraction", type=float, default=0.5,
-                        help="exclude images whose box covers more of the image (default 0.5)")
+                        help="exclude images whose box covers more of the image")
     parser.add_argument("--multi-object", action="store_true", help="keep images with several boxes (best IoU)")
     parser.add_argument("--no-correct-only", action="store_true", help="keep misclassified images too")
-    parser.add_argument("--target-layer", default=None, help="Grad-CAM(++) layer (default: last residual stage)")
-    parser.add_argument("--figure-images", type=int, default=8, help="rows of the figure grid (default 8)")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/saliency)")
+    show_default(parser.add_argument("--target-layer", default=None, help="Grad-CAM(++) layer"), "last residual stage")
+    parser.add_argument("--figure-images", type=int, default=8, help="rows of the figure grid")
+    show_default(parser.add_argument("--out", default=None, help="output folder"), "<run>/saliency")
 
 
 @register("saliency", "localisation of LI-Map, Grad-CAM, Grad-CAM++ against object boxes (Table 3)",
@@ -242,13 +244,13 @@ def saliency_command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ gradmask sanity
 def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory or its checkpoint.pt")
-    _add_data_arguments(parser, images_default=16, images_help="number of images (default 16)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
+    _add_data_arguments(parser, images_default=16, images_help="number of images")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated saliency methods")
     parser.add_argument("--granularity", default="block", choices=["block", "layer"],
-                        help="randomize one block (default) or one parametrised layer per step")
-    parser.add_argument("--seed", type=int, default=0, help="re-initialisation seed (default 0)")
-    parser.add_argument("--target-layer", default=None, help="Grad-CAM(++) layer (default: last residual stage)")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/sanity)")
+                        help="randomize one block or one parametrised layer per step")
+    parser.add_argument("--seed", type=int, default=0, help="re-initialisation seed")
+    show_default(parser.add_argument("--target-layer", default=None, help="Grad-CAM(++) layer"), "last residual stage")
+    show_default(parser.add_argument("--out", default=None, help="output folder"), "<run>/sanity")
 
 
 @register("sanity", "cascading randomization test of the saliency maps (Adebayo et al. 2018; Appendix A)",
@@ -295,8 +297,8 @@ def sanity_command(args: argparse.Namespace) -> int:
 def _blur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", metavar="RUN", nargs="+", help="run directories or checkpoint.pt files")
     _add_data_arguments(parser)
-    parser.add_argument("--sigmas", default="0,1,2,4,8", help="background blur sigmas (default 0,1,2,4,8)")
-    parser.add_argument("--out", default=None, help="output folder (default: blur-eval beside the first run)")
+    parser.add_argument("--sigmas", default="0,1,2,4,8", help="background blur sigmas")
+    show_default(parser.add_argument("--out", default=None, help="output folder"), "blur-eval beside the first run")
 
 
 def _sigmas(text: str) -> list[float]:

@@ -22,10 +22,13 @@ from ..data.augment import as_images
 from ..files import write_atomic
 from ..hooks import residual_blocks
 from ..models import eval_mode, model_device
-from ..reporting import figure, save_figure
+from ..reporting import SEQUENTIAL_CMAP, figure, save_figure
 from . import gradcam, limap  # noqa: F401  (register "gradcam", "gradcam++", "limap")
 from .base import SALIENCY_METHODS, SaliencyMethod, unwrap_model
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
+
+TRUTH_BOX = "white"        # the object's box on every panel
+PREDICTED_BOX = "#E69F00"  # the top pixels' box (Okabe-Ito orange), dashed
 
 __all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
            "predict", "save_figure_grid", "write_localization_report"]
@@ -252,8 +255,9 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
                      titles: Optional[Sequence[str]] = None) -> Path:
     """A PNG with one row per image (the first ``n``): the image, then each method's map over it.
 
-    The ground-truth box is drawn on every panel (green); on the map panels also the box of the
-    map's top ``top_fraction`` pixels (red, dashed) with its IoU in the title. ``images``
+    The ground-truth box is drawn on every panel (white); on the map panels also the box of the
+    map's top ``top_fraction`` pixels (orange, dashed) with its IoU in the title; maps in
+    :data:`~gradmask.reporting.SEQUENTIAL_CMAP` (perceptually uniform). ``images``
     ``(M, 3, H, W)`` uint8 or [0, 1]; ``boxes`` ``(M, 4)`` or per-image lists; ``maps_by_method``
     name -> ``(M, H, W)``. Returns the path."""
     from .localization import box_iou
@@ -270,26 +274,27 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
             raise ValueError(f"maps_by_method[{name!r}] must have shape {(m, *images.shape[-2:])}, got "
                              f"{tuple(maps_by_method[name].shape)}")
     cols = 1 + len(names)
-    fig = figure(2.0 * cols, 2.0 * rows)
+    side = min(2.0, 9.2 / cols)  # one row of panels fits the page
+    fig = figure(side * cols, (side + 0.25) * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         img = images[r].permute(1, 2, 0).clamp(0, 1).numpy()
         ax = axes[r][0]
         ax.imshow(img, interpolation="nearest")
         for b in per_image[r]:
-            _rect(ax, b.tolist(), "lime")
-        ax.set_title(titles[r] if titles else "image", fontsize=8)
+            _rect(ax, b.tolist(), TRUTH_BOX, width=2.0)
+        ax.set_title(titles[r] if titles else "image", fontsize=9)
         for c, name in enumerate(names, start=1):
             ax = axes[r][c]
             smap = maps_by_method[name][r].detach().float().cpu()
             ax.imshow(img.mean(axis=2), cmap="gray", interpolation="nearest")
-            ax.imshow(smap.numpy(), cmap="jet", alpha=0.5, interpolation="nearest")
+            ax.imshow(smap.numpy(), cmap=SEQUENTIAL_CMAP, alpha=0.6, interpolation="nearest")
             pred = saliency_boxes(smap.unsqueeze(0), top_fraction)[0]
             for b in per_image[r]:
-                _rect(ax, b.tolist(), "lime")
-            _rect(ax, pred.tolist(), "red", "--")
+                _rect(ax, b.tolist(), TRUTH_BOX, width=2.0)
+            _rect(ax, pred.tolist(), PREDICTED_BOX, "--", width=2.0)
             iou = float(box_iou(pred.view(1, 4), per_image[r]).max())
-            ax.set_title(f"{name} IoU {iou:.2f}", fontsize=8)
+            ax.set_title(f"{name} IoU {iou:.2f}", fontsize=9)
     return save_figure(fig, path, hide_ticks=True)
 
 

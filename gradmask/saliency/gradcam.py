@@ -40,7 +40,10 @@ class _CAM(SaliencyMethod):
 @register_method("gradcam", needs_layer=True)
 class GradCAM(_CAM):
     """Grad-CAM: ``w_c = mean_ij dP/dA_cij`` (P the target logit), map ``ReLU(sum_c w_c A_c)``,
-    bilinear to the input, min-max normalised per image."""
+    bilinear to the input, min-max normalised per image.
+
+    ``GradCAM(model, "layer4")(images)``: images ``(N, 3, H, W)`` in [0, 1] -> maps ``(N, H, W)`` in
+    [0, 1] (``A`` the layer's output ``(N, C, h, w)``; targets: the classes given, else the predicted one)."""
 
     def weights(self, activation, gradient):
         return gradient.mean(dim=(2, 3), keepdim=True)
@@ -51,7 +54,9 @@ class GradCAMPlusPlus(_CAM):
     """Grad-CAM++ in its closed form (score ``exp(P)``, as the paper and pytorch-grad-cam):
     ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)`` (0 where ``g = 0``; ``eps=1e-6`` added to
     the denominator as pytorch-grad-cam), ``w_c = sum_ij alpha_cij ReLU(g_cij)``, ``g = dP/dA``.
-    The ``exp(P)`` factors cancel in ``alpha`` and scale ``w`` uniformly, removed by normalising."""
+    The ``exp(P)`` factors cancel in ``alpha`` and scale ``w`` uniformly, removed by normalising.
+
+    Shapes as :class:`GradCAM`: images ``(N, 3, H, W)`` -> maps ``(N, H, W)`` in [0, 1]."""
 
     eps = 1e-6
 

@@ -53,8 +53,12 @@ class LIMap(SaliencyMethod):
 
     Args:
         model: images ``(N, C, H, W)`` -> logits ``(N, classes)``.
-        target_layers: see :class:`~gradmask.saliency.base.SaliencyMethod`; default every ReLU.
-        sigma, kernel_size, padding, kernel: the LoG (:class:`~gradmask.laplacian.LoGFilter`).
+        target_layers (Optional[Sequence]): see :class:`~gradmask.saliency.base.SaliencyMethod`;
+            default every ReLU.
+        sigma: the LoG's standard deviation (:class:`~gradmask.laplacian.LoGFilter`, as the next three).
+        kernel_size: the LoG window.
+        padding: ``"reflect"`` or ``"zero"``.
+        kernel: ``"log"`` or ``"authors"``.
         absolute: ``"layer"`` (default) or ``"sum"``, see above.
     """
 

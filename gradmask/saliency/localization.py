@@ -173,7 +173,7 @@ def select_images(boxes: Boxes, image_size, single_object: bool = True,
 
     Args:
         boxes: ``(N, 4)`` or a list with one ``(4,)`` / ``(k, 4)`` per image.
-        image_size: ``H`` (square) or ``(H, W)``; every box must lie inside.
+        image_size (int | tuple[int, int]): ``H`` (square) or ``(H, W)``; every box must lie inside.
         single_object: keep only images with exactly one box.
         max_box_fraction: keep only images whose (largest) box covers at most this share of the
             image (a box filling the image scores a high IoU for any map); ``None``: no limit.

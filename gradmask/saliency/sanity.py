@@ -45,7 +45,7 @@ from torch import nn
 from ..data.augment import as_images
 from ..files import write_atomic
 from ..models import model_device
-from ..reporting import figure, save_figure
+from ..reporting import SEQUENTIAL_CMAP, arm_colors, figure, save_figure
 from .base import unwrap_model
 from .evaluate import _fmt, _jsonable, predict
 
@@ -291,17 +291,18 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, method_facto
 def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, list]) -> Path:
     """Adebayo et al. Fig. 2 style: mean rank correlation (left) and SSIM (right) against the
     randomization depth (x: the group randomized last, top layer first), one line per method."""
-    fig = figure(12, 4.2)
+    fig = figure(9.4, 4.6)
     axes = fig.subplots(1, 2, sharex=True)
     labels = None
     low = [-0.2, -0.2]
+    colors = arm_colors(results_by_method)
     for method, steps in results_by_method.items():
         xs = [s["step"] for s in steps]
         labels = labels or [s["randomized"] for s in steps]
         for ax, key in zip(axes, ("spearman", "ssim")):
             mean = np.array([s[key] if s[key] is not None else np.nan for s in steps], dtype=float)
             std = np.array([s.get(f"{key}_std") or 0.0 for s in steps], dtype=float)
-            line, = ax.plot(xs, mean, marker="o", label=method)
+            line, = ax.plot(xs, mean, marker="o", color=colors[method], label=method)
             ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
             if np.isfinite(mean - std).any():
                 i = 0 if key == "spearman" else 1
@@ -311,7 +312,7 @@ def plot_sanity(path: Union[str, os.PathLike], results_by_method: Mapping[str, l
         ax.axhline(0.0, color="gray", linewidth=0.8)
         ax.set_ylim(bottom, 1.05)
         ax.set_xticks(range(len(labels or [])))
-        ax.set_xticklabels(labels or [], rotation=60, ha="right", fontsize=8)
+        ax.set_xticklabels(labels or [], rotation=60, ha="right")
         ax.set_xlabel("cascading randomization (top layer first)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("similarity to the trained model's map")
@@ -330,7 +331,8 @@ def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps:
         raise ValueError("steps must come from cascading_randomization(..., return_maps=True)")
     images = as_images(images, check_range=False).detach().cpu()
     rows, cols = min(n, len(images)), 1 + len(steps)
-    fig = figure(1.5 * cols + 0.8, 1.5 * rows + 1.0)
+    side = min(1.5, 8.6 / cols)  # every column on the page; column titles are step numbers (key below)
+    fig = figure(side * cols + 0.8, side * rows + 1.6)
     grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [0.08])
     shown = None
     for r in range(rows):
@@ -343,13 +345,15 @@ def save_sanity_maps(path: Union[str, os.PathLike], images: torch.Tensor, steps:
                 label = "image"
             else:
                 step = steps[c - 1]
-                shown = ax.imshow(step["maps"][r].numpy(), cmap="jet", vmin=0, vmax=1)
-                label = f"{step['step']}: " + ("trained" if step["step"] == 0 else step["randomized"])
+                shown = ax.imshow(step["maps"][r].numpy(), cmap=SEQUENTIAL_CMAP, vmin=0, vmax=1)
+                label = str(step["step"])
             if r == 0:
-                ax.set_title("\n".join(textwrap.wrap(label, 12)), fontsize=8)
+                ax.set_title(label, fontsize=10)
     fig.colorbar(shown, cax=fig.add_subplot(grid[:, cols]), label="map value (normalised)")
     fig.suptitle(f"{method} under cascading randomization (column k: groups up to k re-initialised, top-down)",
-                 fontsize=9)
+                 fontsize=10)
+    key = "; ".join(f"{s['step']}: " + ("trained" if s["step"] == 0 else s["randomized"]) for s in steps)
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap("Columns: " + key, 110)), fontsize=9, va="bottom")
     return save_figure(fig, path)
 
 

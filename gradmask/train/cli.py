@@ -12,10 +12,10 @@ import dataclasses
 import sys
 from typing import Optional
 
-from ..commands import add_mask_arguments, device_argument, register
+from ..commands import add_mask_arguments, device_argument, register, show_default
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
-from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULES, STEMS, TrainConfig
+from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULE_ALIASES, SCHEDULES, STEMS, TrainConfig
 from .distributed import is_main_process
 from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
@@ -30,13 +30,19 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _schedule_name(text: str) -> str:
+    """``--schedule``: a name of SCHEDULES, or an old name (SCHEDULE_ALIASES) read as its new one."""
+    return SCHEDULE_ALIASES.get(text, text)
+
+
 def _optional_int(text: str):
     return None if text.lower() in ("none", "all") else int(text)
 
 
 def _option(group, name: str, help: str, shown: Optional[str] = None, **kwargs) -> None:
     """``--name`` for TrainConfig field ``name``: not given, it stays out of the namespace (the
-    preset's value, else the TrainConfig default applies); the help ends with that default."""
+    preset's value, else the TrainConfig default applies); the help ends with that default
+    (``shown``: how to say it, else the TrainConfig default's value)."""
     default = getattr(_DEFAULTS, name)
     if isinstance(default, bool):
         kwargs.setdefault("action", argparse.BooleanOptionalAction)
@@ -45,18 +51,19 @@ def _option(group, name: str, help: str, shown: Optional[str] = None, **kwargs) 
         kwargs["type"] = type(default)
     if shown is None:
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
-    group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                       help=f"{help} (default: {shown})", **kwargs)
+    show_default(group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=help,
+                                    **kwargs), shown)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``gradmask train`` option on ``parser`` (also used by commands that train, e.g.
     ``compare``), one per TrainConfig field; read them back with :func:`config_from_args`.
     Options not given stay unset so the preset / TrainConfig default applies."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="start from a preset: 'paper' (ResNet-18, K=16, 200 epochs, lr 0.1 x0.2 at "
-                             "60/120/160) or 'quick' (about a minute on 2 CPU cores on the synthetic data); "
-                             "options given override it (default: none, the TrainConfig defaults)")
+    show_default(parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None,
+        help="start from a preset: 'paper' (ResNet-18, K=16, 200 epochs, lr 0.1 x0.2 at 60/120/160) or 'quick' "
+             "(about a minute on 2 CPU cores on the synthetic data); options given override it"),
+        "none, the TrainConfig defaults")
     data = parser.add_argument_group("data")
     _option(data, "dataset", "dataset", choices=list(DATASETS))
     _option(data, "data", "dataset path (directory or archive; not used by synthetic; cifar10-placed: the "
@@ -86,10 +93,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _option(opt, "momentum", "SGD momentum")
     _option(opt, "weight_decay", "SGD weight decay")
     _option(opt, "nesterov", "Nesterov momentum")
-    _option(opt, "schedule", "learning-rate schedule", choices=list(SCHEDULES))
+    _option(opt, "schedule", "learning-rate schedule per step, after the linear warm-up of --warmup-epochs: "
+            "multistep (x --gamma at each of --milestones), cosine (down to 0), triangle (linear down to 0: with "
+            "the warm-up a triangle; not PyTorch's OneCycleLR); 'onecycle' is the old name of triangle",
+            choices=list(SCHEDULES), type=_schedule_name)
     _option(opt, "milestones", "multistep epochs, comma-separated", type=_int_list)
     _option(opt, "gamma", "multistep factor")
-    _option(opt, "warmup_epochs", "linear warm-up (the one-cycle's rising part)")
+    _option(opt, "warmup_epochs", "epochs of linear warm-up from 0 to --lr (the triangle's rising side)")
     _option(opt, "label_smoothing", "label smoothing of the training loss")
     run = parser.add_argument_group("execution")
     _option(run, "seed", "seed of torch, numpy, python, data order and augmentation")
@@ -110,8 +120,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_mask_arguments(parser, defaults=_DEFAULTS, suppress=True)
     for action in parser._actions:
         if action.dest == "groups":
-            action.help = action.help.replace(f"(default: {_DEFAULTS.groups})", f"(default: {_DEFAULTS.groups}: the "
-                                              f"paper's channels per set on the default {_DEFAULTS.model})")
+            show_default(action, f"{_DEFAULTS.groups}: the paper's channels per set on the default {_DEFAULTS.model}")
     mask = next(g for g in parser._action_groups if g.title == "gradient mask")
     _option(mask, "inhibition_schedule", "the inhibition rate per step: constant, warmup (linear from 0 to "
             "--inhibition-rate over --inhibition-warmup epochs), anneal (cosine down to 0)",

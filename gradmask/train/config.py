@@ -21,7 +21,10 @@ from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
 
 STEMS = ("cifar", "imagenet")
-SCHEDULES = ("multistep", "cosine", "onecycle")
+SCHEDULES = ("multistep", "cosine", "triangle")
+#: Old schedule names, read as their new ones (a config.json or checkpoint written before the rename
+#: loads, resumes and compares equal): "onecycle" was never PyTorch's OneCycleLR but a linear decay.
+SCHEDULE_ALIASES = {"onecycle": "triangle"}
 AMP_MODES = ("none", "bf16", "fp16")
 MAX_VAL_FRACTION = 0.5  # the largest share of the training images a validation split may take
 
@@ -43,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # groups=4: on the quarter-width ResNet (16/32/64 channels at the masked blocks) this keeps the
     # paper's minicolumn sizes (K=16 on ResNet-18's 64/128/256 channels: 4/8/16 per set).
     "quick": dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=64, lr=0.1, momentum=0.9,
-                  weight_decay=5e-4, nesterov=False, schedule="onecycle", warmup_epochs=1.0,
+                  weight_decay=5e-4, nesterov=False, schedule="triangle", warmup_epochs=1.0,
                   label_smoothing=0.0, augment="none", train_limit=5000, test_limit=1000),
 }
 
@@ -86,9 +89,10 @@ class TrainConfig:
     Optimisation: SGD(``lr``, ``momentum``, ``weight_decay``, ``nesterov``), ``batch_size`` is
     the global batch (split evenly over distributed processes); the lr is set every step by
     ``schedule``: "multistep" (x ``gamma`` at each epoch of ``milestones``), "cosine" (to 0),
-    "onecycle" (linear up to ``lr``, then linear down to 0); each after a linear warm-up of
-    ``warmup_epochs`` (the one-cycle's rising share; for "cosine" / "onecycle" at most all steps
-    but the last). ``label_smoothing`` of the training loss.
+    "triangle" (linear down to 0: with the warm-up, linear up to ``lr`` and linear down, a triangle;
+    not PyTorch's ``OneCycleLR``, whose phases are cosine; "onecycle", its old name, is read as
+    "triangle"); each after a linear warm-up of ``warmup_epochs`` (the triangle's rising side; for
+    "cosine" / "triangle" at most all steps but the last). ``label_smoothing`` of the training loss.
 
     Execution: ``seed`` (torch, numpy, python, data order and augmentation); ``device`` "auto"
     (CUDA if available), "cpu", "cuda", "cuda:N"; ``amp`` autocast "none" / "bf16" / "fp16"
@@ -187,6 +191,8 @@ class TrainConfig:
             self.data = str(self.data)  # os.PathLike
         if self.out is not None and not isinstance(self.out, str):
             self.out = str(self.out)
+        if isinstance(self.schedule, str):
+            self.schedule = SCHEDULE_ALIASES.get(self.schedule, self.schedule)
         self.validate()
 
     # ------------------------------------------------------------------ construction helpers
@@ -386,4 +392,5 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore=RESUME_FREE_FIELDS
 
 
 __all__ = ["AMP_MODES", "DATASETS", "INHIBITION_SCHEDULES", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES",
-           "MAX_VAL_FRACTION", "PRESETS", "SCHEDULES", "STEMS", "TrainConfig", "config_differences", "field_applies"]
+           "MAX_VAL_FRACTION", "PRESETS", "SCHEDULE_ALIASES", "SCHEDULES", "STEMS", "TrainConfig", "config_differences",
+           "field_applies"]

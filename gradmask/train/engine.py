@@ -19,7 +19,6 @@ import contextlib
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -31,6 +30,8 @@ from tqdm import tqdm
 from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
+from ..metric_names import logged_scalars
+from ..progress import counted
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import TrainConfig
 from .data import RunData, build_data
@@ -56,8 +57,9 @@ def _trained_by(resume: Optional[dict], run: RunDir) -> list[str]:
     before = list(resume.get("trained_by") or [resume.get("gradmask_version") or "unknown"])
     if before[-1] == now:
         return before
-    print(f"gradmask: resuming {run.path} with code {now}; its {int(resume['epoch'])} finished epoch(s) were "
-          f"trained by {', '.join(before)}", file=sys.stderr)
+    epochs = int(resume["epoch"])
+    print(f"gradmask: resuming {run.path} with code {now}; its {counted(epochs, 'finished epoch')} "
+          f"{'was' if epochs == 1 else 'were'} trained by {', '.join(before)}", file=sys.stderr)
     return before + [now]
 
 
@@ -128,14 +130,15 @@ def _callbacks(callbacks: Sequence, event: str) -> list[Callable]:
     return out
 
 
-def _tensorboard_writer(run: RunDir):
+def _summary_writer_class():
+    """``torch.utils.tensorboard.SummaryWriter``; without the tensorboard package a ValueError saying
+    what to install (raised by :func:`train` before anything is read or written)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception as exc:  # noqa: BLE001 - the tensorboard package is optional
-        warnings.warn(f"tensorboard=True but torch.utils.tensorboard does not import ({exc}); "
-                      f"metrics go to metrics.jsonl / metrics.csv only", stacklevel=3)
-        return None
-    return SummaryWriter(str(run / TENSORBOARD))
+    except ImportError as exc:
+        raise ValueError(f"tensorboard (--tensorboard) needs the tensorboard package, which does not import here "
+                         f"({exc}): pip install 'gradmask[tensorboard]', or leave tensorboard off") from None
+    return SummaryWriter
 
 
 def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
@@ -149,6 +152,8 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
         raise TypeError(f"config must be a gradmask.train.TrainConfig, got {type(config).__name__}")
     config.validate()
     check_plugins(config)
+    if config.tensorboard:
+        _summary_writer_class()
     requested = resolve_device(config.device)
     dist_ctx = setup_distributed(requested.type)
     lock = None
@@ -239,7 +244,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
         if resume is not None:
             run.write_metrics(history, jsonl=True)  # drop records of epochs after the checkpoint
         if config.tensorboard:
-            writer = _tensorboard_writer(run)
+            writer = _summary_writer_class()(str(run / TENSORBOARD))
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history, gradient_mask=gm,
@@ -434,14 +439,10 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
 
 
 def _log_tensorboard(writer, record: dict) -> None:
-    step = record["epoch"]
-    for key, value in record.items():
-        if key in ("mask_kept", "mask_energy_kept") and value:
-            for name, kept in value.items():
-                if kept is not None:
-                    writer.add_scalar(f"{key}/{name}", kept, step)
-        elif key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(key, value, step)
+    """One epoch's record under the logged names (:mod:`gradmask.metric_names`: ``train/loss``,
+    ``gradmask/kept/<target>``, ...), at step = epoch."""
+    for tag, value in logged_scalars(record).items():
+        writer.add_scalar(tag, value, record["epoch"])
     writer.flush()
 
 

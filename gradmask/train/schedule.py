@@ -7,7 +7,9 @@ a linear warm-up over ``warmup_epochs`` (factor ``(step + 1) / warmup_steps``), 
   lr drops at the first step of epoch ``m`` (0-based), as ``MultiStepLR`` stepped per epoch;
 - ``"cosine"``: ``0.5 (1 + cos(pi t))``, ``t = (s + 1) / (S + 1)`` at step ``s`` of the ``S``
   steps after the warm-up (strictly decreasing, never 0);
-- ``"onecycle"``: ``1 - t``: linear from the peak down to 0 (with the warm-up: a triangle).
+- ``"triangle"``: ``1 - t``: linear from the peak down to 0 (with the warm-up: a triangle). It is
+  not PyTorch's ``OneCycleLR`` (cosine phases, a floor above 0); ``"onecycle"``, its old name, is
+  read as ``"triangle"`` (checkpoints stored it: they resume to the same numbers).
 
 The object holds only numbers, so ``LambdaLR.state_dict()`` stores it and a checkpoint is
 loadable with ``torch.load(weights_only=True)``.
@@ -19,12 +21,13 @@ from typing import Sequence
 
 import torch
 
-from .config import SCHEDULES
+from .config import SCHEDULE_ALIASES, SCHEDULES
 
 
 class LRSchedule:
     def __init__(self, kind: str, epochs: int, steps_per_epoch: int, milestones: Sequence[int] = (),
                  gamma: float = 0.1, warmup_epochs: float = 0.0):
+        kind = SCHEDULE_ALIASES.get(kind, kind)
         if kind not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {kind!r}")
         if steps_per_epoch < 1:

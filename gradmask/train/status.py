@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..progress import fmt_seconds
+from ..progress import counted, fmt_seconds
 from .rundir import CONFIG, METRICS_JSONL, RunDir, lock_owner
 
 FINISHED, TRAINING, STOPPED = "finished", "training", "stopped"
@@ -95,8 +95,9 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     count = {s: sum(r.state == s for r in runs) for s in (FINISHED, TRAINING, STOPPED)}
     left = sum(max(0, (r.epochs_planned or 0) - r.epochs_done) for r in runs if r.state != FINISHED)
-    lines.append(f"{len(runs)} runs: {count[FINISHED]} finished, {count[TRAINING]} training, {count[STOPPED]} "
-                 f"stopped; {left} epochs left in the unfinished ones (runs not started yet are not listed)")
+    lines.append(f"{counted(len(runs), 'run')}: {count[FINISHED]} finished, {count[TRAINING]} training, "
+                 f"{count[STOPPED]} stopped; {counted(left, 'epoch')} left in the unfinished ones (runs not started "
+                 f"yet are not listed)")
     for r in runs:
         if r.state == TRAINING:
             lines.append(f"  {r.path.name}: {r.owner}")

@@ -11,7 +11,7 @@ import numpy as np
 from ...compare.mechanism import mechanism, mechanism_blocks
 from ...compare.report import epoch_difference, report_paths, tuning_blocks
 from ...compare.tuning import read_tuning
-from ...reporting import figure, save_figure
+from ...reporting import ARM_COLORS, figure, save_figure
 from .. import paper
 from ..runs import FIGURES, runs_dir
 from ..sections import (
@@ -81,12 +81,14 @@ def plot_epoch_gap(path: Path, gaps: dict, small: Optional[dict]) -> Path:
     the small-budget point as a separate marker."""
     fig = figure(6.4, 4.0)
     ax = fig.subplots()
+    color = ARM_COLORS["lateral"]  # lateral's gap to none, in lateral's colour; datasets by line style
     for i, (dataset, gap) in enumerate(gaps.items()):
         xs = [e for e, _ in gap]
-        ax.plot(xs, [100 * ci.diff for _, ci in gap], "o-", color=f"C{i}", label=f"{dataset}: lateral − none")
+        ax.plot(xs, [100 * ci.diff for _, ci in gap], color=color, linestyle=("-", "--", ":")[i % 3],
+                marker="os^"[i % 3], label=f"{dataset}: lateral − none")
         lows = [100 * ci.low if finite(ci.low) else np.nan for _, ci in gap]
         highs = [100 * ci.high if finite(ci.high) else np.nan for _, ci in gap]
-        ax.fill_between(xs, lows, highs, color=f"C{i}", alpha=0.2, label="95% interval over seeds")
+        ax.fill_between(xs, lows, highs, color=color, alpha=0.15, label="95% interval over seeds")
     if small is not None:
         d = small["difference"]
         ax.errorbar([small["epochs"]], [100 * d.diff], yerr=[[100 * (d.diff - d.low)], [100 * (d.high - d.diff)]],
@@ -96,9 +98,9 @@ def plot_epoch_gap(path: Path, gaps: dict, small: Optional[dict]) -> Path:
     ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 difference (points)")
-    ax.set_title("Test accuracy, lateral − none, per epoch", fontsize=10)
+    ax.set_title("Test accuracy, lateral − none, per epoch")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     return save_figure(fig, path)
 
 
