@@ -350,6 +350,6 @@ def test_the_local_executor_is_the_default_and_unchanged(tmp_path):
     assert not (tmp_path / SLURM_DIR).exists()
     import argparse
     parser = argparse.ArgumentParser()
-    from gradmask.compare.executor import add_executor_arguments
+    from gradmask.compare.cli import add_executor_arguments
     add_executor_arguments(parser)
     assert executor_from_args(parser.parse_args([])) == "local"

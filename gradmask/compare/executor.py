@@ -4,7 +4,8 @@
 ``jobs`` worker processes (:class:`gradmask.compare.jobs.ProcessTrainer`). A
 :class:`gradmask.compare.slurm.SlurmExecutor` (``"slurm"``: one with its defaults): each run a Slurm
 job, ``jobs`` at a time, the books in ``{out}/slurm``. :func:`open_trainer` makes the ``train_fn``
-of either; :func:`add_executor_arguments` / :func:`executor_from_args` are the command-line options.
+of either; :func:`executor_from_args` reads the command-line options
+(:func:`gradmask.compare.cli.add_executor_arguments`).
 """
 from __future__ import annotations
 
@@ -49,28 +50,6 @@ def open_trainer(executor: Executor, jobs: int, device: str, out: str | os.PathL
     return executor.trainer(Path(out) / SLURM_DIR, jobs, log)
 
 
-def add_executor_arguments(parser) -> None:
-    """``--executor`` and the ``--slurm-*`` options of ``compare`` and ``reproduce``."""
-    group = parser.add_argument_group("executor (where the runs train; docs/slurm.md)")
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: on this machine, --jobs at a time (default); slurm: each run a Slurm job "
-                            "(submitit, pip install 'gradmask[slurm]'), --jobs at a time")
-    group.add_argument("--slurm-partition", default=None, help="partition of the jobs (default: the cluster's)")
-    group.add_argument("--slurm-time", default="24:00:00",
-                       help="time limit of one job, minutes or [D-]HH:MM:SS (default 24:00:00); a run that needs "
-                            "longer is requeued from its checkpoint (at most 3 times)")
-    group.add_argument("--slurm-nodes", type=int, default=1, help="nodes per run (default 1)")
-    group.add_argument("--slurm-gpus-per-node", type=int, default=0, help="GPUs per node of a run (default 0)")
-    group.add_argument("--slurm-tasks-per-node", type=int, default=None,
-                       help="processes (DDP ranks) per node of a run (default: one per GPU, at least 1)")
-    group.add_argument("--slurm-cpus-per-task", type=int, default=None,
-                       help="CPUs per process, also its torch threads (default: the cluster's)")
-    group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per node of a run, GB "
-                                                                         "(default: the cluster's)")
-    group.add_argument("--slurm-sbatch", action="append", default=[], metavar="--OPTION=VALUE",
-                       help="a further sbatch option, repeatable (e.g. --slurm-sbatch=--account=NAME)")
-
-
 def executor_from_args(args) -> "str | SlurmExecutor":
     """``"local"`` or the :class:`SlurmExecutor` of the options; ``--slurm-*`` options without
     ``--executor slurm`` are refused."""
@@ -88,5 +67,5 @@ def executor_from_args(args) -> "str | SlurmExecutor":
     return SlurmExecutor(**slurm)
 
 
-__all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "add_executor_arguments", "check_executor", "executor_from_args",
+__all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "check_executor", "executor_from_args",
            "open_trainer"]

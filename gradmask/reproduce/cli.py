@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..commands import device_argument, register, show_default
-from ..compare.executor import add_executor_arguments, executor_from_args
+from ..compare.cli import add_executor_arguments
+from ..compare.executor import executor_from_args
 from ..compare.jobs import check_jobs
 from ..compare.tuning import make_tuning, parse_tune
 from ..device import resolve_device
