@@ -62,11 +62,13 @@ def slurm():
 
 
 def _numbers(final):
-    return {k: v for k, v in final.items() if k not in ("train_seconds", "trained_by", "device")}
+    # the checkpoint's checksum and the record's own cover the wall times, which differ between runs
+    return {k: v for k, v in final.items()
+            if k not in ("train_seconds", "trained_by", "device", "checkpoint", "checksum")}
 
 
 def _epochs(run):
-    keep = ("epoch_seconds", "images_per_second")
+    keep = ("epoch_seconds", "images_per_second", "checksum")
     return [{k: v for k, v in json.loads(line).items() if k not in keep}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
