@@ -197,9 +197,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """A config from ``dataclasses.asdict(config)`` (``config.json``'s extra keys ``gradmask_version``
-        and ``trained_by`` ignored)."""
-        values = {k: v for k, v in values.items() if k not in ("gradmask_version", "trained_by")}
+        """A config from ``dataclasses.asdict(config)`` (``config.json``'s extra keys ``gradmask_version``,
+        ``trained_by`` and ``machine`` ignored)."""
+        values = {k: v for k, v in values.items() if k not in ("gradmask_version", "trained_by", "machine")}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -36,6 +36,7 @@ from .config import TrainConfig
 from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
 from .inhibition import build_inhibition_schedule
+from .machine import differences, machine_record, restore, settings
 from .plugins import build_augment, check_plugins, config_callbacks
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir, claim
@@ -85,6 +86,8 @@ class TrainContext:
     inhibition: Optional[Callable[[int, int], float]] = None
     # the code revisions that trained the run so far, oldest first (gradmask.train.source.source_revision)
     trained_by: list = field(default_factory=list)
+    # the numerical setup of every stretch of training, oldest first (gradmask.train.machine.machine_record)
+    machine: list = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -151,11 +154,12 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     check_plugins(config)
     requested = resolve_device(config.device)
     dist_ctx = setup_distributed(requested.type)
-    lock = None
+    lock, found = None, settings()
     try:
         lock = claim(RunDir(config.run_dir), dist_ctx)  # one job per run folder, before anything is read
         return _train(config, list(callbacks), dist_ctx, _device(requested, dist_ctx))
     finally:
+        restore(found)  # a resume may have set the run's thread count: the caller's comes back
         if lock is not None:
             lock.release()
         dist_ctx.close()
@@ -170,6 +174,35 @@ def _inhibition_schedule(gm: Optional[GradientMask], config: TrainConfig, steps_
     return None if schedule.kind == "constant" else schedule
 
 
+def _machines(resume: Optional[dict], run: RunDir, device: torch.device, say: bool) -> list[dict]:
+    """The numerical setup of every stretch of training, oldest first, this one last. A resume first
+    restores the thread count and deterministic switch its last stretch trained with, and says so;
+    it says too when anything it cannot restore differs (the result is then not bit-identical)."""
+    if resume is None:
+        return [machine_record(device)]
+    before, start = list(resume.get("machine") or []), int(resume["epoch"]) + 1
+    if not before:
+        now = machine_record(device, start)
+        if say:
+            print(f"gradmask: resuming {run.path}: its checkpoint does not record the threads and CPU it was trained "
+                  f"with (an older gradmask); the result is bit-identical to an uninterrupted run only if they were "
+                  f"these ({now['threads']} threads, {now['cpu_capability']}, {now['cpu']})", file=sys.stderr)
+        return [now]
+    last, threads = before[-1], torch.get_num_threads()
+    restore(last)
+    now = machine_record(device, start)
+    if say and now["threads"] != threads:
+        print(f"gradmask: resuming {run.path} with {now['threads']} torch threads, the number its epochs were trained "
+              f"with (this process had {threads}), so that the result is bit-identical to an uninterrupted run",
+              file=sys.stderr)
+    diff = differences(last, now)
+    if say and diff:
+        print(f"gradmask: resuming {run.path} on another setup than its epochs {last.get('from_epoch', 1)}-"
+              f"{start - 1} were trained on (" + "; ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+              + "): the result will not be bit-identical to an uninterrupted run", file=sys.stderr)
+    return before + [now]
+
+
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: torch.device) -> dict:
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
@@ -178,6 +211,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     resume = run.resume_state(config) if config.resume else None
     if config.resume and run.finished:
         return run.read_final()
+    machine = _machines(resume, run, device, dist_ctx.is_main)  # restores the run's thread count first
     if dist_ctx.is_main and resume is None:
         run.clear()  # overwrite, or a resume with nothing to resume from
     dist_ctx.barrier()
@@ -234,7 +268,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     trained_by = _trained_by(resume, run) if dist_ctx.is_main else []
     writer = None
     if dist_ctx.is_main:
-        run.write_config(config.to_dict(), _version(), trained_by)
+        run.write_config(config.to_dict(), _version(), trained_by, machine)
         if resume is not None:
             run.write_metrics(history, jsonl=True)  # drop records of epochs after the checkpoint
         if config.tensorboard:
@@ -242,7 +276,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history, gradient_mask=gm,
-                       inhibition=_inhibition_schedule(gm, config, data.train_steps), trained_by=trained_by)
+                       inhibition=_inhibition_schedule(gm, config, data.train_steps), trained_by=trained_by,
+                       machine=machine)
     callbacks = [*callbacks, *config_callbacks(config, data)]  # e.g. the GSNR probe of gsnr_every
     for cb in _callbacks(callbacks, "on_train_start"):
         cb(ctx)
@@ -416,6 +451,7 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
         "format": FORMAT,
         "gradmask_version": _version(),
         "trained_by": ctx.trained_by,
+        "machine": ctx.machine,
         "epoch": ctx.epoch,
         "model": ctx.model.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),

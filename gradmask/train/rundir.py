@@ -2,7 +2,9 @@
 
 - ``config.json``: ``dataclasses.asdict(config)`` plus ``"gradmask_version"`` (the code revision of the
   last start, :func:`gradmask.train.source.source_revision`) and ``"trained_by"`` (every revision that
-  trained epochs of the run, oldest first; absent in older runs).
+  trained epochs of the run, oldest first; absent in older runs) and ``"machine"`` (the numerical setup
+  of every stretch of training, oldest first: CPU, its torch dispatch capability, threads, library
+  versions; :mod:`gradmask.train.machine`; absent in older runs).
 - ``metrics.jsonl``: one object per finished epoch, keys ``METRIC_KEYS`` (plus any a callback
   added); accuracies are fractions in [0, 1] (train: on the augmented batches, during the epoch;
   test: after it, in eval mode); ``lr`` is the learning rate of the epoch's last step;
@@ -273,12 +275,16 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
 
-    def write_config(self, config_dict: dict, version: str, trained_by: Optional[list] = None) -> None:
-        """``config.json``: the config, the code revision writing it and (``trained_by``) every revision
-        that trained the run, oldest first."""
+    def write_config(self, config_dict: dict, version: str, trained_by: Optional[list] = None,
+                     machine: Optional[list] = None) -> None:
+        """``config.json``: the config, the code revision writing it, (``trained_by``) every revision
+        that trained the run and (``machine``) the numerical setup of every stretch, oldest first."""
         self.path.mkdir(parents=True, exist_ok=True)
-        extra = {"gradmask_version": version} if trained_by is None else {"gradmask_version": version,
-                                                                          "trained_by": list(trained_by)}
+        extra = {"gradmask_version": version}
+        if trained_by is not None:
+            extra["trained_by"] = list(trained_by)
+        if machine is not None:
+            extra["machine"] = list(machine)
         write_atomic(self.path / CONFIG, json.dumps({**config_dict, **extra}, indent=2) + "\n")
 
     def append_metrics(self, record: dict) -> None:
