@@ -100,6 +100,27 @@ def write_csv(path: Union[str, os.PathLike], header: list, rows) -> Path:
     return write_atomic(path, buf.getvalue())
 
 
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON array"}
+
+
+def read_json(path: Union[str, os.PathLike], what: str, kind: type = dict) -> Any:
+    """The JSON value of file ``path``, which must be of type ``kind`` (``dict``: an object); a
+    file that is not valid JSON (truncated, damaged) or holds another type is a ``ValueError``
+    naming ``what`` and the file. A missing file raises ``FileNotFoundError``."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not a JSON text file (damaged? {exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid JSON (truncated or damaged: {exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno}); restore it or produce it again") from None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{what} {path} holds {type(value).__name__ if value is not None else 'null'} where "
+                         f"{_JSON_TYPES.get(kind, kind.__name__)} was expected; restore it or produce it again")
+    return value
+
+
 # ----------------------------------------------------------------------------- checksums
 def _feed(h, value: Any) -> None:
     """Hash ``value`` with its structure: every byte of every tensor, keys in order, types tagged."""

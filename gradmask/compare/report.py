@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..data import DATASETS
-from ..files import write_atomic, write_csv
+from ..files import read_json, write_atomic, write_csv
 from ..reporting import figure, render_html, render_markdown, save_figure
 from ..settings import MASK_MODES
 from ..train.config import field_applies
@@ -163,13 +163,6 @@ def variant_order(names: Iterable[str]) -> list[str]:
     return known + sorted(names - set(VARIANTS))
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
 def load_runs(out_dir: str | os.PathLike) -> list[Run]:
     """Every sub-folder of ``out_dir`` holding a ``config.json``, ordered by variant then seed.
 
@@ -184,11 +177,9 @@ def load_runs(out_dir: str | os.PathLike) -> list[Run]:
         config_path = sub / "config.json"
         if not config_path.is_file():
             continue
-        config = _read_json(config_path)
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_path}: expected a JSON object")
+        config = read_json(config_path, "run config")
         final_path = sub / "final.json"
-        final = _read_json(final_path) if final_path.is_file() else None
+        final = read_json(final_path, "final record") if final_path.is_file() else None
         runs.append(Run(sub, config, RunDir(sub).read_metrics(), final))
     order = {v: i for i, v in enumerate(variant_order(r.variant for r in runs))}
     runs.sort(key=lambda r: (order[r.variant], r.seed if r.seed is not None else math.inf, r.name))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from ..files import write_atomic
+from ..files import read_json, write_atomic
 from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
 from .jobs import train_all
 
@@ -336,7 +336,7 @@ def run_tuning(base, variants: Iterable[str], tuning: Tuning, out, seed_offset: 
 def read_tuning(out) -> Optional[dict]:
     """``{out}/tuning.json`` (see :meth:`TuningResult.to_json`), or None when ``out`` was not tuned."""
     path = Path(out) / TUNING_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "tuning record") if path.is_file() else None
 
 
 __all__ = ["DEFAULT_VAL_FRACTION", "NOT_TUNABLE", "PointScore", "TUNE_DIR", "TUNING_JSON", "Tuning", "TuningResult",

@@ -61,8 +61,10 @@ def save_checkpoint(path: Union[str, os.PathLike], state: dict) -> None:
 
 def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:
     path = Path(path_or_run_dir)
-    if path.is_dir():
+    if path.is_dir() and path.name != CHECKPOINT:
         path = path / CHECKPOINT
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return path

@@ -44,6 +44,11 @@ from .schedule import build_scheduler
 from .source import source_revision
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss of an epoch was not finite (NaN or inf): an expected failure of a setting
+    (too high a learning rate, broken data), raised after that epoch's metrics are written."""
+
+
 def _version() -> str:
     return source_revision()
 
@@ -324,8 +329,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                 if show:
                     tqdm.write(_summary(record, config.epochs, data.eval_split), file=sys.stderr)
             if not math.isfinite(train_loss):
-                raise RuntimeError(f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
-                                   f"lower lr (now {config.lr}) or check the data")
+                raise TrainingDiverged(f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
+                                       f"lower lr (--lr, now {config.lr}) or check the data")
             rank_states = dist_ctx.all_gather_object({"rng": rng_state(), "loader": data.loader_state()})
             if dist_ctx.is_main:
                 save_checkpoint(run.checkpoint, _checkpoint_state(ctx, model_args, rank_states))
@@ -489,4 +494,4 @@ def _summary(r: dict, epochs: int, ev: str = "test") -> str:
             f"lr {r['lr']:.4g} | {r['epoch_seconds']:.1f} s, {r['images_per_second']:.0f} img/s")
 
 
-__all__ = ["TrainContext", "train"]
+__all__ = ["TrainContext", "TrainingDiverged", "train"]

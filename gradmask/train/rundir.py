@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..files import write_atomic, write_csv
+from ..files import read_json, write_atomic, write_csv
 from .checkpoint import CHECKPOINT, read_checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig, config_differences
 
@@ -197,8 +197,11 @@ class RunLock:
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, (json.dumps(owner) + "\n").encode("utf-8"))
             os.fsync(fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, f"disk full while writing {lock}; free some space and run the command "
+                                         f"again") from exc
             raise
         return cls(lock, fd)
 
@@ -259,9 +262,14 @@ class RunDir:
         return lock
 
     def check_start(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to start a fresh run over another one (read-only: every process may call it)."""
+        """Refuse to start a fresh run over another one, or in a folder where a run file's name is
+        taken by a directory (read-only: every process may call it)."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"out {self.path} exists and is not a directory")
+        for name in RUN_FILES:
+            if (self.path / name).is_dir():
+                raise ValueError(f"{self.path / name} is a directory, where gradmask keeps the run's {name}; "
+                                 f"move it away or choose another out")
         if resume or overwrite or self.is_empty():
             return
         raise ValueError(f"out directory {self.path} is not empty (it holds "
@@ -288,8 +296,17 @@ class RunDir:
         write_atomic(self.path / CONFIG, json.dumps({**config_dict, **extra}, indent=2) + "\n")
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+        """One line more in ``metrics.jsonl`` (a full disk is an ``OSError`` naming the file; the
+        reader skips a half-written last line)."""
+        path = self.path / METRICS_JSONL
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, f"disk full while writing {path}; free some space and resume the run "
+                                         f"(--resume)") from exc
+            raise
 
     def write_metrics(self, history: list[dict], jsonl: bool = False) -> None:
         """Rewrite ``metrics.csv`` (and ``metrics.jsonl`` when ``jsonl``) from ``history``."""
@@ -314,10 +331,11 @@ class RunDir:
         write_atomic(self.path / FINAL, json.dumps({k: _json_value(v) for k, v in final.items()}, indent=2) + "\n")
 
     def read_final(self) -> Optional[dict]:
+        """``final.json`` (None when the run has not finished); a damaged one is a ``ValueError``
+        naming it."""
         if not self.finished:
             return None
-        with open(self.path / FINAL, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(self.path / FINAL, "final record")
 
     def read_metrics(self) -> list[dict]:
         """The epoch records of ``metrics.jsonl`` in epoch order ([] without the file). A half-written
@@ -335,9 +353,11 @@ class RunDir:
                 if i == len(lines) - 1:
                     break
                 raise ValueError(f"{path}, line {i + 1}: not valid JSON") from None
-            if not isinstance(row, dict) or "epoch" not in row:
-                raise ValueError(f"{path}, line {i + 1}: expected an object with an 'epoch' key")
-            by_epoch[int(row["epoch"])] = row
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+                raise ValueError(f"{path}, line {i + 1}: expected an object with an integer 'epoch' >= 1, got "
+                                 f"{line[:80]}")
+            by_epoch[epoch] = row
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def read_config(self) -> Optional[TrainConfig]:
@@ -345,10 +365,10 @@ class RunDir:
         path = self.path / CONFIG
         if not path.is_file():
             return None
+        values = read_json(path, "run config")
         try:
-            with open(path, encoding="utf-8") as f:
-                return TrainConfig.from_dict(json.load(f))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            return TrainConfig.from_dict(values)
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"run config {path} cannot be read ({exc})") from exc
 
     def _stored(self) -> tuple[Optional[dict], Optional[TrainConfig]]:
