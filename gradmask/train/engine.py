@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -32,7 +33,7 @@ from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
-from .config import TrainConfig
+from .config import RESUME_FREE_FIELDS, TrainConfig
 from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
 from .inhibition import build_inhibition_schedule
@@ -160,6 +161,7 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     requested = resolve_device(config.device)
     dist_ctx = setup_distributed(requested.type)
     lock, found = None, settings()
+    created = _missing_folders(Path(config.run_dir))
     try:
         lock = claim(RunDir(config.run_dir), dist_ctx)  # one job per run folder, before anything is read
         return _train(config, list(callbacks), dist_ctx, _device(requested, dist_ctx))
@@ -167,7 +169,19 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
         restore(found)  # a resume may have set the run's thread count: the caller's comes back
         if lock is not None:
             lock.release()
+            for folder in created:  # a start that failed before writing anything leaves no folder
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
         dist_ctx.close()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _inhibition_schedule(gm: Optional[GradientMask], config: TrainConfig, steps_per_epoch: int):
@@ -208,6 +222,31 @@ def _machines(resume: Optional[dict], run: RunDir, device: torch.device, say: bo
     return before + [now]
 
 
+def _check_forward(model: nn.Module, image_size: int, device: torch.device) -> None:
+    """One forward pass of a blank image in eval mode without autograd (no random numbers drawn, no
+    statistics updated): what fails at the first forward (``groups`` that do not divide a target's
+    channels, a token grid that does not fit) fails before the run folder is written."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was)
+
+
+def _say_start_again(run: RunDir, config: TrainConfig) -> None:
+    """The message of a start over a run that finished no epoch (nothing of it is lost)."""
+    try:
+        changed = run.differences(config, ignore=RESUME_FREE_FIELDS, unstarted=True)
+        what = (" with other settings (" + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) + ")"
+                if changed else "")
+    except ValueError as exc:  # its config.json is damaged
+        what = f" (its config cannot be read: {exc})"
+    print(f"gradmask: starting the run in {run.path} again{what}: the run there finished no epoch, so nothing "
+          f"of it is lost", file=sys.stderr)
+
+
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: torch.device) -> dict:
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
@@ -217,9 +256,6 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     if config.resume and run.finished:
         return run.read_final()
     machine = _machines(resume, run, device, dist_ctx.is_main)  # restores the run's thread count first
-    if dist_ctx.is_main and resume is None:
-        run.clear()  # overwrite, or a resume with nothing to resume from
-    dist_ctx.barrier()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -238,6 +274,12 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     if gm is not None:
         handle = attach(model, gm, targets=list(config.targets) if config.targets else None,
                         skip_last=config.skip_last)
+    _check_forward(model, data.image_size, device)  # fails here, before anything is written or cleared
+    if dist_ctx.is_main and resume is None:
+        if run.unstarted and not config.overwrite:
+            _say_start_again(run, config)
+        run.clear()  # overwrite, a run that finished no epoch, or a resume with nothing to resume from
+    dist_ctx.barrier()
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,

@@ -243,6 +243,12 @@ class RunDir:
     def finished(self) -> bool:
         return (self.path / FINAL).is_file()
 
+    @property
+    def unstarted(self) -> bool:
+        """The folder holds a run that finished no epoch (a ``config.json`` but neither a checkpoint
+        nor ``final.json``): starting it again, with any settings, loses nothing."""
+        return (self.path / CONFIG).is_file() and not self.checkpoint.exists() and not self.finished
+
     def is_empty(self) -> bool:
         """No files but the lock and partial temporary files."""
         return not self.path.exists() or all(p.name == LOCK or _is_partial(p.name) for p in self.path.iterdir())
@@ -270,7 +276,7 @@ class RunDir:
             if (self.path / name).is_dir():
                 raise ValueError(f"{self.path / name} is a directory, where gradmask keeps the run's {name}; "
                                  f"move it away or choose another out")
-        if resume or overwrite or self.is_empty():
+        if resume or overwrite or self.is_empty() or self.unstarted:
             return
         raise ValueError(f"out directory {self.path} is not empty (it holds "
                          f"{sorted(p.name for p in self.path.iterdir() if p.name != LOCK)[:6]}); pass resume=True "
@@ -378,17 +384,24 @@ class RunDir:
             return state, TrainConfig.from_dict(dict(state["config"]))
         return None, self.read_config()
 
-    def differences(self, config: TrainConfig, ignore: tuple = RESUME_FREE_FIELDS) -> dict[str, tuple]:
+    def differences(self, config: TrainConfig, ignore: tuple = RESUME_FREE_FIELDS,
+                    unstarted: bool = False) -> dict[str, tuple]:
         """``{field: (the run's value, config's value)}`` for the settings that change results
         (:func:`gradmask.train.config.config_differences`, fields ``ignore`` aside) where the run
         in this folder (its checkpoint, else its ``config.json``) differs from ``config``; ``{}``
-        for an empty folder."""
+        for an empty folder, and for one whose run finished no epoch (:attr:`unstarted`: it is
+        started again) unless ``unstarted``."""
+        if self.unstarted and not unstarted:
+            return {}
         stored = self._stored()[1]
         return {} if stored is None else config_differences(stored, config, ignore)
 
     def resume_state(self, config: TrainConfig) -> Optional[dict]:
         """The checkpoint (verified) to continue ``config`` from, or None when there is none. A run
-        here of another config, finished or not, raises ``ValueError`` naming the fields that differ."""
+        here of another config, finished or not, raises ``ValueError`` naming the fields that differ;
+        one that finished no epoch (:attr:`unstarted`) is started again (None)."""
+        if self.unstarted:
+            return None
         state, stored = self._stored()
         diff = {} if stored is None else config_differences(stored, config)
         if diff:
