@@ -101,6 +101,27 @@ def write_csv(path: Union[str, os.PathLike], header: list, rows) -> Path:
     return write_atomic(path, buf.getvalue())
 
 
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON array"}
+
+
+def read_json(path: Union[str, os.PathLike], what: str, kind: type = dict) -> Any:
+    """The JSON value of file ``path``, which must be of type ``kind`` (``dict``: an object); a
+    file that is not valid JSON (truncated, damaged) or holds another type is a ``ValueError``
+    naming ``what`` and the file. A missing file raises ``FileNotFoundError``."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not a JSON text file (damaged? {exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid JSON (truncated or damaged: {exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno}); restore it or produce it again") from None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{what} {path} holds {type(value).__name__ if value is not None else 'null'} where "
+                         f"{_JSON_TYPES.get(kind, kind.__name__)} was expected; restore it or produce it again")
+    return value
+
+
 # ----------------------------------------------------------------------------- checksums
 def _feed(h, value: Any) -> None:
     """Hash ``value`` with its structure: every byte of every tensor, keys in order, types tagged."""
@@ -190,26 +211,11 @@ def verify(content: dict, path: Union[str, os.PathLike], what: str, fn: Callable
     return stored
 
 
-def read_json(path: Union[str, os.PathLike], what: str) -> Any:
-    """The JSON value of UTF-8 file ``path``; text that is not UTF-8 or not JSON raises
-    ``ValueError`` naming ``what`` and the file."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-        return json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {path} is damaged: it is not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} {path} is damaged or truncated: not valid JSON ({exc})") from None
-
-
 def read_record(path: Union[str, os.PathLike], what: str, warn: bool = True) -> tuple[dict, Optional[str]]:
     """``(content without its checksum, the checksum or None)`` of JSON record ``path`` (an object,
     :func:`json_digest` verified by :func:`verify`; ``warn``: as there). Not UTF-8, not JSON, not an
     object, or another content than its checksum's: ``ValueError`` naming the file."""
-    record = read_json(path, what)
-    if not isinstance(record, dict):
-        raise ValueError(f"{what} {path} is not a gradmask record: expected a JSON object, got "
-                         f"{type(record).__name__}")
+    record = read_json(path, what)  # an object, else a ValueError naming the file
     checksum = verify(record, path, what, json_digest, warn=warn)
     return {k: v for k, v in record.items() if k != CHECKSUM}, checksum
 

@@ -518,7 +518,16 @@ def strip_mask_hooks(model: nn.Module) -> int:
 @contextlib.contextmanager
 def no_gradient_mask(*models: nn.Module) -> Iterator[list[MaskHandle]]:
     """Switch off every gradient mask attached to ``models`` inside the block (plain backprop, e.g.
-    for an attack or a saliency map); each handle's ``enabled`` is restored on exit."""
+    for an attack or a saliency map); each handle's ``enabled`` is restored on exit. It acts on the
+    models given only, never globally: with none it is a ``ValueError`` (as is an argument that is
+    not a module)."""
+    if not models:
+        raise ValueError("no_gradient_mask() needs the models whose masks to switch off, e.g. "
+                         "no_gradient_mask(model); it is not global (with none it would switch off nothing)")
+    for model in models:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"no_gradient_mask() takes modules (no_gradient_mask(model_a, model_b)), got a "
+                             f"{type(model).__name__}")
     handles: list[MaskHandle] = []
     for model in models:
         for handle in mask_handles(model):

@@ -155,14 +155,18 @@ def test_no_mask_means_no_hooks(tmp_path):
 
 @pytest.mark.slow
 def test_accuracy_above_chance_after_a_short_run(tmp_path):
-    # 1500 images x 4 epochs of the 10-class synthetic data, ~25 s on one core. Chance is 0.1 and
-    # its standard deviation on 1000 test images 0.0095: 0.14 is four of them above. (Seeds 0-3
-    # reach 0.16-0.23 here; the data need a few thousand image-steps before shapes are picked up.)
+    # 1500 images x 4 epochs of the 10-class synthetic data without distractors, ~25 s on one core.
+    # Chance is 0.1 (its standard deviation on 1000 test images 0.0095). With the full clutter this
+    # run reached only 0.16-0.23, and 0.126 on a fresh clone with one thread, failing a 0.14 threshold
+    # (issue 26): the numbers change with the thread count and the CPU's dispatch capability. Without
+    # clutter: seeds 0-3 0.307-0.366 (1 thread, AVX512), seed 0 0.297 (2 threads), seeds 0-1
+    # 0.295 / 0.304 (1 thread, ATEN_CPU_CAPABILITY=avx2); 0.2 is ten chance deviations above chance
+    # and 0.095 below every setup measured.
     final = train(TrainConfig(train_limit=1500, test_limit=1000, epochs=4, batch_size=32, lr=0.03,
                               schedule="triangle", warmup_epochs=1, augment="none", mask="none",
-                              progress=False, out=str(tmp_path)))
+                              synthetic_clutter=0.0, train_eval_images=0, progress=False, out=str(tmp_path)))
     records = _jsonl(tmp_path / "metrics.jsonl")
-    assert final["test_acc"] > 0.14, records
+    assert final["test_acc"] > 0.2, records
     assert final["test_loss"] < math.log(10) and records[-1]["train_loss"] < records[0]["train_loss"]
 
 

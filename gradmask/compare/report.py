@@ -44,7 +44,7 @@ BASELINE = "none"
 # keys of config.json that differ between the runs of one comparison by construction
 _PER_RUN_KEYS = {"mask", "arm", "seed", "out", "resume"}
 # TrainConfig fields about logging / bookkeeping, not the experiment: left out of the setting table
-_NOT_SETTING_KEYS = {"overwrite", "progress", "tensorboard"}
+_NOT_SETTING_KEYS = {"overwrite", "progress", "tensorboard", "machine"}
 # setting keys shown first (matched on the last component of a flattened key), in this order
 _PREFERRED_KEYS = [
     "dataset", "data", "train_limit", "test_limit", "synthetic_train", "synthetic_test", "synthetic_clutter",

@@ -97,28 +97,39 @@ def subset_index(n: int, limit: Optional[int], seed: int = SUBSET_SEED) -> Optio
     return torch.randperm(n, generator=generator)[:limit].sort().values
 
 
-def class_mapping(split_classes: Sequence[str], classes: Sequence[str], where: str) -> tuple[list[int], list[str]]:
+def _names(classes: Sequence[str]) -> str:
+    return f"{list(classes)[:20]}{' ...' if len(classes) > 20 else ''}"
+
+
+def class_mapping(split_classes: Sequence[str], classes: Sequence[str], where: str,
+                  model: Optional[str] = None) -> tuple[list[int], list[str]]:
     """``(index, missing)``: ``index[k]`` is the position in ``classes`` (the training split's class
     list) of ``split_classes[k]``, matched by name; ``missing`` the names of ``classes`` the split
-    lacks. A class of the split unknown to ``classes`` raises ``ValueError`` naming it and ``where``."""
+    lacks. A class of the split unknown to ``classes`` raises ``ValueError`` naming it, both lists
+    and ``where`` (and ``model``, the trained model being evaluated, when given)."""
     position = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in split_classes if c not in position]
+    if unknown and model is not None:
+        raise ValueError(f"{where} does not match {model}: the data's classes {_names(split_classes)} include "
+                         f"{_names(unknown)}, which the model was not trained on (its classes: {_names(classes)}); "
+                         f"evaluate it on data of its own classes")
     if unknown:
         raise ValueError(f"{where} has class(es) {unknown} that the training split does not have (its classes: "
-                         f"{list(classes)[:20]}{' ...' if len(classes) > 20 else ''}); a model cannot be scored "
+                         f"{_names(classes)}; the split's: {_names(split_classes)}); a model cannot be scored "
                          f"on classes it was not trained on: remove those folders or add them to the training split")
     present = set(split_classes)
     return [position[c] for c in split_classes], [c for c in classes if c not in present]
 
 
-def match_classes(ds: ImageDataset, classes: Sequence[str]) -> tuple[ImageDataset, list[str]]:
+def match_classes(ds: ImageDataset, classes: Sequence[str], model: Optional[str] = None
+                  ) -> tuple[ImageDataset, list[str]]:
     """``(ds relabelled with the indices of classes, missing)``: every label of ``ds`` becomes the
     index of its class name in ``classes`` (the training split's list), so that splits whose own
     sorted class lists differ (a class absent from one of them) agree; ``missing`` lists the
     ``classes`` without images in ``ds``. Unknown classes raise ``ValueError`` (see
-    :func:`class_mapping`)."""
+    :func:`class_mapping`; ``model``: the trained model being evaluated, named in it)."""
     where = f"split {ds.split!r} of {ds.source or ds.name or 'the dataset'}"
-    index, missing = class_mapping(list(ds.classes), list(classes), where)
+    index, missing = class_mapping(list(ds.classes), list(classes), where, model)
     if list(ds.classes) == list(classes):
         return ds, missing
     labels = torch.tensor(index, dtype=torch.int64)[ds.labels] if len(ds) else ds.labels

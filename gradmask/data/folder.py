@@ -28,6 +28,7 @@ from PIL import Image
 
 from .cache import cached, file_signature, fingerprint, signatures_of
 from .dataset import ImageDataset
+from .pixels import DECODER, to_rgb
 from .registry import need_root, register_dataset
 
 __all__ = [
@@ -227,8 +228,7 @@ def _decode_chunk(job: tuple[Sequence[Union[str, bytes]], Sequence[str], Optiona
         try:
             src = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item
             with Image.open(src) as im:
-                if im.mode != "RGB":
-                    im = im.convert("RGB")
+                im = to_rgb(im, name)  # deeper than 8 bits: scaled, not clipped
                 if hw is not None and im.size != (hw[1], hw[0]):
                     im = im.resize((hw[1], hw[0]), Image.BILINEAR)
                 out.append(np.asarray(im, dtype=np.uint8))
@@ -341,7 +341,7 @@ def load_image_folder(
     name = name or _default_name(root)
     hw = _size_hw(image_size)
     if root.is_file():
-        fp = fingerprint("archive", file_signature(root), split, hw)
+        fp = fingerprint("archive", file_signature(root), split, hw, DECODER)
 
         def build():
             return decode_image_folder(root, split, image_size=image_size, num_workers=num_workers)
@@ -349,7 +349,7 @@ def load_image_folder(
     else:
         index = scan_image_folder(root, split)  # stat of every file: any change -> new fingerprint
         fp = fingerprint("dir", str(root.resolve()), split, index.classes, index.labels,
-                         signatures_of(index.files, root), hw)
+                         signatures_of(index.files, root), hw, DECODER)
 
         def build():
             images = decode_images(index.files, index.files, image_size=image_size, num_workers=num_workers)

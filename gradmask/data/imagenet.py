@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .dataset import class_mapping
 from .folder import scan_image_folder
+from .pixels import to_rgb
 from .registry import Stats, register_dataset
 from .transforms import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, ResizeShorter, ToTensor
 
@@ -62,7 +63,7 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[i]
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                img = to_rgb(im, str(path))  # deeper than 8 bits: scaled, not clipped
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
         if self.transform is not None:

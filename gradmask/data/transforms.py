@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .augment import to_float
+from .pixels import to_rgb
 
 __all__ = [
     "Compose",
@@ -153,14 +154,15 @@ class CenterCrop:
 
 
 class ToTensor:
-    """PIL RGB image -> float (3, H, W) in [0, 1] (or uint8 (3, H, W) with ``uint8=True``,
-    a quarter of the bytes to ship; convert on the device with ``augment.to_float``)."""
+    """PIL image (any mode, made RGB by :func:`gradmask.data.pixels.to_rgb`) -> float (3, H, W) in
+    [0, 1] (or uint8 (3, H, W) with ``uint8=True``, a quarter of the bytes to ship; convert on the
+    device with ``augment.to_float``)."""
 
     def __init__(self, uint8: bool = False) -> None:
         self.uint8 = uint8
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        arr = np.asarray(to_rgb(img, getattr(img, "filename", "") or "image"), dtype=np.uint8)
         t = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
         return t if self.uint8 else to_float(t)
 

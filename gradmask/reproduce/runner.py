@@ -182,6 +182,7 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "gradmask": source_revision()}
     if torch.cuda.is_available():

@@ -218,9 +218,14 @@ def measure(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"--data {root} does not exist")
 
     image_size, classes = _evaluation_size(args, loaded), loaded[0]["trained"].classes
+    for other in loaded[1:]:  # the class names the checkpoints record (older ones record none)
+        if classes and other["trained"].classes and other["trained"].classes != classes:
+            raise ValueError(f"runs {loaded[0]['path']} and {other['path']} were trained on different classes "
+                             f"({classes} vs {other['trained'].classes}): they cannot share an evaluation set")
+    model = f"run {Path(loaded[0]['path']).parent}"
     print(f"loading the {dataset} test images ...", file=sys.stderr)
     loader, n_eval, source = evaluation_loader(dataset, root, "test", args.test_limit, config, args.batch_size, device,
-                                               classes, image_size)
+                                               classes, image_size, model)
     first_x, first_y = _first_images(loader, 1)
     for entry in loaded:
         with torch.no_grad():
@@ -235,7 +240,7 @@ def measure(args: argparse.Namespace) -> dict:
     recal = None
     if args.recalibrate_bn:
         recal_loader, _, _ = evaluation_loader(dataset, root, "train", args.recalibrate_bn, config, args.batch_size,
-                                               device, classes, image_size)
+                                               device, classes, image_size, model)
         recal = recal_loader
 
     results: dict = {
@@ -267,7 +272,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     if args.gsnr_samples:
         g_loader, _, _ = evaluation_loader(dataset, root, args.gsnr_split, args.gsnr_samples, config,
-                                           args.batch_size, device, classes, image_size)
+                                           args.batch_size, device, classes, image_size, model)
         images, labels = _first_images(g_loader, args.gsnr_samples)
         for e in loaded:
             gm, targets, skip_last = _gradient_mask(e["config"]) if args.gsnr_mask == "run" else (None, None, 2)

@@ -41,15 +41,16 @@ def training_classes(dataset: str, root, **decode) -> Optional[list[str]]:
 
 def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], config, batch_size: int,
                       device: torch.device, classes: Optional[Sequence[str]] = None,
-                      image_size: Optional[int] = None):
+                      image_size: Optional[int] = None, model: Optional[str] = None):
     """``(loader, n_images, source)``: batches of ``(images in [0, 1], labels)`` of ``split``.
 
     ``limit``: a fixed random subset of that many images (seed :data:`SUBSET_SEED`, the same for
     every caller); in-memory datasets come as a :class:`~gradmask.data.TensorLoader` on ``device``,
     ImageNet streams. ``config`` (a TrainConfig) gives the synthetic set sizes and clutter, the worker count and
     ``image_size``. Labels are the indices of ``classes`` (the training split's class names, from
-    the checkpoint; None: read from the data's training split), matched by name: a class unknown
-    to the model raises ``ValueError``. ``image_size``: the side to evaluate at (None: the
+    the checkpoint; None: read from the data's training split, or unchecked for synthetic data),
+    matched by name for every dataset: a class unknown to the model raises ``ValueError`` naming
+    both lists (and ``model``, the run evaluated). ``image_size``: the side to evaluate at (None: the
     training side: ``config.image_size`` for folder data, the dataset's own size otherwise);
     CIFAR's python release has a fixed 32 px."""
     from ..data import TensorLoader, dataset_spec, load_dataset, load_eval_split, match_classes
@@ -79,6 +80,8 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
         n = default if limit is None else limit
         ds = load_dataset(dataset, root=root, split=split, n=n, seed=SYNTHETIC_DATA_SEED,
                           **render_options(config, dataset), **decode)
+        if classes is not None:
+            ds = match_classes(ds, classes, model or "the model")[0]
         images, labels, source = ds.images, ds.labels, f"rendered {dataset} data"
     else:
         if split == "test":
@@ -86,7 +89,7 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
         else:
             ds = load_dataset(dataset, root=root, split=split, **decode)
         if classes is not None:
-            ds = match_classes(ds, classes)[0]
+            ds = match_classes(ds, classes, model)[0]
         images, labels, source = ds.images, ds.labels, str(root)
         index = subset_index(images.shape[0], limit, SUBSET_SEED)
         if index is not None:

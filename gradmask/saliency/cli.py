@@ -40,9 +40,11 @@ from .sanity import cascading_randomization, save_sanity_maps, write_sanity_repo
 # ------------------------------------------------------------------------------ shared
 def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, images_help: str = "") -> None:
     group = parser.add_argument_group("data (images with boxes)")
-    group.add_argument("--data", default="synthetic",
-                       help="'synthetic' (the synthetic test split, 32 px) or the path of a "
-                            "VOC 2007 tree (VOCdevkit) or of an ImageFolder tree with box XMLs")
+    show_default(group.add_argument("--data", default=None,
+                                    help="'synthetic' (the synthetic test split) or the path of a VOC 2007 tree "
+                                         "(VOCdevkit) or of an ImageFolder tree with box XMLs; its classes must "
+                                         "be the model's"),
+                 "the model's own dataset where it has boxes: synthetic")
     show_default(group.add_argument("--dataset", default=None, choices=sorted(_boxes.BOX_DATASETS),
                                     help="what --data is"), "inferred")
     show_default(group.add_argument("--split", default=None, help="split to read"),
@@ -60,7 +62,19 @@ def _add_data_arguments(parser: argparse.ArgumentParser, images_default=None, im
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
 
 
-def _dataset_name(args: argparse.Namespace) -> str:
+def _dataset_name(args: argparse.Namespace, trained: list) -> str:
+    """The box data's kind: ``--dataset``, else inferred from ``--data``, else the models' own
+    dataset where it has boxes (synthetic); an error saying which ``--data`` to give otherwise."""
+    if args.data is None:
+        if args.dataset not in (None, "synthetic"):
+            raise ValueError(f"--dataset {args.dataset} needs --data PATH (its folder)")
+        own = sorted({t.config.dataset for t in trained})
+        if own != ["synthetic"]:
+            runs = ", ".join(f"{t.path.parent.name} on {t.config.dataset}" for t in trained)
+            raise ValueError(f"the model's own data has no object boxes ({runs}): pass --data with images with "
+                             f"boxes of its classes (a VOC 2007 tree, or an ImageFolder tree with box XMLs, "
+                             f"--dataset xml)")
+        args.data = "synthetic"
     if args.dataset is not None:
         return args.dataset
     if args.data == "synthetic":
@@ -96,7 +110,7 @@ def _image_size(args: argparse.Namespace, trained: list) -> int:
         print(f"evaluating at {args.image_size} px (--image-size{note})", file=sys.stderr)
         return args.image_size
     if None in sizes:
-        name = _dataset_name(args)
+        name = _dataset_name(args, trained)
         side = 32 if name == "synthetic" else _boxes.DEFAULT_IMAGE_SIZE
         print(f"evaluating at {side} px, the default of {name} data: the checkpoint does not record its training "
               f"image size (written by an older gradmask); pass --image-size to choose", file=sys.stderr)
@@ -111,12 +125,14 @@ def _image_size(args: argparse.Namespace, trained: list) -> int:
     return side
 
 
-def _match_classes(data: "_boxes.BoxDataset", classes) -> "_boxes.BoxDataset":
-    """An ImageFolder box set labelled by the model's training classes (matched by name)."""
-    if data.name != "xml" or not classes or list(data.classes) == list(classes):
-        return data
+def match_box_classes(data: "_boxes.BoxDataset", classes, model: str) -> "_boxes.BoxDataset":
+    """``data`` labelled by ``classes``, the model's training classes (matched by name, in any
+    order); a class of the data the model lacks is a ``ValueError`` naming both lists and ``model``."""
     from ..data import class_mapping
-    index, _ = class_mapping(list(data.classes), list(classes), f"box data {data.source}")
+    index, _ = class_mapping(list(data.classes), list(classes), f"box data {data.name} ({data.source or 'rendered'})",
+                             model)
+    if list(data.classes) == list(classes):
+        return data
     to_model = torch.tensor(index + [-1], dtype=torch.int64)  # position -1 keeps an unknown object -1
     return _boxes.BoxDataset(data.images, to_model[data.labels], data.boxes, list(classes),
                              [to_model[o] for o in data.object_labels], data.names, data.name, data.split,
@@ -137,7 +153,10 @@ def _synthetic_clutter(args: argparse.Namespace, trained: list) -> float:
 
 
 def _load_data(args: argparse.Namespace, trained: list) -> tuple[str, "_boxes.BoxDataset"]:
-    name = _dataset_name(args)
+    """The box data (see :func:`_dataset_name`), labelled by the models' classes (recorded in their
+    checkpoints; those of an older gradmask, which does not record them, are checked by their number
+    of logits only, :func:`_check_classes`)."""
+    name = _dataset_name(args, trained)
     root = None if name == "synthetic" else args.data
     if name == "synthetic":
         extra = {"clutter": _synthetic_clutter(args, trained)}
@@ -147,7 +166,13 @@ def _load_data(args: argparse.Namespace, trained: list) -> tuple[str, "_boxes.Bo
         extra = {}
     data = _boxes.load_box_dataset(name, root=root, split=args.split, image_size=_image_size(args, trained),
                                    limit=args.images, **extra)
-    return name, _match_classes(data, trained[0].classes)
+    for t in trained:
+        if t.classes:
+            data = match_box_classes(data, t.classes, f"run {t.path.parent}")
+        else:
+            print(f"note: {t.path} does not record its classes (written by an older gradmask): the data's classes "
+                  f"cannot be checked against the model's", file=sys.stderr)
+    return name, data
 
 
 def _load_model(path: str, device: torch.device):

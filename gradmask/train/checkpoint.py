@@ -8,7 +8,8 @@ generator state; ``rank_states``: every process's ``{"rng", "loader"}`` under DD
 ``config`` (``dataclasses.asdict``), ``model_args`` (``name``, ``num_classes``,
 ``stem``, ``mean``, ``std``: what :func:`gradmask.create_model` needs; since checksums also
 ``image_size``, the side of the training images, and ``classes``, the training split's class
-names in label order), ``history`` (the ``metrics.jsonl`` records so far), ``train_seconds`` and
+names in label order), ``history`` (the ``metrics.jsonl`` records so far), ``machine`` (the numerical setup of every
+stretch of training, :mod:`gradmask.train.machine`; absent in older checkpoints), ``train_seconds`` and
 ``checksum`` (:func:`gradmask.files.digest` of everything else, verified on every read; a
 checkpoint written before has none and is read unverified, with a warning).
 """
@@ -62,8 +63,10 @@ def save_checkpoint(path: Union[str, os.PathLike], state: dict) -> str:
 
 def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:
     path = Path(path_or_run_dir)
-    if path.is_dir():
+    if path.is_dir() and path.name != CHECKPOINT:
         path = path / CHECKPOINT
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return path

@@ -206,8 +206,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """A config from ``dataclasses.asdict(config)`` (``config.json``'s extra keys ``gradmask_version``,
-        ``trained_by`` and ``checksum`` ignored)."""
-        values = {k: v for k, v in values.items() if k not in ("gradmask_version", "trained_by", "checksum")}
+        ``trained_by``, ``checksum`` and ``machine`` ignored)."""
+        values = {k: v for k, v in values.items()
+                  if k not in ("gradmask_version", "trained_by", "checksum", "machine")}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

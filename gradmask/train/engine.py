@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -33,15 +34,21 @@ from ..mask import GradientMask
 from ..metric_names import logged_scalars
 from ..progress import counted
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
-from .config import TrainConfig
+from .config import RESUME_FREE_FIELDS, TrainConfig
 from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
 from .inhibition import build_inhibition_schedule
+from .machine import differences, machine_record, restore, settings
 from .plugins import build_augment, check_plugins, config_callbacks
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir, claim
 from .schedule import build_scheduler
 from .source import source_revision
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss of an epoch was not finite (NaN or inf): an expected failure of a setting
+    (too high a learning rate, broken data), raised after that epoch's metrics are written."""
 
 
 def _version() -> str:
@@ -87,6 +94,8 @@ class TrainContext:
     inhibition: Optional[Callable[[int, int], float]] = None
     # the code revisions that trained the run so far, oldest first (gradmask.train.source.source_revision)
     trained_by: list = field(default_factory=list)
+    # the numerical setup of every stretch of training, oldest first (gradmask.train.machine.machine_record)
+    machine: list = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -156,14 +165,28 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
         _summary_writer_class()
     requested = resolve_device(config.device)
     dist_ctx = setup_distributed(requested.type)
-    lock = None
+    lock, found = None, settings()
+    created = _missing_folders(Path(config.run_dir))
     try:
         lock = claim(RunDir(config.run_dir), dist_ctx)  # one job per run folder, before anything is read
         return _train(config, list(callbacks), dist_ctx, _device(requested, dist_ctx))
     finally:
+        restore(found)  # a resume may have set the run's thread count: the caller's comes back
         if lock is not None:
             lock.release()
+            for folder in created:  # a start that failed before writing anything leaves no folder
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
         dist_ctx.close()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _inhibition_schedule(gm: Optional[GradientMask], config: TrainConfig, steps_per_epoch: int):
@@ -175,6 +198,60 @@ def _inhibition_schedule(gm: Optional[GradientMask], config: TrainConfig, steps_
     return None if schedule.kind == "constant" else schedule
 
 
+def _machines(resume: Optional[dict], run: RunDir, device: torch.device, say: bool) -> list[dict]:
+    """The numerical setup of every stretch of training, oldest first, this one last. A resume first
+    restores the thread count and deterministic switch its last stretch trained with, and says so;
+    it says too when anything it cannot restore differs (the result is then not bit-identical)."""
+    if resume is None:
+        return [machine_record(device)]
+    before, start = list(resume.get("machine") or []), int(resume["epoch"]) + 1
+    if not before:
+        now = machine_record(device, start)
+        if say:
+            print(f"gradmask: resuming {run.path}: its checkpoint does not record the threads and CPU it was trained "
+                  f"with (an older gradmask); the result is bit-identical to an uninterrupted run only if they were "
+                  f"these ({now['threads']} threads, {now['cpu_capability']}, {now['cpu']})", file=sys.stderr)
+        return [now]
+    last, threads = before[-1], torch.get_num_threads()
+    restore(last)
+    now = machine_record(device, start)
+    if say and now["threads"] != threads:
+        print(f"gradmask: resuming {run.path} with {now['threads']} torch threads, the number its epochs were trained "
+              f"with (this process had {threads}), so that the result is bit-identical to an uninterrupted run",
+              file=sys.stderr)
+    diff = differences(last, now)
+    if say and diff:
+        print(f"gradmask: resuming {run.path} on another setup than its epochs {last.get('from_epoch', 1)}-"
+              f"{start - 1} were trained on (" + "; ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+              + "): the result will not be bit-identical to an uninterrupted run", file=sys.stderr)
+    return before + [now]
+
+
+def _check_forward(model: nn.Module, image_size: int, device: torch.device) -> None:
+    """One forward pass of a blank image in eval mode without autograd (no random numbers drawn, no
+    statistics updated): what fails at the first forward (``groups`` that do not divide a target's
+    channels, a token grid that does not fit) fails before the run folder is written."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was)
+
+
+def _say_start_again(run: RunDir, config: TrainConfig) -> None:
+    """The message of a start over a run that finished no epoch (nothing of it is lost)."""
+    try:
+        changed = run.differences(config, ignore=RESUME_FREE_FIELDS, unstarted=True)
+        what = (" with other settings (" + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) + ")"
+                if changed else "")
+    except ValueError as exc:  # its config.json is damaged
+        what = f" (its config cannot be read: {exc})"
+    print(f"gradmask: starting the run in {run.path} again{what}: the run there finished no epoch, so nothing "
+          f"of it is lost", file=sys.stderr)
+
+
 def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: torch.device) -> dict:
     autocast = _autocast_factory(config.amp, device)
     run = RunDir(config.run_dir)
@@ -183,9 +260,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     resume = run.resume_state(config) if config.resume else None
     if config.resume and run.finished:
         return run.read_final()
-    if dist_ctx.is_main and resume is None:
-        run.clear()  # overwrite, or a resume with nothing to resume from
-    dist_ctx.barrier()
+    machine = _machines(resume, run, device, dist_ctx.is_main)  # restores the run's thread count first
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -204,6 +279,12 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     if gm is not None:
         handle = attach(model, gm, targets=list(config.targets) if config.targets else None,
                         skip_last=config.skip_last)
+    _check_forward(model, data.image_size, device)  # fails here, before anything is written or cleared
+    if dist_ctx.is_main and resume is None:
+        if run.unstarted and not config.overwrite:
+            _say_start_again(run, config)
+        run.clear()  # overwrite, a run that finished no epoch, or a resume with nothing to resume from
+    dist_ctx.barrier()
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -240,7 +321,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     trained_by = _trained_by(resume, run) if dist_ctx.is_main else []
     writer = None
     if dist_ctx.is_main:
-        run.write_config(config.to_dict(), _version(), trained_by)
+        run.write_config(config.to_dict(), _version(), trained_by, machine)
         if resume is not None:
             run.write_metrics(history, jsonl=True)  # drop records of epochs after the checkpoint
         if config.tensorboard:
@@ -248,7 +329,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
 
     ctx = TrainContext(config, run, device, dist_ctx, data, model, net, optimizer, scheduler, scaler,
                        handle, epoch=start_epoch, history=history, gradient_mask=gm,
-                       inhibition=_inhibition_schedule(gm, config, data.train_steps), trained_by=trained_by)
+                       inhibition=_inhibition_schedule(gm, config, data.train_steps), trained_by=trained_by,
+                       machine=machine)
     callbacks = [*callbacks, *config_callbacks(config, data)]  # e.g. the GSNR probe of gsnr_every
     for cb in _callbacks(callbacks, "on_train_start"):
         cb(ctx)
@@ -296,8 +378,8 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
                 if show:
                     tqdm.write(_summary(record, config.epochs, data.eval_split), file=sys.stderr)
             if not math.isfinite(train_loss):
-                raise RuntimeError(f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
-                                   f"lower lr (now {config.lr}) or check the data")
+                raise TrainingDiverged(f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
+                                       f"lower lr (--lr, now {config.lr}) or check the data")
             rank_states = dist_ctx.all_gather_object({"rng": rng_state(), "loader": data.loader_state()})
             if dist_ctx.is_main:
                 checkpoint = save_checkpoint(run.checkpoint, _checkpoint_state(ctx, model_args, rank_states))
@@ -424,6 +506,7 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
         "format": FORMAT,
         "gradmask_version": _version(),
         "trained_by": ctx.trained_by,
+        "machine": ctx.machine,
         "epoch": ctx.epoch,
         "model": ctx.model.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),
@@ -457,4 +540,4 @@ def _summary(r: dict, epochs: int, ev: str = "test") -> str:
             f"lr {r['lr']:.4g} | {r['epoch_seconds']:.1f} s, {r['images_per_second']:.0f} img/s")
 
 
-__all__ = ["TrainContext", "train"]
+__all__ = ["TrainContext", "TrainingDiverged", "train"]

@@ -2,7 +2,9 @@
 
 - ``config.json``: ``dataclasses.asdict(config)`` plus ``"gradmask_version"`` (the code revision of the
   last start, :func:`gradmask.train.source.source_revision`) and ``"trained_by"`` (every revision that
-  trained epochs of the run, oldest first; absent in older runs).
+  trained epochs of the run, oldest first; absent in older runs) and ``"machine"`` (the numerical setup
+  of every stretch of training, oldest first: CPU, its torch dispatch capability, threads, library
+  versions; :mod:`gradmask.train.machine`; absent in older runs).
 - ``metrics.jsonl``: one object per finished epoch, keys ``METRIC_KEYS`` (plus any a callback
   added); accuracies are fractions in [0, 1] (train: on the augmented batches, during the epoch;
   test: after it, in eval mode); ``lr`` is the learning rate of the epoch's last step;
@@ -231,8 +233,11 @@ class RunLock:
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, (json.dumps(owner) + "\n").encode("utf-8"))
             os.fsync(fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, f"disk full while writing {lock}; free some space and run the command "
+                                         f"again") from exc
             raise
         return cls(lock, fd)
 
@@ -325,6 +330,12 @@ class RunDir:
     def finished(self) -> bool:
         return (self.path / FINAL).is_file()
 
+    @property
+    def unstarted(self) -> bool:
+        """The folder holds a run that finished no epoch (a ``config.json`` but neither a checkpoint
+        nor ``final.json``): starting it again, with any settings, loses nothing."""
+        return (self.path / CONFIG).is_file() and not self.checkpoint.exists() and not self.finished
+
     def is_empty(self) -> bool:
         """No files but the lock and partial temporary files."""
         return not self.path.exists() or all(p.name == LOCK or _is_partial(p.name) for p in self.path.iterdir())
@@ -335,10 +346,15 @@ class RunDir:
         return take_folder(self.path)
 
     def check_start(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to start a fresh run over another one (read-only: every process may call it)."""
+        """Refuse to start a fresh run over another one, or in a folder where a run file's name is
+        taken by a directory (read-only: every process may call it)."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"out {self.path} exists and is not a directory")
-        if resume or overwrite or self.is_empty():
+        for name in RUN_FILES:
+            if (self.path / name).is_dir():
+                raise ValueError(f"{self.path / name} is a directory, where gradmask keeps the run's {name}; "
+                                 f"move it away or choose another out")
+        if resume or overwrite or self.is_empty() or self.unstarted:
             return
         raise ValueError(f"out directory {self.path} is not empty (it holds "
                          f"{sorted(p.name for p in self.path.iterdir() if p.name != LOCK)[:6]}); pass resume=True "
@@ -351,17 +367,30 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
 
-    def write_config(self, config_dict: dict, version: str, trained_by: Optional[list] = None) -> None:
-        """``config.json``: the config, the code revision writing it and (``trained_by``) every revision
-        that trained the run, oldest first."""
+    def write_config(self, config_dict: dict, version: str, trained_by: Optional[list] = None,
+                     machine: Optional[list] = None) -> None:
+        """``config.json``: the config, the code revision writing it, (``trained_by``) every revision
+        that trained the run and (``machine``) the numerical setup of every stretch, oldest first."""
         self.path.mkdir(parents=True, exist_ok=True)
-        extra = {"gradmask_version": version} if trained_by is None else {"gradmask_version": version,
-                                                                          "trained_by": list(trained_by)}
+        extra = {"gradmask_version": version}
+        if trained_by is not None:
+            extra["trained_by"] = list(trained_by)
+        if machine is not None:
+            extra["machine"] = list(machine)
         write_record(self.path / CONFIG, {**config_dict, **extra})
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
-            f.write(metrics_line(record))
+        """One line more in ``metrics.jsonl`` (a full disk is an ``OSError`` naming the file; the
+        reader skips a half-written last line)."""
+        path = self.path / METRICS_JSONL
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(metrics_line(record))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, f"disk full while writing {path}; free some space and resume the run "
+                                         f"(--resume)") from exc
+            raise
 
     def write_metrics(self, history: list[dict], jsonl: bool = False) -> None:
         """Rewrite ``metrics.csv`` (and ``metrics.jsonl`` when ``jsonl``) from ``history``."""
@@ -411,17 +440,24 @@ class RunDir:
             return state, TrainConfig.from_dict(dict(state["config"]))
         return None, self.read_config()
 
-    def differences(self, config: TrainConfig, ignore: tuple = RESUME_FREE_FIELDS) -> dict[str, tuple]:
+    def differences(self, config: TrainConfig, ignore: tuple = RESUME_FREE_FIELDS,
+                    unstarted: bool = False) -> dict[str, tuple]:
         """``{field: (the run's value, config's value)}`` for the settings that change results
         (:func:`gradmask.train.config.config_differences`, fields ``ignore`` aside) where the run
         in this folder (its checkpoint, else its ``config.json``) differs from ``config``; ``{}``
-        for an empty folder."""
+        for an empty folder, and for one whose run finished no epoch (:attr:`unstarted`: it is
+        started again) unless ``unstarted``."""
+        if self.unstarted and not unstarted:
+            return {}
         stored = self._stored()[1]
         return {} if stored is None else config_differences(stored, config, ignore)
 
     def resume_state(self, config: TrainConfig) -> Optional[dict]:
         """The checkpoint (verified) to continue ``config`` from, or None when there is none. A run
-        here of another config, finished or not, raises ``ValueError`` naming the fields that differ."""
+        here of another config, finished or not, raises ``ValueError`` naming the fields that differ;
+        one that finished no epoch (:attr:`unstarted`) is started again (None)."""
+        if self.unstarted:
+            return None
         state, stored = self._stored()
         diff = {} if stored is None else config_differences(stored, config)
         if diff:

@@ -50,7 +50,9 @@ def run_status(folder) -> RunStatus:
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not JSON, not UTF-8: listed without its settings
+        config = {}
+    if not isinstance(config, dict):
         config = {}
     run = RunDir(folder)
     records = run.read_metrics()
