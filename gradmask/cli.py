@@ -34,11 +34,13 @@ def expected_error(exc: BaseException) -> Optional[str]:
     """The one-line message of an expected failure, None for a bug. Expected: bad input or files
     (``ValueError``, which every gradmask check raises with the file or option named), the operating
     system's refusals (``OSError``: missing file, a directory where a file should be, a full disk,
-    permissions; with the file), a diverged training; also when one of these caused the exception
-    (a run that failed in a worker process)."""
+    permissions; with the file), a diverged training, an exception class that says it is one
+    (``expected_failure = True``, e.g. Slurm jobs that failed, with their logs); also when one of these
+    caused the exception (a run that failed in a worker process)."""
     from .train.engine import TrainingDiverged
     seen = exc
-    while seen is not None and not isinstance(seen, (ValueError, OSError, TrainingDiverged)):
+    while seen is not None and not (isinstance(seen, (ValueError, OSError, TrainingDiverged))
+                                    or getattr(seen, "expected_failure", False)):
         seen = seen.__cause__
     if seen is None:
         return None

@@ -141,3 +141,12 @@ def test_an_unexpected_exception_prints_its_traceback_and_says_it_is_a_bug(tmp_p
 def test_metrics_are_reported_unchanged_by_the_boundary(finished, capsys):
     assert main(["status", str(finished), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)
+
+
+def test_failed_slurm_jobs_are_an_expected_failure_naming_their_logs():
+    from gradmask.cli import expected_error
+    from gradmask.compare.slurm import SlurmJobFailed
+    error = SlurmJobFailed([("runs/x/none-seed0", "17", "runs/x/slurm/logs/17_0.err", "out of memory")])
+    message = expected_error(error)
+    assert message is not None and "runs/x/slurm/logs/17_0.err" in message and "\n" not in message
+    assert expected_error(RuntimeError("a bug")) is None

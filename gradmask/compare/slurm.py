@@ -252,6 +252,8 @@ class JobRecord:
 class SlurmJobFailed(RuntimeError):
     """Runs whose Slurm jobs failed; ``failures``: ``[(run folder, job id, log path, reason)]``."""
 
+    expected_failure = True  # the command line prints it as one line (gradmask.cli.expected_error), no traceback
+
     def __init__(self, failures: list[tuple[str, str, str, str]]) -> None:
         self.failures = failures
         super().__init__(f"{len(failures)} run(s) failed in Slurm: " + "; ".join(
