@@ -48,6 +48,8 @@ LOGS = "logs"
 #: squeue states of a job that has not ended (it may still write its run)
 ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
          "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD")
+#: how long a job may be out of the queue without a result file before it counts as ended
+GONE_GRACE_SECONDS = 15.0
 #: sbatch options the executor sets itself, with the option that sets them instead
 OWN_OPTIONS = {"array": "--jobs", "output": "the executor (logs in {out}/slurm/logs)", "error": "the executor",
                "signal": "the executor (signal_delay_s)", "job-name": "the executor", "open-mode": "the executor",
@@ -397,7 +399,7 @@ class SlurmTrainer:
               finished: Optional[Callable]) -> list:
         """Poll the queue until every watched job has ended; print each change of state."""
         failures, shown, started = [], {}, {k: time.perf_counter() for k in watching}
-        gone: dict[int, int] = {}    # polls a job has been out of the queue without a result file
+        gone: dict[int, float] = {}  # since when a job has been out of the queue without a result file
         total = len(configs)
         while watching:
             states = _squeue()
@@ -405,14 +407,17 @@ class SlurmTrainer:
                 config, state = configs[k], states.get(job, ("", ""))[0]
                 log_path = books["runs"][str(Path(config.out).absolute())]["log"]
                 if state in ALIVE:
+                    gone.pop(k, None)
                     if shown.get(k) != state:
                         self.log(f"slurm: [{k + 1}/{total}] job {job} {state}: {config.out}")
                         shown[k] = state
                     continue
                 outcome = self._outcome(job)
                 if outcome is None:
-                    gone[k] = gone.get(k, 0) + 1
-                    if gone[k] < 3:      # a result file may show up late on a network file system
+                    # a result file may show up late on a network file system, and a job being requeued can
+                    # drop out of squeue's list for a moment on a busy controller: ended only after a grace
+                    since = gone.setdefault(k, time.monotonic())
+                    if time.monotonic() - since < max(GONE_GRACE_SECONDS, 3 * self.executor.poll_seconds):
                         continue
                     outcome = ("error", f"the job ended ({state or 'left the queue'}) without a result: "
                                         f"killed, out of memory, or its node failed")
