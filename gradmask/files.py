@@ -33,17 +33,26 @@ class UnverifiedFileWarning(UserWarning):
 
 class _WriteErrors:
     """A binary file that remembers the ``OSError`` its writes raised (a writer such as
-    ``torch.save`` may replace it by its own error)."""
+    ``torch.save`` may replace it by its own error) and writes all it is given: a write interrupted
+    by a signal (Slurm's preemption warning) may write part of it and say so, which ``torch.save``
+    would take for a damaged file."""
 
     def __init__(self, f: IO[bytes]) -> None:
         self._f, self.error = f, None
 
     def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
         try:
-            return self._f.write(data)
+            while done < len(view):
+                written = self._f.write(view[done:])
+                if not written:
+                    raise OSError(errno.EIO, "a write made no progress")
+                done += written
         except OSError as exc:
             self.error = exc
             raise
+        return done
 
     def __getattr__(self, name):
         return getattr(self._f, name)

@@ -205,3 +205,23 @@ def test_step_results_carry_a_checksum(tmp_path):
         warnings.simplefilter("always")
         assert read_step(tmp_path, "blur")["result"]["acc"] == [0.5, 0.25]
     assert any(issubclass(w.category, UnverifiedFileWarning) for w in caught)
+
+
+def test_short_writes_are_completed_so_torch_save_is_not_cut(tmp_path):
+    """A write interrupted by a signal may write part of its bytes and say so: write_atomic's file
+    completes them (a preempted Slurm job once wrote a checkpoint torch.save called damaged)."""
+    from gradmask.files import _WriteErrors
+
+    class Short:
+        def __init__(self):
+            self.data = bytearray()
+
+        def write(self, chunk):
+            part = bytes(chunk[:7])
+            self.data += part
+            return len(part)
+
+    raw = Short()
+    f = _WriteErrors(raw)
+    payload = bytes(range(256)) * 3
+    assert f.write(payload) == len(payload) and bytes(raw.data) == payload
