@@ -144,14 +144,14 @@ def attach_timed(model, gradient_mask: gradmask.GradientMask, timer: HookTimer):
     mask's at every target. Returns ``(mask handle, the timer's removable hooks)``."""
     targets = gradmask.default_targets(model)
     hooks = [_tensor_hook_on_outputs(module, name, timer.start) for name, module in targets.items()]
-    apply = gradient_mask.apply
-
-    def counted_apply(grad):
-        timer.applies += 1
-        return apply(grad)
-
-    gradient_mask.apply = counted_apply
     handle = gradmask.attach(model, gradient_mask)
+    mask_gradient = handle._mask_gradient  # the tensor hook (looked up at every forward)
+
+    def counted(name, grid, grad):
+        timer.applies += 1
+        return mask_gradient(name, grid, grad)
+
+    handle._mask_gradient = counted
     hooks += [_tensor_hook_on_outputs(module, name, timer.end) for name, module in targets.items()]
     return handle, hooks
 
@@ -191,27 +191,17 @@ def _status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-class _Recorder(gradmask.GradientMask):
-    """Passes gradients through unchanged and keeps them, to time the real hook inputs later."""
-
-    def __init__(self):
-        super().__init__(inhibition_rate=0.0)
-        self.grads = []
-
-    def apply(self, grad):
-        self.grads.append(grad.detach().clone())
-        return super().apply(grad)  # inhibition_rate=0: the gradient as it is
-
-
 def hook_ratios(args) -> dict[str, list[tuple[float, float]]]:
     """Per round: ``(time of each variant's hooks, time of one vanilla step)``, measured back to
     back so that the machine's drift hits both alike. The hooks run on the gradients one real step
     delivered to the targets, through the whole tensor hook (mask and kept-count bookkeeping)."""
     model, optimizer, images, labels = build(args)
-    recorder = _Recorder()
-    handle = gradmask.attach(model, recorder)
+    grads = []  # the gradients one real step delivers to the default targets, in backward order
+    recording = [_tensor_hook_on_outputs(module, name, lambda name, grad: grads.append(grad.detach().clone()))
+                 for name, module in gradmask.default_targets(model).items()]
     step(model, optimizer, images, labels, args)
-    handle.remove()
+    for hook in recording:
+        hook.remove()
     masked = {}
     for variant in args.variants:
         if VARIANTS[variant] is not None:
@@ -227,8 +217,8 @@ def hook_ratios(args) -> dict[str, list[tuple[float, float]]]:
                 continue
             target = next(iter(masked[variant].targets))
             elapsed = timer(args)
-            for grad in recorder.grads:
-                masked[variant]._mask_gradient(target, grad)
+            for grad in grads:
+                masked[variant]._mask_gradient(target, None, grad)
             result[variant].append((elapsed(), vanilla))
     return {variant: pairs[1:] for variant, pairs in result.items()}  # warm-up round left out
 
