@@ -246,6 +246,8 @@ def _badge(text: str) -> Optional[str]:
     for words, kind in VERDICT_BADGES:
         if label == words:
             return f'{prefix}<span class="badge {kind}">{label}</span>'
+    if label.startswith("mixed: "):  # a claim of several parts: "mixed: accuracy ...; cost ..."
+        return f'{prefix}<span class="badge mixed">mixed</span>: {label[7:]}'
     return None
 
 

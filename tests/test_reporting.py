@@ -168,3 +168,12 @@ def test_publish_keeps_the_self_contained_html_and_no_checkpoint(tmp_path):
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == ["cifar10/runs/none-seed0/config.json", "cifar10/runs/report.html", "figures/a.png",
                       "report.html", "report.md"]
+
+
+def test_a_mixed_headline_gets_its_badge_and_keeps_the_parts():
+    from gradmask.reporting import _badge, _cell
+    cell = _cell("mixed: accuracy not established at this scale; cost does not hold")
+    assert cell == '<span class="badge mixed">mixed</span>: accuracy not established at this scale; cost does not hold'
+    assert _badge("Verdict: mixed: accuracy holds; cost does not hold").startswith(
+        'Verdict: <span class="badge mixed">mixed</span>: ')
+    assert _badge("mixed feelings") is None
