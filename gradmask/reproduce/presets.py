@@ -67,9 +67,11 @@ _CIFAR_FULL_TUNING = Tuning({"lr": (0.05, 0.1, 0.2, 0.4)}, epochs=3, seeds=1, va
 # Table 1 where a regulariser can pay: a network that fits its training set. A fixed 10,000-image draw of
 # CIFAR-10's training split, all 10,000 test images, the narrow ResNet-18 and the classic recipe for every arm
 # alike (SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, lr x0.1 at 50% and 75% of training,
-# crop-flip), not tuned; 80 epochs = 800,000 image passes per run, about 80-90 min on one CPU thread.
-_CIFAR_OVERFIT = dict(model="resnet18_narrow", groups=4, epochs=80, batch_size=128, lr=0.1, momentum=0.9,
-                      weight_decay=5e-4, schedule="multistep", milestones=(40, 60), gamma=0.1, warmup_epochs=0.0,
+# crop-flip), not tuned; 160 epochs = 1.6M image passes per run, about 1.8 h on one CPU thread. An 80-epoch
+# pilot (none, seed 0; steps at 40/60) reached a train-eval top-1 of 94.8% at epoch 60 and stayed at 96.1-96.3%
+# over epochs 65-71: short of the 97% the regime needs, so the lr phases are twice as long.
+_CIFAR_OVERFIT = dict(model="resnet18_narrow", groups=4, epochs=160, batch_size=128, lr=0.1, momentum=0.9,
+                      weight_decay=5e-4, schedule="multistep", milestones=(80, 120), gamma=0.1, warmup_epochs=0.0,
                       augment="crop-flip", train_limit=10000, test_limit=None, train_eval_images=2000)
 # its arms: the paper's mask (sigma 11 on 5x5: in effect a blur, every tap negative), the mask with a
 # centre-surround LoG (sigma 1 on 5x5: an inhibitory surround), and Table 2's "without LI" (norm)
@@ -142,9 +144,9 @@ PRESETS: dict[str, Preset] = {
     "overfit": Preset(
         "overfit", "Table 1 where the network overfits: a fixed 10,000-image draw of CIFAR-10's training split, all "
                    "10,000 test images, narrow ResNet-18, the classic recipe for every arm (SGD lr 0.1, lr x0.1 at "
-                   "epochs 40 and 60 of 80, weight decay 5e-4, crop-flip; not tuned), arms none, lateral (the paper's "
+                   "epochs 80 and 120 of 160, weight decay 5e-4, crop-flip; not tuned), arms none, lateral (the paper's "
                    "sigma 11), lateral@sigma=1 (centre-surround) and norm, 3 seeds; Table 2 at the cifar preset's "
-                   "scale; about 8-9 hours on two CPU threads (--jobs 2)", ("cifar10", "cifar100"),
+                   "scale; about 11 hours on two CPU threads (--jobs 2)", ("cifar10", "cifar100"),
         {"cifar10": {"cpu": _CIFAR_OVERFIT, "cuda": _CIFAR_OVERFIT},
          "cifar100": {"cpu": _CIFAR_OVERFIT, "cuda": _CIFAR_OVERFIT}},
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True,
