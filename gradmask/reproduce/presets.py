@@ -144,9 +144,9 @@ PRESETS: dict[str, Preset] = {
     "overfit": Preset(
         "overfit", "Table 1 where the network overfits: a fixed 10,000-image draw of CIFAR-10's training split, all "
                    "10,000 test images, narrow ResNet-18, the classic recipe for every arm (SGD lr 0.1, lr x0.1 at "
-                   "epochs 80 and 120 of 160, weight decay 5e-4, crop-flip; not tuned), arms none, lateral (the paper's "
-                   "sigma 11), lateral@sigma=1 (centre-surround) and norm, 3 seeds; Table 2 at the cifar preset's "
-                   "scale; about 11 hours on two CPU threads (--jobs 2)", ("cifar10", "cifar100"),
+                   "epochs 80 and 120 of 160, weight decay 5e-4, crop-flip; not tuned), arms none, lateral (the "
+                   "paper's sigma 11), lateral@sigma=1 (centre-surround) and norm, 3 seeds; Table 2 at the cifar "
+                   "preset's scale; about 11 hours on two CPU threads (--jobs 2)", ("cifar10", "cifar100"),
         {"cifar10": {"cpu": _CIFAR_OVERFIT, "cuda": _CIFAR_OVERFIT},
          "cifar100": {"cpu": _CIFAR_OVERFIT, "cuda": _CIFAR_OVERFIT}},
         {"cpu": _SYNTHETIC_QUICK, "cuda": _SYNTHETIC_LONG}, requires_data=True,
