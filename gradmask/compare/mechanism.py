@@ -152,8 +152,8 @@ class GapChange:
         unit = f" {QUANTITIES[self.quantity][2]}".rstrip()
         c = self.change
         interval = ("not established (n < 2)" if math.isnan(c.low) else f"[{c.low:+.2f}, {c.high:+.2f}]")
-        what = {"narrowed": "narrowed", "widened": "widened"}.get(self.direction)
-        verdict = (f"the gap {what} (the interval of its change excludes 0)" if what else
+        verdict = (f"the gap {self.direction} (the interval of its change excludes 0)"
+                   if self.direction in ("narrowed", "widened") else
                    "no change of the gap is established (the interval of its change contains 0)")
         return (f"{LABELS[self.quantity]}, {variant} − {baseline}: {self.gap_early.diff:+.2f}{unit} after "
                 f"epoch {self.early}, {self.gap_late.diff:+.2f}{unit} after epoch {self.late}; change "
@@ -266,13 +266,13 @@ def mechanism(runs_by_arm: dict[str, list], baseline: str) -> tuple[list[ArmMech
     arms = [arm_mechanism(v, rs, None if v == baseline or base is None else base)
             for v, rs in runs_by_arm.items() if rs]
     changes: dict[str, list[GapChange]] = {}
+    recorded = {q: per_epoch(base or [], q) for q in ("test_acc", "train_eval_acc", "generalisation_gap",
+                                                      "train_acc", "train_loss")}  # the baseline's, once
     for a in arms:
         if a.per_epoch_versus_baseline and a.epoch and a.epoch >= 2:
             early = a.epoch // 2
             changes[a.variant] = [gap_change(runs_by_arm[a.variant], base, q, early, a.epoch)
-                                  for q in ("test_acc", "train_eval_acc", "generalisation_gap", "train_acc",
-                                            "train_loss")
-                                  if per_epoch(base, q).get(early) and per_epoch(base, q).get(a.epoch)]
+                                  for q, values in recorded.items() if values.get(early) and values.get(a.epoch)]
     return arms, changes
 
 
