@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .mask import GradientMask
+from .mask import CALLS, ENERGY, ENERGY_CALLS, KEPT, MAPS, NONFINITE, POSITIONS, TIED, TOTALS, GradientMask
 
 Target = Union[str, type, nn.Module]
 
@@ -326,22 +326,9 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 def _new_totals(device: torch.device) -> torch.Tensor:
-    return torch.zeros(8, dtype=torch.float64, device=device)
-
-
-# The slots of a target's running totals (float64 on the gradient's device, summed over backward calls)
-_CALLS, _POSITIONS, _MAPS, _KEPT, _ENERGY, _ENERGY_CALLS, _NONFINITE, _TIED = range(8)
-
-
-def _call_totals(numel: int, maps: int, kept_fraction: torch.Tensor, nonfinite_maps: torch.Tensor,
-                 tied_maps: torch.Tensor, energy_kept: torch.Tensor) -> torch.Tensor:
-    """The ``(8,)`` float64 totals of one masked gradient of ``numel`` values in ``maps`` maps:
-    1 call, positions, maps, positions kept, the energy share kept and 1 when that is finite (0 and 0
-    for an all-zero or non-finite gradient), non-finite and tied maps. Device ops only (no host sync)."""
-    one = torch.ones_like(kept_fraction)
-    finite = energy_kept.isfinite()
-    return torch.stack([one, one * numel, one * maps, kept_fraction * numel, torch.where(finite, energy_kept, 0.0),
-                        finite.to(torch.float64), nonfinite_maps.to(torch.float64), tied_maps.to(torch.float64)])
+    """A target's running totals: the sum over its backward calls of each call's statistics
+    (``MaskedGradient.totals``, slots ``gradmask.mask.CALLS`` ... ``TIED``), float64 on its device."""
+    return torch.zeros(TOTALS, dtype=torch.float64, device=device)
 
 
 class MaskHandle:
@@ -372,7 +359,7 @@ class MaskHandle:
         self.prefix_tokens = prefix_tokens
         self.grid_source = grid_source
         self.enabled = True
-        # per target: running totals (see _call_totals) on the target's device, and the last gradient shape;
+        # per target: running totals (see _new_totals) on the target's device, and the last gradient shape;
         # both exist before the first forward (a compiled graph may not create what its backward updates, and
         # Dynamo guards on a dict's keys)
         self._totals = {name: _new_totals(_module_device(module)) for name, module in self.targets.items()}
@@ -427,11 +414,13 @@ class MaskHandle:
         its statistics added to the target's totals on the device (no host sync)."""
         if not self.enabled:
             return None
-        maps = grad if grid is None else grid.to_map(grad)
-        result = self.gradient_mask.apply(maps)
-        self._totals[name].add_(_call_totals(maps.numel(), result.maps, result.kept_fraction, result.nonfinite_maps,
-                                             result.tied_maps, result.energy_kept))
-        return result.gradient if grid is None else grid.to_tokens(result.gradient, grad[:, :grid.prefix])
+        if grid is None:
+            result = self.gradient_mask.apply(grad)
+            self._totals[name].add_(result.totals)  # one in-place add on the device
+            return result.gradient
+        result = self.gradient_mask.apply(grid.to_map(grad))
+        self._totals[name].add_(result.totals)
+        return grid.to_tokens(result.gradient, grad[:, :grid.prefix])
 
     def stats(self) -> dict[str, dict]:
         """``{target: {"kept_fraction", "energy_kept", "calls", "shape", "maps", "nonfinite_maps",
@@ -444,11 +433,11 @@ class MaskHandle:
         result = {}
         for name, totals in self._totals.items():
             t = totals.tolist()  # one host sync per target
-            calls = int(t[_CALLS])
-            result[name] = {"kept_fraction": t[_KEPT] / t[_POSITIONS] if t[_POSITIONS] else None,
-                            "energy_kept": t[_ENERGY] / t[_ENERGY_CALLS] if t[_ENERGY_CALLS] else None,
-                            "calls": calls, "shape": self._shapes[name] if calls else None, "maps": int(t[_MAPS]),
-                            "nonfinite_maps": int(t[_NONFINITE]), "tied_maps": int(t[_TIED])}
+            calls = int(t[CALLS])
+            result[name] = {"kept_fraction": t[KEPT] / t[POSITIONS] if t[POSITIONS] else None,
+                            "energy_kept": t[ENERGY] / t[ENERGY_CALLS] if t[ENERGY_CALLS] else None,
+                            "calls": calls, "shape": self._shapes[name] if calls else None, "maps": int(t[MAPS]),
+                            "nonfinite_maps": int(t[NONFINITE]), "tied_maps": int(t[TIED])}
         return result
 
     def reset_stats(self) -> None:

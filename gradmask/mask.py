@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 from .laplacian import CPU_BLOCK_BYTES, LoGFilter, compiled_library
@@ -68,20 +69,53 @@ def _energy(t: torch.Tensor) -> torch.Tensor:
         torch.float64).square()
 
 
+def _energy_value(t: torch.Tensor) -> float:
+    """:func:`_energy` of a CPU tensor as a Python float (the same number: float64 arithmetic)."""
+    norm = torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype != torch.float64 else None).item()
+    return norm * norm
+
+
+# The slots of a call's statistics (the operator's second result, ``MaskedGradient.totals``): float64
+# numbers that a target's running totals sum over calls (``MaskHandle.stats`` reads them).
+CALLS, POSITIONS, MAPS, KEPT, ENERGY, ENERGY_CALLS, NONFINITE, TIED = range(8)
+TOTALS = 8
+
+
 @dataclass(frozen=True)
 class MaskedGradient:
     """What :meth:`GradientMask.apply` returns. ``G`` is the number of masks per sample
-    (``groups``, or ``C`` for ``mode="pixel"``); the tensors other than ``gradient`` are 0-d, on
-    the gradient's device (reading them is the caller's choice: nothing here waits for it)."""
+    (``groups``, or ``C`` for ``mode="pixel"``). ``totals`` holds the call's statistics as one
+    ``(8,)`` float64 tensor on the gradient's device (slots :data:`CALLS` ... :data:`TIED`: 1 call,
+    positions, maps, positions kept, the energy share kept and 1 when that is finite (0 and 0 for an
+    all-zero or non-finite gradient), non-finite maps, tied maps), what the hooks add into a
+    target's running totals; the other statistics are 0-d tensors derived from it on access
+    (reading them is the caller's choice: nothing here waits for it)."""
 
-    gradient: torch.Tensor        # grad * mask (N, C, H, W): grad's dtype and memory layout
-    kept_fraction: torch.Tensor   # float64: kept positions / (N * G * H * W)
-    nonfinite_maps: torch.Tensor  # int64: (sample, set) maps holding a non-finite gradient value
-    tied_maps: torch.Tensor       # int64: maps with no position above the threshold (tie rule)
-    maps: int                     # N * G
-    # float64: ||grad * mask||^2 / ||grad||^2, the share of the gradient's energy kept (NaN for an
-    # all-zero or non-finite gradient)
-    energy_kept: torch.Tensor
+    gradient: torch.Tensor  # grad * mask (N, C, H, W): grad's dtype and memory layout
+    totals: torch.Tensor    # (8,) float64, see above
+    maps: int               # N * G
+
+    @property
+    def kept_fraction(self) -> torch.Tensor:
+        """float64: kept positions / (N * G * H * W) (1 for an empty gradient)."""
+        positions = self.totals[POSITIONS]
+        return torch.where(positions > 0, self.totals[KEPT] / positions, 1.0)
+
+    @property
+    def nonfinite_maps(self) -> torch.Tensor:
+        """int64: (sample, set) maps holding a non-finite gradient value."""
+        return self.totals[NONFINITE].to(torch.int64)
+
+    @property
+    def tied_maps(self) -> torch.Tensor:
+        """int64: maps with no position above the threshold (tie rule)."""
+        return self.totals[TIED].to(torch.int64)
+
+    @property
+    def energy_kept(self) -> torch.Tensor:
+        """float64: ``||grad * mask||^2 / ||grad||^2``, the share of the gradient's energy kept (NaN
+        for an all-zero or non-finite gradient)."""
+        return torch.where(self.totals[ENERGY_CALLS] > 0, self.totals[ENERGY], math.nan)
 
 
 class GradientMask:
@@ -321,69 +355,135 @@ class GradientMask:
         return (~finite.view(n, self.maps_per_sample(c), -1).all(dim=2)).sum()
 
     def apply(self, grad: torch.Tensor) -> MaskedGradient:
-        """The masked gradient ``grad * mask`` ``(N, C, H, W)`` with the fraction of positions
-        kept and the counts of non-finite and tied maps (:class:`MaskedGradient`), from the
-        operator ``torch.ops.gradmask.mask`` (traced by ``torch.compile`` as one node). An empty
-        ``grad`` (``N = 0``, e.g. the last batch of a filtered loader) comes back unchanged."""
+        """The masked gradient ``grad * mask`` ``(N, C, H, W)`` with the call's statistics
+        (:class:`MaskedGradient`), from the operator ``torch.ops.gradmask.mask`` (traced by
+        ``torch.compile`` as one node; run eagerly, its kernel is called directly, see
+        :meth:`_masked`). An empty ``grad`` (``N = 0``, e.g. the last batch of a filtered loader)
+        comes back unchanged."""
         self._check(grad)
-        masked, kept_fraction, nonfinite_maps, tied_maps, energy_kept = self._masked(grad)
-        return MaskedGradient(masked, kept_fraction, nonfinite_maps, tied_maps,
-                              grad.shape[0] * self.maps_per_sample(grad.shape[1]), energy_kept)
+        masked, totals = self._masked(grad)
+        return MaskedGradient(masked, totals, grad.shape[0] * self.maps_per_sample(grad.shape[1]))
 
-    def _masked(self, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _masked(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``torch.ops.gradmask.mask`` of a ``grad`` that :meth:`_check` has passed (or whose
-        forward output a hook checked): ``(masked, kept_fraction, nonfinite_maps, tied_maps,
-        energy_kept)`` as in :class:`MaskedGradient`."""
-        with torch.no_grad():
-            return torch.ops.gradmask.mask(grad, self._rate, self.groups, self.sigma, self.kernel_size,
-                                           self.kernel, self.padding, self.mode)
+        forward output a hook checked): ``(masked, totals)`` as in :class:`MaskedGradient`.
 
-    def _kernel(self, grad: torch.Tensor, rate: float, generic: bool) -> tuple[torch.Tensor, ...]:
+        Outside tracing (no ``torch.compile``, no dispatch or function mode, a plain CPU or CUDA
+        tensor) the operator's kernel is called directly, with the same arguments and results: the
+        dispatcher's trip through Python costs more than the statistics. Everything else (Dynamo,
+        fake and meta tensors, ``opcheck``, modes) goes through the operator."""
+        if (type(grad) is torch.Tensor and grad.device.type in _DIRECT_DEVICES
+                and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
+                and not torch._C._is_torch_function_mode_enabled()):
+            generic = grad.device.type != "cpu" or _FORCE_DEVICE_GENERIC
+            if torch.is_grad_enabled():
+                with torch.no_grad():
+                    return self._kernel(grad, self._inhibition_rate, generic)
+            return self._kernel(grad, self._inhibition_rate, generic)
+        with torch.no_grad():
+            return _MASK_OP(grad, self._rate, self.groups, self.sigma, self.kernel_size, self.kernel, self.padding,
+                            self.mode)
+
+    def _kernel(self, grad: torch.Tensor, rate: float, generic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The operator's computation with inhibition rate ``rate`` (``generic``: the
-        device-generic path). The hot path: the scores become the {0, 1} mask in place (``gt_``),
-        and for one mask per channel (``mode="pixel"``) the masked gradient is written into that
-        same buffer, so no tensor the size of ``grad`` is allocated besides the scores and the
-        result (laid out as ``torch.empty_like(grad)``, what the fake implementation promises)."""
+        device-generic path): ``(masked, totals)``. The hot path: the scores become the {0, 1} mask
+        in place (``gt_``), and for one mask per channel (``mode="pixel"``) the masked gradient is
+        written into that same buffer, so no tensor the size of ``grad`` is allocated besides the
+        scores and the result (laid out as ``torch.empty_like(grad)``, what the fake implementation
+        promises). The statistics: on the CPU fast path numbers read on the host (no device to
+        wait for) and put in one tensor; on the device-generic path device ops only (no host
+        sync), the same float64 arithmetic (so the same numbers)."""
         n, c, h, w = grad.shape
         maps = n * self.maps_per_sample(c)
-        int_zero = functools.partial(torch.zeros, (), dtype=torch.int64, device=grad.device)
-        if grad.numel() == 0:  # nothing to mask: passed through, nothing kept or dropped
-            return (grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device), int_zero(), int_zero(),
-                    torch.full((), math.nan, dtype=torch.float64, device=grad.device))
+        numel = grad.numel()
+        if numel == 0:  # nothing to mask: passed through, nothing kept or dropped
+            totals = torch.zeros(TOTALS, dtype=torch.float64, device=grad.device)
+            totals[CALLS], totals[MAPS] = 1.0, float(maps)
+            return grad.clone(), totals
         if rate == 0.0:
-            total = _energy(grad)
-            return (grad.clone(), torch.ones((), dtype=torch.float64, device=grad.device),
-                    self._nonfinite_maps(grad), int_zero(), total / total)
+            if generic:
+                total = _energy(grad)
+                return grad.clone(), _device_totals(numel, maps, grad.new_full((), numel, dtype=torch.float64),
+                                                    total / total, self._nonfinite_maps(grad), None)
+            total = _energy_value(grad)
+            return grad.clone(), _host_totals(numel, maps, float(numel), _ratio(total, total),
+                                              float(self._nonfinite_maps(grad).item()), 0.0)
         scores, _ = self._scores(grad, generic)
         flat = scores.view(maps, h * w)
         keep_above, threshold, largest = self._threshold(flat, rate, generic)
         flat.gt_(keep_above)  # (N*G, H*W) of 0.0 / 1.0
-        # per-row sums are exact integers (< 2**24 per row), their total is summed in float64
-        kept_fraction = flat.sum(dim=1).sum(dtype=torch.float64) / flat.numel()
-        nonfinite_maps, tied_maps = largest.isposinf().sum(), (keep_above < threshold).sum()
-        total = _energy(grad)  # before the pixel path below may overwrite the scores with the result
+        # per-row sums are exact integers (< 2**24 per row), their total is summed in float64; the
+        # positions kept are those of the mask times the channels sharing it (exact integers)
         g = maps // n
+        kept = flat.sum(dim=1).sum(dtype=torch.float64)
+        if not generic:
+            kept, largest, keep_above, threshold = (kept.item() * (c // g), largest.numpy(), keep_above.numpy(),
+                                                    threshold.numpy())
+            nonfinite = float(np.count_nonzero(np.isposinf(largest)))
+            tied = float(np.count_nonzero(keep_above < threshold))
+            total = _energy_value(grad)  # before the pixel path below may overwrite the scores with the result
+        else:
+            kept, nonfinite, tied = kept * (c // g), largest.isposinf().sum(), (keep_above < threshold).sum()
+            total = _energy(grad)
         if g == c and flat.dtype == grad.dtype and grad.is_contiguous():
             masked = flat.view(n, c, h, w).mul_(grad)
         else:
             masked = torch.empty_like(grad)
             torch.mul(grad.reshape(n, g, c // g, h, w), flat.view(n, g, 1, h, w).to(grad.dtype),
                       out=masked.view(n, g, c // g, h, w))
-        return masked, kept_fraction, nonfinite_maps, tied_maps, _energy(masked) / total
+        if generic:
+            return masked, _device_totals(numel, maps, kept, _energy(masked) / total, nonfinite, tied)
+        return masked, _host_totals(numel, maps, kept, _ratio(_energy_value(masked), total), nonfinite, tied)
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         """The masked gradient ``grad * mask`` ``(N, C, H, W)``."""
         return self.apply(grad).gradient
 
 
+def _ratio(a: float, b: float) -> float:
+    """``a / b`` as float64 tensors divide (NaN for 0 / 0 and inf / inf, inf for x / 0)."""
+    try:
+        return a / b
+    except ZeroDivisionError:
+        return math.nan if a == 0.0 or a != a else math.copysign(math.inf, a)
+
+
+def _host_totals(numel: int, maps: int, kept: float, energy_kept: float, nonfinite: float,
+                 tied: float) -> torch.Tensor:
+    """A call's ``(8,)`` float64 statistics (see :class:`MaskedGradient`) from host numbers, in one
+    CPU tensor (the CPU fast path's: there reading a number waits for nothing)."""
+    finite = math.isfinite(energy_kept)
+    values = np.array((1.0, numel, maps, kept, energy_kept if finite else 0.0, float(finite), nonfinite, tied),
+                      dtype=np.float64)
+    return torch.from_numpy(values)
+
+
+def _device_totals(numel: int, maps: int, kept: torch.Tensor, energy_kept: torch.Tensor, nonfinite: torch.Tensor,
+                   tied: Optional[torch.Tensor]) -> torch.Tensor:
+    """A call's ``(8,)`` float64 statistics from 0-d tensors on the gradient's device (``tied``
+    None: 0), by device ops only (no host sync)."""
+    totals = torch.zeros(TOTALS, dtype=torch.float64, device=kept.device)
+    totals[CALLS], totals[POSITIONS], totals[MAPS] = 1.0, float(numel), float(maps)
+    finite = energy_kept.isfinite()
+    totals[KEPT] = kept
+    totals[ENERGY] = torch.where(finite, energy_kept, 0.0)
+    totals[ENERGY_CALLS] = finite
+    totals[NONFINITE] = nonfinite
+    if tied is not None:
+        totals[TIED] = tied
+    return totals
+
+
 # --- the operator -------------------------------------------------------------------------------
 
+_DIRECT_DEVICES = frozenset({"cpu", "cuda"})  # devices whose eager calls skip the dispatcher (GradientMask._masked)
 _LIBRARY = torch.library.Library("gradmask", "DEF")
 # cudagraph_unsafe (where torch has it): the kernels read the rate and choose paths on the host, so
 # inductor's CUDA graphs leave the operator outside the captured graph instead of freezing them
 _LIBRARY.define("mask(Tensor grad, Tensor rate, int groups, float sigma, int? kernel_size, str kernel, "
-                "str padding, str mode) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                "str padding, str mode) -> (Tensor, Tensor)",
                 tags=tuple(getattr(torch.Tag, tag) for tag in ("cudagraph_unsafe",) if hasattr(torch.Tag, tag)))
+_MASK_OP = torch.ops.gradmask.mask.default
 
 
 @functools.lru_cache(maxsize=64)
@@ -395,19 +495,19 @@ def _mask_of(groups: int, sigma: float, kernel_size: Optional[int], kernel: str,
 
 
 def _operator(generic: bool, grad: torch.Tensor, rate: torch.Tensor, groups: int, sigma: float,
-              kernel_size: Optional[int], kernel: str, padding: str, mode: str) -> tuple[torch.Tensor, ...]:
+              kernel_size: Optional[int], kernel: str, padding: str, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.gradmask.mask(grad (N, C, H, W), rate (0-d, CPU), settings...)`` ->
-    ``(masked (N, C, H, W) like grad, kept_fraction (), nonfinite_maps (), tied_maps (), energy_kept ())``
-    on grad's device, as the fields of :class:`MaskedGradient`."""
+    ``(masked (N, C, H, W) like grad, totals (8,) float64)`` on grad's device, as the fields of
+    :class:`MaskedGradient`."""
     return _mask_of(groups, sigma, kernel_size, kernel, padding, mode)._kernel(grad, rate.item(), generic)
 
 
-def _cpu_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+def _cpu_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """The operator on CPU: the fast path (the device-generic one under :func:`force_device_generic`)."""
     return _operator(_FORCE_DEVICE_GENERIC, grad, *args)
 
 
-def _generic_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+def _generic_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """The operator on CUDA and every other device: the device-generic path."""
     return _operator(True, grad, *args)
 
@@ -416,12 +516,9 @@ _LIBRARY.impl("mask", _cpu_kernel, "CPU")
 _LIBRARY.impl("mask", _generic_kernel, "CompositeExplicitAutograd")
 
 
-def _fake_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+def _fake_kernel(grad: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes, dtypes and layout of the operator's results (for tracing)."""
-    def scalar(dtype: torch.dtype) -> torch.Tensor:
-        return grad.new_empty((), dtype=dtype)
-    return (torch.empty_like(grad), scalar(torch.float64), scalar(torch.int64), scalar(torch.int64),
-            scalar(torch.float64))
+    return torch.empty_like(grad), grad.new_empty((TOTALS,), dtype=torch.float64)
 
 
 (getattr(torch.library, "register_fake", None) or torch.library.impl_abstract)(

@@ -16,16 +16,17 @@ from gradmask.cli import main
 
 @pytest.fixture
 def operator_calls(monkeypatch):
-    """``(gradient, rate)`` of every call of the operator's CPU kernel (the compiled graphs call it
-    at run time as eager code does, so this sees inside the compiled backward)."""
+    """``(gradient, rate)`` of every call of the operator's kernel (``GradientMask._kernel``: eager
+    code calls it directly, the compiled graphs through the operator at run time, so this sees
+    inside the compiled backward)."""
     seen = []
-    operator = gradmask.mask._operator
+    kernel = GradientMask._kernel
 
-    def recording(generic, grad, rate, *settings):
-        seen.append((grad.clone(), rate.item()))
-        return operator(generic, grad, rate, *settings)
+    def recording(self, grad, rate, generic):
+        seen.append((grad.clone(), rate))
+        return kernel(self, grad, rate, generic)
 
-    monkeypatch.setattr(gradmask.mask, "_operator", recording)
+    monkeypatch.setattr(GradientMask, "_kernel", recording)
     return seen
 
 
