@@ -14,6 +14,14 @@ rate alternates between 0.5 and 0.4 from step to step (a schedule): a variant th
 it would show more graphs. Compile times depend on inductor's on-disk cache
 (``TORCHINDUCTOR_CACHE_DIR``): run with a fresh one for cold numbers. ``--backend aot_eager`` (no
 code generation) checks graphs and graph breaks in seconds.
+
+The table's last column divides each masked variant's step by its vanilla variant's (eager + mask /
+eager, compiled + mask / compiled) in this run. Those are separate runs one after the other: on a
+machine shared with other jobs, ``--paired N`` adds N rounds of the four variants interleaved step
+by step on one model with the mask attached (the vanilla variants switch it off with
+``handle.enabled = False``; compiled, that is one more entry in Dynamo's cache, compiled once):
+the median over rounds of each masked step over the vanilla step of the same round, which drift
+hits alike.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import gradmask
 VARIANTS = (("eager", False, False), ("eager + mask", True, False), ("compiled", False, True),
             ("compiled + mask", True, True))
 RATES = (0.5, 0.4)  # alternated step by step
+VANILLA = {"eager + mask": "eager", "compiled + mask": "compiled"}  # each masked variant's vanilla one
 
 
 def run(model_name: str, batch: int, steps: int, mask: bool, compiled: bool, groups: int, backend: str) -> dict:
@@ -76,6 +85,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant, after 3 untimed ones")
     parser.add_argument("--groups", type=int, default=4, help="the mask's channel sets")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="also time the four variants interleaved step by step, ROUNDS rounds (default 0: not)")
     args = parser.parse_args(argv)
     for name, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--groups", args.groups)):
         if value < 1:
@@ -83,15 +94,66 @@ def main(argv=None) -> None:
     print(f"{args.model}, batch {args.batch_size}, 32x32, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, backend {args.backend}")
     print("| variant | first step (s, wall) | step (ms, CPU) | graphs compiled | graph breaks "
-          "| mask calls per target and step |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| mask calls per target and step | step / vanilla step |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    steps = {}
     for name, mask, compiled in VARIANTS:
         r = run(args.model, args.batch_size, args.steps, mask, compiled, args.groups, args.backend)
+        steps[name] = r["step_ms"]
+        vanilla = VANILLA.get(name)
 
         def cell(value, spec=""):
             return "-" if value is None else format(value, spec)
-        print(f"| {name} | {r['first_s']:.1f} | {r['step_ms']:.0f} | {cell(r['graphs'])} | {cell(r['graph_breaks'])} "
-              f"| {cell(r['calls_per_target'], '.2f')} |", flush=True)
+        print(f"| {name} | {r['first_s']:.1f} | {r['step_ms']:.1f} | {cell(r['graphs'])} | {cell(r['graph_breaks'])} "
+              f"| {cell(r['calls_per_target'], '.2f')} "
+              f"| {cell(None if vanilla is None else r['step_ms'] / steps[vanilla], '.3f')} |", flush=True)
+    if args.paired:
+        paired(args)
+
+
+def paired(args) -> None:
+    """``--paired``: the four variants interleaved step by step on one model (see the docstring)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = gradmask.create_model(args.model, 10)
+    handle = gradmask.attach(model, gradmask.GradientMask(groups=args.groups))
+    compiled = torch.compile(model, dynamic=False, backend=args.backend)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(args.batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch_size,), generator=g)
+    done = 0
+
+    def step(mask: bool, compile_: bool) -> float:
+        nonlocal done
+        handle.enabled = mask
+        handle.gradient_mask.inhibition_rate = RATES[done % len(RATES)]
+        done += 1
+        start = time.process_time()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy((compiled if compile_ else model)(x), y).backward()
+        optimizer.step()
+        return time.process_time() - start
+
+    for _, mask, compile_ in VARIANTS:  # compile both cache entries, warm up
+        for _ in range(3):
+            step(mask, compile_)
+    calls = handle.stats()[next(iter(handle.targets))]["calls"]
+    times = {name: [] for name, _, _ in VARIANTS}
+    for round_index in range(args.paired):
+        order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
+        for name, mask, compile_ in order:
+            times[name].append(step(mask, compile_))
+    calls = handle.stats()[next(iter(handle.targets))]["calls"] - calls
+    handle.remove()
+    print(f"\nPaired: {args.paired} rounds of the four variants interleaved on one model (mask calls per target "
+          f"and masked step: {calls / (2 * args.paired):.2f})")
+    print("| variant | step (ms, CPU, median) | step / vanilla step of the same round (median) |")
+    print("|---|---:|---:|")
+    for name, _, _ in VARIANTS:
+        vanilla = VANILLA.get(name)
+        ratio = ("-" if vanilla is None else
+                 f"{statistics.median(a / b for a, b in zip(times[name], times[vanilla])):.3f}")
+        print(f"| {name} | {1000 * statistics.median(times[name]):.1f} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":
