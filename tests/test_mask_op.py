@@ -1,5 +1,6 @@
 """The operator ``torch.ops.gradmask.mask``: opcheck, the same results as the mask's pieces, empty
 batches, and the device-generic path (the one CUDA takes) against the CPU fast path on CPU tensors."""
+import functools
 import math
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from mask_reference import grads
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradmask
 from gradmask import GradientMask
@@ -85,6 +87,61 @@ def test_apply_equals_the_mask_times_the_gradient_bit_for_bit(mode, dtype, layou
         assert result.maps == n * keep.shape[1]
         energy = (result.gradient.double().square().sum() / grad.double().square().sum()).item()
         assert math.isnan(result.energy_kept.item()) == math.isnan(energy)  # NaN in, NaN share out
+
+
+def recording_op(calls, *args):
+    calls.append(args)
+    return OP(*args)
+
+
+class PassThrough(TorchDispatchMode):
+    """A dispatch mode that runs every operator as it is (as tracing modes see them)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "tokens"])
+def test_eager_calls_skip_the_dispatcher_with_the_operators_results(dtype, layout, monkeypatch):
+    """Outside tracing ``apply`` calls the kernel directly (no trip through the dispatcher): the
+    same masked gradient and statistics, bit for bit, as the operator; under a dispatch mode (as
+    when tracing) and for meta tensors it goes through the operator."""
+    for gm, shape in [(GradientMask(groups=4, kernel_size=3), (3, 8, 8, 8)),
+                      (GradientMask(groups=4, kernel_size=3, mode="pixel", inhibition_rate=0.3), (2, 8, 5, 7)),
+                      (GradientMask(groups=2, mode="norm", inhibition_rate=0.0), (2, 8, 4, 4)),
+                      (GradientMask(groups=4, kernel_size=3), (0, 8, 4, 4))]:
+        grad = gradient(shape, dtype, layout)
+        via_op = OP(*op_args(gm, grad))
+        calls = []
+        monkeypatch.setattr(gradmask.mask, "_MASK_OP", functools.partial(recording_op, calls))
+        direct = gm.apply(grad)
+        assert not calls and same(direct.gradient, via_op[0]) and same(direct.totals, via_op[1])
+        assert direct.gradient.stride() == via_op[0].stride() and direct.totals.dtype == torch.float64
+        with PassThrough():
+            traced = gm.apply(grad)
+        assert len(calls) == 1 and same(traced.totals, via_op[1])
+        meta = gm.apply(grad.to("meta"))
+        assert len(calls) == 2 and meta.gradient.device.type == "meta" and meta.totals.shape == (8,)
+        monkeypatch.undo()
+
+
+def test_totals_hold_the_calls_statistics():
+    """The ``(8,)`` totals: 1 call, positions, maps, positions kept (exact: kept mask positions times
+    the channels sharing them), the energy share kept and 1 (0 and 0 when it is NaN), non-finite and
+    tied maps; the 0-d statistics derive from them."""
+    gm = GradientMask(groups=4, kernel_size=3)
+    grad = gradient((3, 8, 8, 8), nonfinite=False)
+    result = gm.apply(grad)
+    keep = gm.keep_map(grad)
+    energy = (result.gradient.double().square().sum() / grad.double().square().sum()).item()
+    t = result.totals.tolist()
+    assert t[:3] == [1.0, grad.numel(), 3 * 4] and t[3] == keep.sum().item() * 2 and t[5] == 1.0
+    assert t[4] == pytest.approx(energy, rel=1e-6) and t[6] == 0 and t[7] == result.tied_maps.item() >= 1
+    assert result.kept_fraction.item() == keep.double().mean().item() and result.energy_kept.item() == t[4]
+    bad = gm.apply(gradient((3, 8, 8, 8)))  # a NaN and an inf: no energy share
+    assert bad.totals[4].item() == bad.totals[5].item() == 0 and math.isnan(bad.energy_kept.item())
+    assert bad.nonfinite_maps.item() == bad.totals[6].item() == 2
 
 
 @pytest.mark.parametrize("shape", [(0, 8, 6, 6), (2, 8, 0, 6), (0, 8, 1, 1)])
