@@ -8,11 +8,12 @@ being recognised by what it computes (:func:`is_residual_block`). Targets whose 
 The hook pattern is a forward hook that calls ``output.register_hook``: the tensor hook sees
 the gradient with respect to the module's output even when a later in-place op (``ReLU
 (inplace=True)``, ``+=``) rewrites that tensor, where module backward hooks fail. The tensor hook
-calls the operator ``torch.ops.gradmask.mask`` and adds its statistics into a float64 tensor per
-target on the gradient's device; it has no other side effect, so ``torch.compile`` (torch releases
-whose Dynamo traces hooks on intermediate tensors, 2.13 here) traces it into the backward graph
-with the operator as one node: no graph break. On older releases Dynamo breaks the graph at each
-target, and the hook runs eagerly, masking alike.
+calls the operator ``torch.ops.gradmask.mask`` (``GradientMask.apply``; run eagerly, its kernel
+directly) and adds the call's statistics, one ``(8,)`` float64 tensor, into the target's running
+totals on the gradient's device with one in-place add; it has no other side effect, so
+``torch.compile`` (torch releases whose Dynamo traces hooks on intermediate tensors, 2.13 here)
+traces it into the backward graph with the operator as one node: no graph break. On older releases
+Dynamo breaks the graph at each target, and the hook runs eagerly, masking alike.
 """
 from __future__ import annotations
 
