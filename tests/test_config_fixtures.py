@@ -87,3 +87,16 @@ def test_a_run_written_in_the_old_flat_form_resumes(tmp_path):
     assert epochs == [2] and final["epochs"] == 2
     written = json.loads((out / "config.json").read_text())
     assert {k: v for k, v in written.items() if k not in RECORD_KEYS} == json.loads(json.dumps(resumed.to_dict()))
+
+
+def test_the_command_line_builds_the_stored_configs():
+    """``gradmask train ARGV`` -> the flat config recorded in fixtures/cli-train-configs.json (14 argv, keyed by
+    the argv joined by spaces; written by issue 23's snapshot_cli.py at ea27df6)."""
+    from gradmask.cli import build_parser
+    from gradmask.train.cli import config_from_args
+
+    expected = json.loads((FIXTURES.parent / "cli-train-configs.json").read_text())
+    for key, flat in expected.items():
+        argv = [] if key == "(none)" else key.split(" ")
+        config = config_from_args(build_parser().parse_args(["train", *argv]))
+        assert json.loads(json.dumps(config.to_dict())) == flat, key
