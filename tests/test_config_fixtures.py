@@ -100,3 +100,15 @@ def test_the_command_line_builds_the_stored_configs():
         argv = [] if key == "(none)" else key.split(" ")
         config = config_from_args(build_parser().parse_args(["train", *argv]))
         assert json.loads(json.dumps(config.to_dict())) == flat, key
+
+
+def test_resuming_with_other_settings_names_the_options_to_pass(tmp_path):
+    """A run started with --groups 8, resumed without --groups (the model's 4): refused, naming the stored value
+    and the option that asks for it."""
+    flat = dict(train_limit=64, test_limit=32, synthetic_train=64, synthetic_test=32, epochs=1, batch_size=32,
+                train_eval_images=0, progress=False, out=str(tmp_path / "run"))
+    train(TrainConfig.from_dict({**flat, "groups": 8, "nesterov": True}))
+    expected = (r"differs in nesterov \(run True, now False\), groups \(run 8, now 4\); "
+                r"use the run's settings \(--nesterov / nesterov=True, --groups 8 / groups=8\)")
+    with pytest.raises(ValueError, match=expected):
+        train(TrainConfig.from_dict({**flat, "resume": True}))

@@ -43,7 +43,7 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
     fields = plan.training(dataset, ablation=ablation)
     if augment is not None:
         fields["augment"] = augment
-    base = TrainConfig(**fields, progress=progress)
+    base = TrainConfig.from_dict({**fields, "progress": progress})
     folder = runs_dir(out, dataset, augment, ablation)
     tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
                                          tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)

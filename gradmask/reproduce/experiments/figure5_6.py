@@ -48,7 +48,7 @@ def run(plan: Plan, out, progress: bool = False) -> RobustnessResult:
     from ...robustness.evalset import evaluation_loader
 
     ev, dataset, device = plan.preset.evaluation, plan.robustness, torch.device(plan.device)
-    config = TrainConfig(**plan.training(dataset))
+    config = TrainConfig.from_dict(plan.training(dataset))
     loader, n, source = evaluation_loader(dataset, plan.data.get(dataset), "test", ev.robustness_images, config,
                                           256, device)
     seeds = {}
