@@ -28,6 +28,19 @@ def test_paper_preset():
         "resnet18", "cifar", 200, 128, 0.1, 5e-4, 0.9)
     assert (c.schedule, c.milestones, c.gamma) == ("multistep", (60, 120, 160), 0.2)
     assert c.mask_settings.groups == 16  # the paper's K on ResNet-18
+    assert (c.nesterov, c.label_smoothing, c.warmup_epochs, c.augment) == (False, 0.0, 0.0, "crop-flip")
+
+
+def test_train_and_reproduce_share_the_paper_recipe():
+    """gradmask train --preset paper and gradmask reproduce --preset paper (CIFAR-10/100, either device) build
+    equal configs."""
+    from gradmask.reproduce.presets import PRESETS as REPRODUCE_PRESETS
+    recipes = REPRODUCE_PRESETS["paper"].training
+    for dataset in ("cifar10", "cifar100"):
+        for device in ("cpu", "cuda"):
+            overrides = dict(dataset=dataset, data="/cifar", device=device)
+            assert (TrainConfig.from_dict({**recipes[dataset][device], **overrides})
+                    == TrainConfig.from_preset("paper", **overrides)), (dataset, device)
 
 
 def test_quick_preset_is_small_and_overridable():

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-from ..compare.tuning import Tuning
+from ..compare import Tuning
 from ..data import DATASETS, PLACED
 from ..device import is_device_name
 from ..models import model_groups
+from ..train.recipes import PAPER_CIFAR
 
 #: ``--data NAME=PATH`` names reproduce accepts.
 DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")
@@ -55,9 +56,6 @@ _CIFAR_CPU = dict(model="resnet18_narrow", epochs=4, batch_size=128, lr=0.1, sch
                   warmup_epochs=1.0, augment="crop-flip", train_limit=15000, test_limit=2000)
 _CIFAR_GPU = dict(model="resnet18", epochs=30, batch_size=256, lr=0.1, schedule="triangle",
                   warmup_epochs=3.0, augment="crop-flip", amp="bf16", channels_last=True)
-_CIFAR_PAPER = dict(model="resnet18", stem="cifar", epochs=200, batch_size=128, lr=0.1, momentum=0.9,
-                    weight_decay=5e-4, schedule="multistep", milestones=(60, 120, 160), gamma=0.2,
-                    warmup_epochs=0.0, augment="crop-flip")
 # Table 1 at the largest scale that fits about 6 hours on one CPU thread: all 50,000 training and 10,000
 # test images, 15 epochs (a 50k-image epoch of the narrow ResNet takes about 3.2 min on one thread), each
 # arm's lr tuned on a 10% validation split with 3-epoch runs (warm-up scaled to 0.6 epochs); the grid reaches
@@ -157,8 +155,8 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         "paper", "the paper's settings: ResNet-18 on CIFAR-100/10 (200 epochs), ResNet-50 on ImageNet (90 epochs, "
                  "run it under torchrun)", ("cifar10", "cifar100", "imagenet"),
-        {"cifar10": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER},
-         "cifar100": {"cpu": _CIFAR_PAPER, "cuda": _CIFAR_PAPER},
+        {"cifar10": {"cpu": PAPER_CIFAR, "cuda": PAPER_CIFAR},
+         "cifar100": {"cpu": PAPER_CIFAR, "cuda": PAPER_CIFAR},
          "imagenet": {"cpu": _IMAGENET_PAPER, "cuda": _IMAGENET_PAPER}},
         {"cpu": _SYNTHETIC_LONG, "cuda": _SYNTHETIC_LONG},
         Evaluation(robustness_images=10000, sparsities=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9), epsilons=(0, 1, 2, 4, 8, 16),

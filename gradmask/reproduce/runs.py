@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..compare.runner import compare, run_dir
-from ..compare.tuning import Tuning, read_tuning
+from ..compare import Tuning, compare, read_tuning, run_dir
 from ..train import TrainConfig
 from ..train.checkpoint import read_checkpoint, trained_image_size
 from ..train.data import render_options

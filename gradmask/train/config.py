@@ -21,6 +21,7 @@ from ..settings import DEFAULTS as MASK_DEFAULTS
 from ..settings import MASK_MODES, MODES, MaskSettings
 from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
+from .recipes import PAPER_CIFAR
 
 STEMS = ("cifar", "imagenet")
 SCHEDULES = ("multistep", "cosine", "triangle")
@@ -38,12 +39,7 @@ RECORD_KEYS = ("gradmask_version", "trained_by", "checksum", "machine")
 
 #: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's CIFAR recipe (it keeps the original ResNet's hyperparameters for both arms):
-    # SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 200 epochs, lr x0.2 at 60/120/160,
-    # ResNet-18 with the CIFAR stem, random crop (pad 4) + horizontal flip.
-    "paper": dict(model="resnet18", stem="cifar", epochs=200, batch_size=128, lr=0.1, momentum=0.9,
-                  weight_decay=5e-4, nesterov=False, schedule="multistep", milestones=(60, 120, 160),
-                  gamma=0.2, warmup_epochs=0.0, label_smoothing=0.0, augment="crop-flip"),
+    "paper": PAPER_CIFAR,  # the paper's CIFAR recipe, also gradmask reproduce's (gradmask.train.recipes)
     # About a minute on 2 CPU cores on the synthetic data, clearly above chance (see README).
     # No augmentation: in 4 epochs it only slows learning down.
     "quick": dict(model="resnet18_narrow", epochs=4, batch_size=64, lr=0.1, momentum=0.9,

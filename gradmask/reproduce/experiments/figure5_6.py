@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ...compare.report import fmt_duration
-from ...compare.tuning import read_tuning
+from ...compare import fmt_duration, read_tuning
 from ...train import TrainConfig, load_checkpoint
 from .. import paper
 from ..presets import Plan

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ...compare.runner import run_dir
-from ...compare.tuning import read_tuning
+from ...compare import read_tuning, run_dir
 from ...train import TrainConfig, load_checkpoint
 from ...train.checkpoint import read_checkpoint, trained_image_size
 from .. import paper
