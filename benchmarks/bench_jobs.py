@@ -37,10 +37,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    base = TrainConfig(dataset="synthetic", model="resnet18_narrow", groups=4, epochs=1, batch_size=args.batch_size,
-                       lr=0.05, schedule="triangle", warmup_epochs=0.3, augment="none", train_limit=args.train_limit,
-                       test_limit=500, synthetic_train=args.train_limit, synthetic_test=500, gsnr_every=0,
-                       progress=False, device="cpu")
+    base = TrainConfig.from_dict(dict(
+        dataset="synthetic", model="resnet18_narrow", groups=4, epochs=1, batch_size=args.batch_size,
+        lr=0.05, schedule="triangle", warmup_epochs=0.3, augment="none", train_limit=args.train_limit,
+        test_limit=500, synthetic_train=args.train_limit, synthetic_test=500, gsnr_every=0,
+        progress=False, device="cpu"))
     runs = 2 * args.seeds
     print(f"torch threads {torch.get_num_threads()}; {runs} runs of {args.train_limit} images x 1 epoch; "
           f"jobs=1 vs jobs={args.jobs} ({max(1, torch.get_num_threads() // args.jobs)} thread(s) per worker), "

@@ -528,10 +528,11 @@ def step_train_speed(args, record: StepResult, deadline: float) -> None:
             record.result(runs=runs)
             continue
         out = Path(args.work) / "train_speed" / mask
-        config = TrainConfig(**data, model=sizes.train_model, stem="cifar", epochs=2, batch_size=sizes.train_batch,
-                             lr=0.1, schedule="triangle", warmup_epochs=0.5, amp="bf16", channels_last=True,
-                             compile=sizes.train_compile, device=sizes.device, mask=mask, groups=sizes.train_groups,
-                             progress=False, out=str(out), overwrite=True)
+        config = TrainConfig.from_dict(dict(
+            **data, model=sizes.train_model, stem="cifar", epochs=2, batch_size=sizes.train_batch,
+            lr=0.1, schedule="triangle", warmup_epochs=0.5, amp="bf16", channels_last=True,
+            compile=sizes.train_compile, device=sizes.device, mask=mask, groups=sizes.train_groups,
+            progress=False, out=str(out), overwrite=True))
         start = time.perf_counter()
         final = train(config)
         wall = time.perf_counter() - start
@@ -611,10 +612,11 @@ def step_compare(args, record: StepResult, deadline: float) -> None:
         return
     data, description = (_data_fields(args, sizes) if sizes.device == "cpu" else
                          ({"dataset": "cifar10", "data": args.cifar10}, f"CIFAR-10 ({args.cifar10})"))
-    base = TrainConfig(**data, model=sizes.train_model, stem="cifar", epochs=epochs, batch_size=sizes.train_batch,
-                       lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="triangle", warmup_epochs=0.25 * epochs,
-                       amp=sizes.compare_amp, channels_last=True, compile=compiled, device=sizes.device,
-                       groups=sizes.train_groups, progress=False)
+    base = TrainConfig.from_dict(dict(
+        **data, model=sizes.train_model, stem="cifar", epochs=epochs, batch_size=sizes.train_batch,
+        lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="triangle", warmup_epochs=0.25 * epochs,
+        amp=sizes.compare_amp, channels_last=True, compile=compiled, device=sizes.device,
+        groups=sizes.train_groups, progress=False))
     out = Path(args.work) / "compare"
     record.result(setting={"data": description, "model": sizes.train_model, "epochs": epochs,
                            "seeds": sizes.compare_seeds, "variants": ["none", "lateral"], "batch": sizes.train_batch,

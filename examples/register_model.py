@@ -3,9 +3,10 @@
     python examples/register_model.py train --model tiny_resnet --epochs 1 --out runs/tiny
 
 ``gradmask.models.register_model`` adds ``fn(num_classes, stem, mean, std, **kw) -> nn.Module`` under its
-function name, so ``--model tiny_resnet`` works in ``train``, ``compare``, ``mask-stats``... in this process
-(``--jobs N`` workers are fresh interpreters: register there with ``ProcessTrainer(initializer=...)``, or
-use ``--jobs 1``). The model takes images in [0, 1]; ``Normalized`` puts the dataset's normalisation first.
+function name (``groups``: the mask's channel sets K when ``--groups`` is not given), so ``--model tiny_resnet``
+works in ``train``, ``compare``, ``mask-stats``... in this process (``--jobs N`` workers are fresh interpreters:
+register there with ``ProcessTrainer(initializer=...)``, or use ``--jobs 1``). The model takes images in [0, 1];
+``Normalized`` puts the dataset's normalisation first.
 """
 import sys
 
@@ -26,7 +27,7 @@ class Block(nn.Module):
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
 
 
-@register_model
+@register_model(groups=4)  # the mask's default K on this model (plain @register_model: the library's 16)
 def tiny_resnet(num_classes: int = 10, stem: str = "cifar", mean=(0.5,) * 3, std=(0.25,) * 3, **kw) -> nn.Module:
     """Four 16-channel residual blocks and a linear head: images (N, 3, H, W) -> logits (N, num_classes)."""
     body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), Block(16), Block(16), nn.MaxPool2d(2), Block(16),

@@ -111,19 +111,22 @@ def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, su
     """The GradientMask options shared by every command that trains or masks, generated from the
     :class:`gradmask.MaskSettings` fields (with their help text) plus ``--targets`` / ``--skip-last``.
 
-    ``defaults``: an object with ``mask``, the MaskSettings fields, ``targets`` and ``skip_last``
-    (a ``TrainConfig``); None: the mask's own defaults. ``suppress``: an option not given stays out
+    ``defaults``: flat values of ``mask``, the MaskSettings fields, ``targets`` and ``skip_last`` (a
+    ``TrainConfig.to_dict()``; ``groups`` None: the model's, :func:`gradmask.models.model_groups`); None: the
+    mask's own defaults. ``suppress``: an option not given stays out
     of the namespace (the caller's preset / defaults apply); the help still shows ``defaults``.
     """
     values = {**dataclasses.asdict(DEFAULTS), "mask": DEFAULTS.mode, "targets": None, "skip_last": 2}
     if defaults is not None:
-        values.update({name: getattr(defaults, name) for name in values if name != "mode"})
+        values.update({name: defaults[name] for name in values if name != "mode"})
     group = parser.add_argument_group("gradient mask")
 
     def add(flag: str, name: str, help: str, **kwargs) -> None:
         shown = _shown(values[name])
         if values[name] is None:
-            shown = {"kernel_size": "full", "targets": "every residual block but the last --skip-last"}[name]
+            shown = {"kernel_size": "full", "targets": "every residual block but the last --skip-last",
+                     "groups": "the model's: 16 on resnet18/34/50 (the paper) and unregistered models, 4 on "
+                               "resnet18_narrow, vit_tiny and the micro models"}[name]
         default = argparse.SUPPRESS if suppress else values[name]
         show_default(group.add_argument(flag, dest=name, default=default, help=help, **kwargs), shown)
 

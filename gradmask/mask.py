@@ -10,7 +10,6 @@ take the device-generic path too (for tests: it is how CI runs the CUDA path wit
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -176,25 +175,25 @@ class GradientMask:
                  kernel_size: Optional[int] = DEFAULTS.kernel_size, kernel: str = DEFAULTS.kernel,
                  padding: str = DEFAULTS.padding, inhibition_rate: float = DEFAULTS.inhibition_rate,
                  mode: str = DEFAULTS.mode):
-        MaskSettings(groups=groups, sigma=sigma, kernel_size=kernel_size, kernel=kernel, padding=padding,
-                     inhibition_rate=inhibition_rate, mode=mode)  # validates, naming the bad one
-        self.groups = groups
-        self.inhibition_rate = inhibition_rate  # also the 0-d CPU tensor the operator reads
-        self.mode = mode
-        self.log_filter = LoGFilter(sigma=sigma, kernel_size=kernel_size, kernel=kernel,
-                                    padding=padding)
+        self._configure(MaskSettings(groups=groups, sigma=sigma, kernel_size=kernel_size, kernel=kernel,
+                                     padding=padding, inhibition_rate=inhibition_rate, mode=mode))  # validates
 
     @classmethod
-    def from_settings(cls, settings) -> Optional["GradientMask"]:
-        """The mask of a :class:`gradmask.MaskSettings`, or of an object with ``mask`` (a mode or
-        ``"none"``), ``groups``, ``sigma``, ``kernel_size``, ``kernel``, ``padding`` and
-        ``inhibition_rate`` attributes (a :class:`gradmask.train.TrainConfig`, parsed command-line
-        options); None for ``"none"``."""
+    def from_settings(cls, settings: MaskSettings) -> "GradientMask":
+        """The mask of a :class:`gradmask.MaskSettings` (validated when it was built: nothing is checked
+        again; e.g. ``TrainConfig.mask_settings``)."""
         if not isinstance(settings, MaskSettings):
-            settings = MaskSettings.of(settings)
-            if settings is None:
-                return None
-        return cls(**dataclasses.asdict(settings))
+            raise TypeError(f"settings must be a gradmask.MaskSettings, got {type(settings).__name__}")
+        mask = cls.__new__(cls)
+        mask._configure(settings)
+        return mask
+
+    def _configure(self, settings: MaskSettings) -> None:
+        self.groups = settings.groups
+        self._store_rate(settings.inhibition_rate)
+        self.mode = settings.mode
+        self.log_filter = LoGFilter(sigma=settings.sigma, kernel_size=settings.kernel_size, kernel=settings.kernel,
+                                    padding=settings.padding)
 
     @property
     def settings(self) -> MaskSettings:
@@ -212,7 +211,11 @@ class GradientMask:
 
     @inhibition_rate.setter
     def inhibition_rate(self, value: float) -> None:
-        self._inhibition_rate = check_inhibition_rate(value)
+        self._store_rate(check_inhibition_rate(value))
+
+    def _store_rate(self, rate: float) -> None:
+        """Set a checked rate, and the 0-d CPU tensor the operator reads."""
+        self._inhibition_rate = float(rate)
         self._rate = torch.tensor(self._inhibition_rate, dtype=torch.float64)
 
     @property

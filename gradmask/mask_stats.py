@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from .commands import add_mask_arguments, register
 from .hooks import attach
 from .mask import GradientMask
-from .models import create_model
+from .models import create_model, model_groups
+from .settings import MaskSettings
 from .train.config import STEMS, TrainConfig
 
 
@@ -23,7 +24,7 @@ def _mask_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=32, help="side of the random square images")
     parser.add_argument("--batch-size", type=int, default=16, help="random images in the step")
     parser.add_argument("--seed", type=int, default=train.seed, help="seed of the model's weights and the images")
-    add_mask_arguments(parser, defaults=train)
+    add_mask_arguments(parser, defaults={**train.to_dict(), "groups": None})
 
 
 @register("mask-stats", "one training step of a model on random images: what the mask keeps, where",
@@ -31,7 +32,10 @@ def _mask_stats_arguments(parser: argparse.ArgumentParser) -> None:
 def mask_stats(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = create_model(args.model, args.num_classes, stem=args.stem)
-    gm = GradientMask.from_settings(args) or GradientMask(inhibition_rate=0.0)
+    if args.groups is None:  # the model's, as in gradmask train
+        args.groups = model_groups(args.model)
+    settings = MaskSettings.of(args)
+    gm = GradientMask.from_settings(settings) if settings else GradientMask(inhibition_rate=0.0)
     targets = args.targets.split(",") if args.targets else None
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     labels = torch.randint(0, args.num_classes, (args.batch_size,))

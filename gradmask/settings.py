@@ -1,9 +1,10 @@
 """The mask's settings and their defaults, in one place: :class:`MaskSettings`.
 
 :class:`gradmask.GradientMask`, :class:`gradmask.LoGFilter`, LI-Map and the LI background blur
-take their defaults from :data:`DEFAULTS`; ``TrainConfig``'s mask fields and the command-line
-options (:func:`gradmask.commands.add_mask_arguments`, generated from the fields below with their
-help text) too. Plain Python: no torch.
+take their defaults from :data:`DEFAULTS`; ``TrainConfig.mask_settings`` is one (its ``groups``: the
+model's, :func:`gradmask.models.model_groups`), and the command-line options
+(:func:`gradmask.commands.add_mask_arguments`) are generated from the fields below with their help
+text. Plain Python: no torch.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class MaskSettings:
     @classmethod
     def of(cls, settings: Any) -> Optional["MaskSettings"]:
         """The settings an object with ``mask`` (a mode or ``"none"``) and the other fields'
-        attributes describes (a ``TrainConfig``, parsed command-line options); None for "none"."""
+        attributes describes (parsed command-line options); None for "none"."""
         if settings.mask == "none":
             return None
         return cls(mode=settings.mask, **{f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "mode"})

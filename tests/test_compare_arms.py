@@ -50,7 +50,7 @@ def test_compare_trains_each_arm_with_its_settings_and_reports_it_by_name(tmp_pa
         run = RunDir(config.out)
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(config.to_dict(), "test", ["test"])
-        acc = 0.5 if config.sigma == 11.0 else 0.6
+        acc = 0.5 if config.mask_settings.sigma == 11.0 else 0.6
         record = {"epoch": 1, "train_loss": 1.0, "train_acc": acc, "test_loss": 1.0, "test_acc": acc,
                   "test_top5": 1.0, "lr": 0.1, "epoch_seconds": 1.0, "images_per_second": 1.0, "mask_kept": None}
         run.append_metrics(record)
@@ -62,7 +62,7 @@ def test_compare_trains_each_arm_with_its_settings_and_reports_it_by_name(tmp_pa
 
     base = TrainConfig(epochs=1, train_limit=64, test_limit=32, progress=False)
     compare(base, variants="lateral,lateral@sigma=1", seeds=1, out=tmp_path, train_fn=fake_train, log=None)
-    assert [(c.mask, c.sigma, c.arm, c.out) for c in seen] == [
+    assert [(c.mask, c.mask_settings.sigma, c.arm, c.out) for c in seen] == [
         ("lateral", 11.0, None, f"{tmp_path}/lateral-seed0"),
         ("lateral", 1.0, "lateral@sigma=1", f"{tmp_path}/lateral@sigma=1-seed0")]
     assert [r.variant for r in load_runs(tmp_path)] == ["lateral", "lateral@sigma=1"]
@@ -88,7 +88,7 @@ def test_overfit_preset_is_the_issue_setting():
     assert preset.arms == ("none", "lateral", "lateral@sigma=1", "norm") and preset.seeds >= 3
     assert preset.tuning is None  # the classic recipe for every arm alike
     fields = make_plan("overfit", {"cifar10": "."}).training("cifar10")
-    config = TrainConfig(**fields)
+    config = TrainConfig.from_dict(fields)
     assert (config.train_limit, config.test_limit, config.model) == (10000, None, "resnet18_narrow")
     assert (config.lr, config.momentum, config.weight_decay, config.schedule, config.augment) == (
         0.1, 0.9, 5e-4, "multistep", "crop-flip")

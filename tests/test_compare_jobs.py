@@ -33,7 +33,7 @@ def _numbers(final):
 
 @pytest.mark.slow
 def test_two_worker_processes_give_the_results_of_one_process(tmp_path):
-    base = TrainConfig(**TINY)
+    base = TrainConfig.from_dict(TINY)
     tune = {"lr": [0.02, 0.1]}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)            # the reference at the workers' thread count
@@ -95,7 +95,7 @@ def test_a_run_failing_in_a_worker_process_is_named(tmp_path):
     # a plug-in registered only in this process does not exist in a fresh worker
     from gradmask.train.plugins import Augment, register_augment
     register_augment("only-here")(lambda config: Augment(crop_flip=False))
-    config = TrainConfig(**{**TINY, "augment": "only-here", "out": str(tmp_path / "run")})
+    config = TrainConfig.from_dict({**TINY, "augment": "only-here", "out": str(tmp_path / "run")})
     with ProcessTrainer(1, "cpu", threads=1) as trainer:
         with pytest.raises(RuntimeError, match=r"run .*run failed in a worker process \(jobs=1\).*only-here"):
             trainer(config)
@@ -114,7 +114,7 @@ def test_workers_share_out_the_gpus():
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True, "2"])
 def test_bad_jobs_are_refused_before_anything_trains(tmp_path, jobs):
     with pytest.raises(ValueError, match=r"jobs \(--jobs\) must be an integer >= 1"):
-        compare(TrainConfig(**TINY), ("none",), seeds=1, out=tmp_path, jobs=jobs, train_fn=lambda c: {})
+        compare(TrainConfig.from_dict(TINY), ("none",), seeds=1, out=tmp_path, jobs=jobs, train_fn=lambda c: {})
     assert not any(tmp_path.iterdir())
 
 
@@ -174,7 +174,7 @@ time.sleep(600)
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_killing_the_parent_stops_its_workers(tmp_path):
-    config = TrainConfig(**{**TINY, "out": str(tmp_path / "run")})
+    config = TrainConfig.from_dict({**TINY, "out": str(tmp_path / "run")})
     parent = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(config.to_dict())], stdout=subprocess.PIPE,
                               text=True)
     try:

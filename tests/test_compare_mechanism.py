@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from gradmask.compare.mechanism import arm_mechanism, gap_change, mechanism, mechanism_blocks, per_epoch
+from gradmask.compare.mechanism import arm_mechanism, arm_mechanisms, gap_change, mechanism_blocks, per_epoch
 from gradmask.compare.report import Run
 
 
@@ -64,7 +64,7 @@ def test_gap_change_is_a_welch_test_on_per_run_changes():
 
 
 def test_report_blocks_show_each_arm_and_no_trend_word_without_its_test():
-    arms, changes = mechanism({"none": NONE, "lateral": LATERAL}, "none")
+    arms, changes = arm_mechanisms({"none": NONE, "lateral": LATERAL}, "none")
     blocks = mechanism_blocks(arms, changes, "none")
     text = json.dumps(blocks)
     assert "lateral" in text and "energy kept" in text
@@ -74,5 +74,5 @@ def test_report_blocks_show_each_arm_and_no_trend_word_without_its_test():
                 assert "CI" in json.dumps(b)  # only inside a computed sentence with its interval
     # runs without the new keys (published before them): no mechanism section, no error
     old = [Run(r.path, r.config, [{"epoch": 1, "test_acc": 0.5, "train_loss": 1.0}], r.final) for r in NONE]
-    arms, changes = mechanism({"none": old}, "none")
+    arms, changes = arm_mechanisms({"none": old}, "none")
     assert mechanism_blocks(arms, changes, "none") == [] and per_epoch(old, "train_eval_acc") == {}

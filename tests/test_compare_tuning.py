@@ -32,7 +32,7 @@ TINY = dict(model="resnet18_narrow", groups=4, epochs=2, batch_size=32, lr=0.05,
 
 
 def tiny(**changes) -> TrainConfig:
-    return TrainConfig(**{**TINY, **changes})
+    return TrainConfig.from_dict({**TINY, **changes})
 
 
 class FakeTrain:
@@ -61,7 +61,8 @@ def test_each_variant_gets_its_best_mean_validation_accuracy(tmp_path):
     def score(c):
         if c.mask == "none":
             return table[("none", c.lr)][c.seed]
-        return {0.05: 0.3, 0.1: 0.5, 0.2: 0.7}[c.lr] - (0.0 if c.inhibition_rate == 0.3 else 0.1) + 0.01 * c.seed
+        rate = c.mask_settings.inhibition_rate
+        return {0.05: 0.3, 0.1: 0.5, 0.2: 0.7}[c.lr] - (0.0 if rate == 0.3 else 0.1) + 0.01 * c.seed
 
     fake = FakeTrain(score)
     compare(tiny(), ("none", "lateral"), seeds=2, out=tmp_path, train_fn=fake, log=None,
@@ -74,7 +75,8 @@ def test_each_variant_gets_its_best_mean_validation_accuracy(tmp_path):
     assert fake.calls.index(final[0]) == len(tuned)            # every tuning run before the final runs
     assert [(c.mask, c.seed) for c in final] == [("none", 0), ("lateral", 0), ("none", 1), ("lateral", 1)]
     # none: means 0.55 / 0.50 / 0.40 -> lr 0.05 (seed 0 alone would have chosen 0.1)
-    assert {(c.mask, c.lr, c.inhibition_rate) for c in final} == {("none", 0.05, 0.5), ("lateral", 0.2, 0.3)}
+    assert {(c.mask, c.lr, c.mask_settings.inhibition_rate) for c in final} == {("none", 0.05, 0.5),
+                                                                                ("lateral", 0.2, 0.3)}
     record = read_tuning(tmp_path)
     assert record["variants"]["none"]["chosen"] == {"lr": 0.05}
     assert record["variants"]["lateral"]["chosen"] == {"lr": 0.2, "inhibition_rate": 0.3}

@@ -47,8 +47,8 @@ def toy():
 
 def test_a_dataset_registered_in_one_place_trains_and_evaluates(toy, tmp_path):
     out = tmp_path / "toy-run"
-    config = TrainConfig(dataset="toy", epochs=2, batch_size=16, lr=0.05, mask="lateral", groups=4,
-                         kernel_size=None, progress=False, out=str(out))
+    config = TrainConfig.from_dict(dict(dataset="toy", epochs=2, batch_size=16, lr=0.05, mask="lateral", groups=4,
+                                        kernel_size=None, progress=False, out=str(out)))
     final = train(config)
     model, _ = load_checkpoint(out)
     args = read_checkpoint(out)["model_args"]

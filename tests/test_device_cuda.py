@@ -105,9 +105,9 @@ def test_channels_last_model_masks_in_its_layout_like_the_cpu(mode):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_engine_trains_with_autocast_on_cuda(tmp_path, amp):
     """bf16, and fp16 with the engine's GradScaler; channels_last; the mask keeps about half."""
-    final = train(TrainConfig(train_limit=128, test_limit=64, epochs=1, batch_size=32, lr=0.05, device="cuda",
-                              amp=amp, channels_last=True, mask="lateral", groups=4, progress=False,
-                              out=str(tmp_path)))
+    final = train(TrainConfig.from_dict(dict(train_limit=128, test_limit=64, epochs=1, batch_size=32, lr=0.05,
+                                             device="cuda", amp=amp, channels_last=True, mask="lateral", groups=4,
+                                             progress=False, out=str(tmp_path))))
     assert final["device"].startswith("cuda") and math.isfinite(final["test_loss"])
     kept = gradmask.train.read_checkpoint(tmp_path)["history"][0]["mask_kept"]
     assert len(kept) == 6 and all(0.45 < v <= 0.5 for v in kept.values())
@@ -115,9 +115,9 @@ def test_engine_trains_with_autocast_on_cuda(tmp_path, amp):
 
 @pytest.mark.slow
 def test_engine_compiled_on_cuda(tmp_path):
-    final = train(TrainConfig(train_limit=256, test_limit=64, epochs=2, batch_size=64, lr=0.05, device="cuda",
-                              amp="bf16", channels_last=True, compile=True, mask="lateral", groups=4,
-                              progress=False, out=str(tmp_path)))
+    final = train(TrainConfig.from_dict(dict(train_limit=256, test_limit=64, epochs=2, batch_size=64, lr=0.05,
+                                             device="cuda", amp="bf16", channels_last=True, compile=True,
+                                             mask="lateral", groups=4, progress=False, out=str(tmp_path))))
     kept = gradmask.train.read_checkpoint(tmp_path)["history"][-1]["mask_kept"]
     assert math.isfinite(final["test_loss"]) and all(0.45 < v <= 0.5 for v in kept.values())
 

@@ -55,3 +55,27 @@ def test_normalized_wraps_a_user_model():
     wrapped = gradmask.Normalized(inner, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     x = torch.rand(1, 3, 4, 4)
     torch.testing.assert_close(wrapped(x), inner(x * 2 - 1))
+
+
+def test_each_registry_entry_states_its_default_groups(monkeypatch):
+    """resnet18/34/50: the paper's K=16; the narrow, micro and ViT test models: 4 (what they trained with before
+    the registry held K); names without an entry: the library default 16."""
+    from gradmask import models
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_GROUPS", dict(models._GROUPS))
+    assert {name: models.model_groups(name) for name in models.list_models()} == {
+        "resnet18": 16, "resnet34": 16, "resnet50": 16, "resnet18_narrow": 4, "convnext_micro": 4,
+        "mobilenetv2_micro": 4, "efficientnet_micro": 4, "regnet_micro": 4, "vit_tiny": 4}
+    assert models.model_groups("torchvision:resnet18") == models.model_groups("timm:resnet18") == 16
+
+    @models.register_model
+    def plain_net(**kw):
+        return None
+
+    @models.register_model(groups=2)
+    def small_net(**kw):
+        return None
+
+    assert (models.model_groups("plain_net"), models.model_groups("small_net")) == (16, 2)
+    with pytest.raises(ValueError, match="groups must be an integer >= 1"):
+        models.register_model(groups=0)

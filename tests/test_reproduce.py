@@ -69,7 +69,7 @@ def test_paper_plan_assigns_experiments_like_the_paper(tmp_path):
     assert plan.training("imagenet")["gsnr_every"] == 0 and plan.training("cifar10")["gsnr_every"] == 10
     from gradmask.train import TrainConfig
     for dataset in ("cifar10", "cifar100", "imagenet", "synthetic"):
-        TrainConfig(**plan.training(dataset))      # every recipe is a valid config
+        TrainConfig.from_dict(plan.training(dataset))      # every recipe is a valid config
     no_imagenet = make_plan("paper", {"cifar100": str(tmp_path), "voc2007": str(tmp_path)})
     assert no_imagenet.box_sets == () and no_imagenet.gsnr == "cifar100"
     imagenet_only = make_plan("paper", {"imagenet": str(tmp_path)})   # ImageNet runs carry no GSNR probe

@@ -21,7 +21,7 @@ def test_cifar_presets_run_table3_and_figure10_on_placed_objects_too(preset, tmp
     assert plan.box_sets == ("cifar10-placed",)
     fields = plan.training("cifar10-placed")
     assert fields["dataset"] == "cifar10-placed" and fields["data"] == str(tmp_path)
-    TrainConfig(**fields)   # a valid recipe
+    TrainConfig.from_dict(fields)   # a valid recipe
     names = [s.name for s in steps(plan, tmp_path)]
     assert all(name in names for name in PLACED_STEPS), names
     # beside synthetic, which keeps its own steps

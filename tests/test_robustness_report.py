@@ -116,10 +116,10 @@ def runs(tmp_path_factory):
         probe_set = load_dataset("synthetic", split="train", n=8, seed=0)
         dirs = []
         for mask in ("none", "lateral"):
-            config = train_module.TrainConfig(
+            config = train_module.TrainConfig.from_dict(dict(
                 dataset="synthetic", model="resnet18_narrow", epochs=2, batch_size=32, train_limit=64,
                 test_limit=48, synthetic_train=64, synthetic_test=48, mask=mask, groups=4, schedule="cosine",
-                out=str(root / f"{mask}-seed0"), progress=False, device="cpu")
+                out=str(root / f"{mask}-seed0"), progress=False, device="cpu"))
             train_module.train(config, callbacks=[GSNRProbe(probe_set.images, probe_set.labels, every=1)])
             dirs.append(root / f"{mask}-seed0")
         return root, dirs

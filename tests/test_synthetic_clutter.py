@@ -112,7 +112,8 @@ def test_quick_preset_recipe_and_the_long_recipe_unchanged():
     assert (quick["batch_size"], quick["lr"], quick["synthetic_clutter"]) == (32, 0.05, 0.0)
     assert PRESETS["quick"].boxes_training["cpu"] == quick
     long = PRESETS["paper"].boxes_training["cpu"]  # as before issue 17: full clutter, batch 64, lr 0.1
-    assert long == dict(model="resnet18_narrow", groups=4, epochs=15, batch_size=64, lr=0.1, schedule="triangle",
+    assert long == dict(model="resnet18_narrow", epochs=15, batch_size=64, lr=0.1, schedule="triangle",
                         warmup_epochs=1.0, augment="crop-flip", train_limit=None, test_limit=1000,
                         synthetic_train=10000)
-    assert TrainConfig(**long).synthetic_clutter == 1.0
+    config = TrainConfig.from_dict(long)
+    assert config.synthetic_clutter == 1.0 and config.mask_settings.groups == 4  # the narrow model's

@@ -15,8 +15,9 @@ def test_defaults_are_the_paper_hyperparameters_on_the_synthetic_data():
     assert (c.dataset, c.model, c.batch_size, c.lr, c.momentum, c.weight_decay) == (
         "synthetic", "resnet18_narrow", 128, 0.1, 0.9, 5e-4)
     assert (c.schedule, c.milestones, c.gamma, c.epochs) == ("multistep", (60, 120, 160), 0.2, 200)
-    assert (c.mask, c.groups, c.sigma, c.kernel_size, c.kernel, c.padding, c.inhibition_rate, c.skip_last) == (
-        "lateral", 4, 11.0, 5, "log", "reflect", 0.5, 2)  # K=4: the paper's channels per set on the narrow net
+    m = c.mask_settings
+    assert (c.mask, m.groups, m.sigma, m.kernel_size, m.kernel, m.padding, m.inhibition_rate, c.skip_last) == (
+        "lateral", 4, 11.0, 5, "log", "reflect", 0.5, 2)  # K=4: the narrow net's (the paper's channels per set)
     assert c.augment == "crop-flip" and c.seed == 0 and c.device == "auto" and c.amp == "none"
     assert c.gsnr_every == 0  # GSNR probing off unless asked for
 
@@ -26,7 +27,20 @@ def test_paper_preset():
     assert (c.model, c.stem, c.epochs, c.batch_size, c.lr, c.weight_decay, c.momentum) == (
         "resnet18", "cifar", 200, 128, 0.1, 5e-4, 0.9)
     assert (c.schedule, c.milestones, c.gamma) == ("multistep", (60, 120, 160), 0.2)
-    assert c.groups == 16  # the paper's K on ResNet-18
+    assert c.mask_settings.groups == 16  # the paper's K on ResNet-18
+    assert (c.nesterov, c.label_smoothing, c.warmup_epochs, c.augment) == (False, 0.0, 0.0, "crop-flip")
+
+
+def test_train_and_reproduce_share_the_paper_recipe():
+    """gradmask train --preset paper and gradmask reproduce --preset paper (CIFAR-10/100, either device) build
+    equal configs."""
+    from gradmask.reproduce.presets import PRESETS as REPRODUCE_PRESETS
+    recipes = REPRODUCE_PRESETS["paper"].training
+    for dataset in ("cifar10", "cifar100"):
+        for device in ("cpu", "cuda"):
+            overrides = dict(dataset=dataset, data="/cifar", device=device)
+            assert (TrainConfig.from_dict({**recipes[dataset][device], **overrides})
+                    == TrainConfig.from_preset("paper", **overrides)), (dataset, device)
 
 
 def test_quick_preset_is_small_and_overridable():
@@ -57,7 +71,7 @@ def test_unknown_preset_and_field():
 ])
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
-        TrainConfig(**{field: value})
+        TrainConfig.from_dict({field: value})
 
 
 def test_cross_field_checks():
@@ -168,10 +182,10 @@ def test_cli_flags_override_the_preset_and_unset_flags_keep_it():
     c = _parse(["--preset", "quick", "--epochs", "3", "--lr", "0.05", "--no-progress", "--sigma", "5",
                 "--targets", "layer1.0,layer2.0", "--kernel-size", "full", "--channels-last"])
     q = TrainConfig.from_preset("quick")
-    assert c.epochs == 3 and c.lr == 0.05 and c.progress is False and c.sigma == 5.0
-    assert c.targets == ("layer1.0", "layer2.0") and c.kernel_size is None and c.channels_last
-    assert (c.batch_size, c.schedule, c.train_limit, c.mask, c.groups) == (
-        q.batch_size, q.schedule, q.train_limit, q.mask, q.groups)
+    assert c.epochs == 3 and c.lr == 0.05 and c.progress is False and c.mask_settings.sigma == 5.0
+    assert c.targets == ("layer1.0", "layer2.0") and c.mask_settings.kernel_size is None and c.channels_last
+    assert (c.batch_size, c.schedule, c.train_limit, c.mask, c.mask_settings.groups) == (
+        q.batch_size, q.schedule, q.train_limit, q.mask, q.mask_settings.groups)
 
 
 def test_cli_without_preset_uses_the_defaults():
@@ -188,3 +202,40 @@ def test_cli_registers_train_with_the_documented_flags():
                  "--train-limit", "--test-limit", "--no-progress", "--tensorboard", "--mask", "--groups",
                  "--sigma", "--kernel-size", "--kernel", "--padding", "--inhibition-rate", "--targets"]:
         assert flag in flags
+
+
+# ---------------------------------------------------------------- the nested mask settings
+def test_mask_settings_are_one_object_built_once(monkeypatch):
+    """from_dict builds the MaskSettings (its checks run once); the engine's GradientMask takes it as is."""
+    import gradmask.mask
+    import gradmask.settings
+    from gradmask import GradientMask
+    calls = []
+
+    def counted(value):
+        calls.append(value)
+        return float(value)
+
+    monkeypatch.setattr(gradmask.settings, "check_inhibition_rate", counted)
+    monkeypatch.setattr(gradmask.mask, "check_inhibition_rate", counted)
+    config = TrainConfig.from_dict({"inhibition_rate": 0.37, "mask": "norm"})
+    assert calls == [0.37]
+    gm = GradientMask.from_settings(config.mask_settings)
+    assert calls == [0.37] and gm.settings.inhibition_rate == 0.37 and gm.mode == "norm"
+    with pytest.raises(TypeError, match="settings must be a gradmask.MaskSettings"):
+        GradientMask.from_settings(config)
+
+
+def test_flat_and_nested_forms():
+    from gradmask import MaskSettings
+    flat = TrainConfig.from_dict({"mask": "pixel", "sigma": 2.0, "groups": 8})
+    nested = TrainConfig(mask="pixel", mask_settings=MaskSettings(sigma=2.0, groups=8))
+    assert flat == nested == TrainConfig.from_dict({"mask": "pixel", "mask_settings": {"sigma": 2.0, "groups": 8}})
+    assert flat.mask_settings.mode == "pixel"  # the mode follows mask
+    assert flat.replace(mask="none").mask_settings.sigma == 2.0  # a vanilla run keeps (and records) them
+    assert flat.replace(sigma=3.0).mask_settings == MaskSettings(sigma=3.0, groups=8, mode="pixel")
+    assert TrainConfig.from_dict({"model": "resnet18", "groups": None}).mask_settings.groups == 16
+    with pytest.raises(ValueError, match="either as mask_settings or flat"):
+        TrainConfig.from_dict({"sigma": 2.0, "mask_settings": {"groups": 8}})
+    with pytest.raises(ValueError, match="mask_settings must be a gradmask.MaskSettings"):
+        TrainConfig(mask_settings={"groups": 8})

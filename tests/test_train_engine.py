@@ -17,7 +17,7 @@ from gradmask.train.source import source_revision
 def tiny(out, **kw) -> TrainConfig:
     base = dict(train_limit=256, test_limit=128, epochs=2, batch_size=64, lr=0.05, schedule="triangle",
                 warmup_epochs=0.5, progress=False, out=str(out))
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_dict({**base, **kw})
 
 
 class Recorder:
@@ -298,8 +298,9 @@ def test_folder_dataset_with_val_split_and_measured_stats(image_tree, tmp_path):
 
 def test_streamed_imagenet_layout(image_tree, tmp_path):
     out = tmp_path / "imagenet-run"
-    final = train(TrainConfig(dataset="imagenet", data=str(image_tree), epochs=1, batch_size=8, num_workers=0,
-                              mask="lateral", groups=8, train_limit=8, progress=False, out=str(out)))
+    final = train(TrainConfig.from_dict(dict(dataset="imagenet", data=str(image_tree), epochs=1, batch_size=8,
+                                             num_workers=0, mask="lateral", groups=8, train_limit=8, progress=False,
+                                             out=str(out))))
     records = _jsonl(out / "metrics.jsonl")
     assert final["epochs"] == 1 and 0.0 <= final["test_acc"] <= 1.0
     assert records[0]["images_per_second"] > 0 and records[0]["mask_kept"]
@@ -408,7 +409,7 @@ def test_a_run_stored_with_the_old_schedule_name_resumes_to_the_same_numbers(tmp
     (out / "config.json").write_text(json.dumps({**saved, "schedule": "onecycle"}))
     (out / ".gradmask.lock").unlink(missing_ok=True)
 
-    resumed = train(TrainConfig(**{**tiny(out, mask="lateral").to_dict(), "schedule": "onecycle", "resume": True}))
+    resumed = train(tiny(out, mask="lateral").replace(schedule="onecycle", resume=True))
     for key in ("test_acc", "test_loss", "test_top5"):
         assert resumed[key] == whole[key], key
     assert _jsonl(out / "metrics.jsonl")[-1]["train_loss"] == _jsonl(tmp_path / "whole" / "metrics.jsonl")[-1][

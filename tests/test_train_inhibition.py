@@ -37,7 +37,8 @@ def test_anneal_is_a_cosine_from_the_rate_to_zero(total, rate, fraction):
 
 def test_constant_and_the_config_in_epochs():
     assert InhibitionSchedule("constant", 0.3)(7, 10) == 0.3
-    config = TrainConfig(epochs=4, inhibition_schedule="warmup", inhibition_warmup=1.5, inhibition_rate=0.6)
+    config = TrainConfig.from_dict(dict(epochs=4, inhibition_schedule="warmup", inhibition_warmup=1.5,
+                                        inhibition_rate=0.6))
     s = build_inhibition_schedule(config, steps_per_epoch=4)
     assert s.warmup_steps == 6 and s(3, 16) == pytest.approx(0.3)
 
@@ -51,7 +52,7 @@ def test_constant_and_the_config_in_epochs():
 ])
 def test_bad_schedules_are_refused_by_the_config(fields, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**fields)
+        TrainConfig.from_dict(fields)
 
 
 def test_bad_schedule_arguments():
@@ -78,10 +79,11 @@ def test_the_engine_sets_the_rate_every_step(tmp_path):
     """A warm-up over the whole run: each epoch's kept fraction is the mean over its steps of what
     the rate of each step keeps, so the rate changed at every step; the logged rate is the last step's."""
     steps_per_epoch, epochs = 4, 2
-    config = TrainConfig(model="resnet18_narrow", groups=4, epochs=epochs, batch_size=16, lr=0.05, schedule="cosine",
-                         augment="none", train_limit=16 * steps_per_epoch, test_limit=16, synthetic_train=64,
-                         synthetic_test=16, progress=False, device="cpu", mask="lateral", inhibition_rate=0.8,
-                         inhibition_schedule="warmup", inhibition_warmup=2.0, out=str(tmp_path / "run"))
+    config = TrainConfig.from_dict(dict(
+        model="resnet18_narrow", groups=4, epochs=epochs, batch_size=16, lr=0.05, schedule="cosine",
+        augment="none", train_limit=16 * steps_per_epoch, test_limit=16, synthetic_train=64,
+        synthetic_test=16, progress=False, device="cpu", mask="lateral", inhibition_rate=0.8,
+        inhibition_schedule="warmup", inhibition_warmup=2.0, out=str(tmp_path / "run")))
     train(config)
     schedule = build_inhibition_schedule(config, steps_per_epoch)
     total = epochs * steps_per_epoch

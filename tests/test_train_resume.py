@@ -42,7 +42,7 @@ def _config(out, **kw):
     base = dict(train_limit=192, test_limit=64, epochs=3, batch_size=64, lr=0.05, schedule="cosine",
                 warmup_epochs=0.5, label_smoothing=0.1, augment="test-noise", mask="lateral", seed=3,
                 progress=False, out=str(out))
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_dict({**base, **kw})
 
 
 def _kill_at(config, epoch, tmp_path):

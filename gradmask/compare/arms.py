@@ -8,14 +8,13 @@ run's ``config.json`` as ``arm`` (a plain mode records ``arm`` None: its ``mask`
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..settings import MASK_MODES
-from ..train.config import TrainConfig, field_applies
+from ..train.config import FLAT_FIELDS, field_applies, field_type
 
 SEPARATOR = "@"
 # fields an arm cannot set: the comparison sets them per run
@@ -23,8 +22,8 @@ _RUN_FIELDS = ("mask", "arm", "seed", "out", "resume", "overwrite", "progress")
 
 
 def field_converter(name: str, what: str = "tune (--tune)") -> Callable[[str], Any]:
-    """Text -> value for TrainConfig field ``name`` (from its type annotation); errors name ``what``."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+    """Text -> value for flat TrainConfig field ``name`` (from its type annotation); errors name ``what``."""
+    hint = field_type(name)
     optional = type(None) in typing.get_args(hint)
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
 
@@ -88,7 +87,7 @@ def parse_arm(text: str) -> Arm:
     if mode not in MASK_MODES:
         raise ValueError(f"arm {text!r} in variants (--variants) must start with a mask mode among "
                          f"{', '.join(MASK_MODES)} (then @FIELD=VALUE overrides), got {mode!r}")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(FLAT_FIELDS)
     overrides: list[tuple[str, Any]] = []
     for item in items:
         field, sep, value = item.partition("=")

@@ -259,7 +259,8 @@ def mechanism_blocks(arms: list[ArmMechanism], changes: dict[str, list[GapChange
     return blocks
 
 
-def mechanism(runs_by_arm: dict[str, list], baseline: str) -> tuple[list[ArmMechanism], dict[str, list[GapChange]]]:
+def arm_mechanisms(runs_by_arm: dict[str, list],
+                   baseline: str) -> tuple[list[ArmMechanism], dict[str, list[GapChange]]]:
     """Per arm (finished runs), its :class:`ArmMechanism`, and per arm other than ``baseline`` the
     :class:`GapChange` of test accuracy, fit and generalisation gap between the middle and the last epoch."""
     base = runs_by_arm.get(baseline) or None
@@ -276,5 +277,5 @@ def mechanism(runs_by_arm: dict[str, list], baseline: str) -> tuple[list[ArmMech
     return arms, changes
 
 
-__all__ = ["ArmMechanism", "CI_LEVEL", "GapChange", "LABELS", "QUANTITIES", "arm_mechanism", "epoch_differences",
-           "gap_change", "mechanism", "mechanism_blocks", "per_epoch"]
+__all__ = ["ArmMechanism", "CI_LEVEL", "GapChange", "LABELS", "QUANTITIES", "arm_mechanism", "arm_mechanisms",
+           "epoch_differences", "gap_change", "mechanism_blocks", "per_epoch"]

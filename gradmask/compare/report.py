@@ -31,7 +31,7 @@ from ..settings import MASK_MODES
 from ..train.config import field_applies
 from ..train.records import CONFIG, RunRecords, read_run
 from .manifest import MANIFEST, UnlistedRunWarning, older_comparison, read_manifest
-from .mechanism import mechanism, mechanism_blocks
+from .mechanism import arm_mechanisms, mechanism_blocks
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
 from .tuning import check_chosen, chosen_at_edges, grid_edges, point_label, read_tuning
 
@@ -693,7 +693,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     num = _json_number
     per_epoch = {v: [{"epoch": e, "diff_pp": num(d.diff), "ci_low_pp": num(d.low), "ci_high_pp": num(d.high)}
                      for e, d in gap] for v, gap in gaps.items()}
-    arms, changes = mechanism({s.variant: s.finished for s in summaries}, BASELINE)
+    arms, changes = arm_mechanisms({s.variant: s.finished for s in summaries}, BASELINE)
     write_atomic(paths["json"], json.dumps({"runs": rows, "summary": [s.to_json() for s in summaries],
                                            "per_epoch_vs_none": per_epoch, "tuning": read_tuning(out),
                                            "mechanism": [a.to_json() for a in arms],

@@ -99,7 +99,7 @@ def changed_runs(base_config, runs: list[tuple[str, int, str]], tuned: Iterable[
     ignore = RESUME_FREE_FIELDS + tuple(tuned)
     changed = {}
     for variant, seed, path in runs:
-        requested = dataclasses.replace(base_config, **arm_changes(variant), seed=seed, out=path)
+        requested = base_config.replace(**arm_changes(variant), seed=seed, out=path)
         diff = RunDir(path).differences(requested, ignore)
         if diff:
             changed[path] = diff

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..files import read_record, write_record
-from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
+from ..train.config import FLAT_FIELDS, MAX_VAL_FRACTION, TrainConfig, field_applies
 from .arms import arm_changes, arm_mask, field_converter
 from .jobs import train_all
 from .manifest import older_comparison, read_manifest
@@ -72,7 +72,7 @@ def make_tuning(grid: Mapping[str, Iterable], epochs: Optional[int] = None, seed
     if not isinstance(grid, Mapping) or not grid:
         raise ValueError(f"tune (--tune) must name at least one TrainConfig field with values, "
                          f"e.g. lr=0.05,0.1,0.2; got {grid!r}")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(FLAT_FIELDS)
     clean: dict[str, tuple] = {}
     for name, values in grid.items():
         if name not in names:
@@ -102,7 +102,7 @@ def parse_tune(items: Iterable[str]) -> dict[str, tuple]:
     """``["lr=0.05,0.1,0.2", "inhibition_rate=0.3,0.5"]`` -> ``{"lr": (0.05, 0.1, 0.2), ...}``,
     each value converted to its TrainConfig field's type (``ValueError`` naming ``--tune``)."""
     grid: dict[str, tuple] = {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(FLAT_FIELDS)
     for item in items:
         name, sep, text = str(item).partition("=")
         name = name.strip().replace("-", "_")
@@ -187,9 +187,11 @@ def tuning_config(base, variant: str, point: Mapping[str, Any], seed: int, tunin
 
 
 def checked_replace(config, changes: Mapping[str, Any], what: str):
-    """``dataclasses.replace`` re-validating (TrainConfig's ``__post_init__``); a ValueError names
-    the changed fields."""
+    """``config.replace(**changes)`` for a TrainConfig (flat names: ``sigma`` sets ``mask_settings.sigma``),
+    ``dataclasses.replace`` for another dataclass, both re-validating; a ValueError names the changed fields."""
     try:
+        if isinstance(config, TrainConfig):
+            return config.replace(**changes)
         return dataclasses.replace(config, **changes)
     except (ValueError, TypeError) as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in changes.items() if k not in ("out", "resume"))

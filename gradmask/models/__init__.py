@@ -9,22 +9,37 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..settings import DEFAULTS, MaskSettings
 from .families import ConvNeXt, ConvNeXtBlock, GroupedBottleneck, InvertedResidual, MobileNet, RegNet
 from .resnet import IMAGENET_MEAN, IMAGENET_STD, BasicBlock, Bottleneck, Normalize, Normalized, ResNet
 from .vit import VisionTransformer
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_GROUPS: dict[str, int] = {}  # each entry's default gradient-mask channel sets K
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn(num_classes, stem, mean, std) -> nn.Module`` under its name."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
+def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, groups: int = DEFAULTS.groups):
+    """Decorator: register ``fn(num_classes, stem, mean, std) -> nn.Module`` under its name, with
+    ``groups`` the mask's default channel sets K on it (``@register_model(groups=4)``; plain
+    ``@register_model``: the library default, the paper's 16). ``groups`` must be an integer >= 1."""
+    MaskSettings(groups=groups)  # ValueError naming groups
+
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[fn.__name__] = fn
+        _GROUPS[fn.__name__] = groups
+        return fn
+    return register if fn is None else register(fn)
+
+
+def model_groups(name: str) -> int:
+    """The default ``groups`` (K) of model ``name``: its registry entry's, else (``torchvision:`` /
+    ``timm:`` names, unregistered names) the library default, the paper's 16."""
+    return _GROUPS.get(name, DEFAULTS.groups)
 
 
 def list_models() -> list[str]:
@@ -32,28 +47,28 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-@register_model
+@register_model(groups=16)
 def resnet18(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), num_classes, stem, **kw)
 
 
-@register_model
+@register_model(groups=16)
 def resnet34(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNet:
     return ResNet(BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), num_classes, stem, **kw)
 
 
-@register_model
+@register_model(groups=16)
 def resnet50(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), num_classes, stem, **kw)
 
 
-@register_model
+@register_model(groups=4)
 def resnet18_narrow(num_classes: int = 10, stem: str = "cifar", **kw) -> ResNet:
     """ResNet-18 layout at a quarter of the width (16-32-64-128): for CPU runs."""
     return ResNet(BasicBlock, (2, 2, 2, 2), (16, 32, 64, 128), num_classes, stem, **kw)
 
 
-@register_model
+@register_model(groups=4)
 def convnext_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> ConvNeXt:
     """ConvNeXt blocks (depthwise 7x7, LayerNorm, MLP, layer scale, drop path 0.1), 16-32-64-128
     channels, two blocks per stage."""
@@ -63,27 +78,27 @@ def convnext_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> ConvNeXt
 _MOBILE_SETTINGS = ((1, 16, 1, 1), (4, 32, 2, 2), (4, 48, 2, 2), (4, 64, 2, 1))
 
 
-@register_model
+@register_model(groups=4)
 def mobilenetv2_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> MobileNet:
     """MobileNetV2 inverted residuals (ReLU6), 16-32-48-64 channels; a skip only in blocks 0, 2, 4
     and 6 (stride 1, same channels)."""
     return MobileNet(_MOBILE_SETTINGS, num_classes, stem, **kw)
 
 
-@register_model
+@register_model(groups=4)
 def efficientnet_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> MobileNet:
     """EfficientNet MBConv blocks (SiLU, squeeze-excite, drop path 0.1), the layout of
     ``mobilenetv2_micro``."""
     return MobileNet(_MOBILE_SETTINGS, num_classes, stem, act=nn.SiLU, se=True, drop_path=0.1, **kw)
 
 
-@register_model
+@register_model(groups=4)
 def regnet_micro(num_classes: int = 10, stem: str = "cifar", **kw) -> RegNet:
     """RegNetX / ResNeXt grouped bottlenecks (group width 8), 16-32-64-128 channels, depths 1-2-2-1."""
     return RegNet((1, 2, 2, 1), (16, 32, 64, 128), 8, num_classes, stem, **kw)
 
 
-@register_model
+@register_model(groups=4)
 def vit_tiny(num_classes: int = 10, stem: str = "cifar", **kw) -> VisionTransformer:
     """ViT, 6 blocks of width 96 (3 heads, MLP x2), class token: patch 4 on 32x32 images (stem
     ``"cifar"``: an 8x8 grid) or patch 16 on 224x224 (``"imagenet"``: 14x14)."""
@@ -141,4 +156,5 @@ def create_model(name: str, num_classes: int, stem: str = "cifar",
 
 __all__ = ["BasicBlock", "Bottleneck", "ConvNeXt", "ConvNeXtBlock", "GroupedBottleneck", "InvertedResidual",
            "MobileNet", "Normalize", "Normalized", "RegNet", "ResNet", "VisionTransformer", "create_model",
-           "eval_mode", "list_models", "model_device", "register_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "eval_mode", "list_models", "model_device", "model_groups", "register_model", "IMAGENET_MEAN",
+           "IMAGENET_STD"]

@@ -11,8 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..compare.manifest import read_manifest
-from ..compare.report import fmt_duration
+from ..compare import fmt_duration, read_manifest
 from ..files import write_atomic, write_csv
 from ..progress import counted
 from ..reporting import render_html, render_markdown

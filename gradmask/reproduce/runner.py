@@ -25,8 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..compare.executor import check_executor, open_trainer
-from ..compare.jobs import check_jobs
+from ..compare import check_executor, check_jobs, grid_points, open_trainer
 from ..files import ChecksumError
 from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
@@ -123,7 +122,6 @@ def _stale(step: "Step", stored: dict, runs: _Runs, trained: list[Path]) -> str 
 
 
 def _tuning_runs(tuning, variants) -> int:
-    from ..compare.tuning import grid_points
     return 0 if tuning is None else sum(len(grid_points(tuning, v)) for v in variants) * tuning.seeds
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..compare.runner import compare, run_dir
-from ..compare.tuning import Tuning, read_tuning
+from ..compare import Tuning, compare, read_tuning, run_dir
 from ..train import TrainConfig
 from ..train.checkpoint import read_checkpoint, trained_image_size
 from ..train.data import render_options
@@ -43,7 +42,7 @@ def train_runs(plan: Plan, out, dataset: str, variants: Iterable[str], augment: 
     fields = plan.training(dataset, ablation=ablation)
     if augment is not None:
         fields["augment"] = augment
-    base = TrainConfig(**fields, progress=progress)
+    base = TrainConfig.from_dict({**fields, "progress": progress})
     folder = runs_dir(out, dataset, augment, ablation)
     tune = {} if tuning is None else dict(tune=dict(tuning.grid), tune_epochs=tuning.epochs,
                                          tune_seeds=tuning.seeds, val_fraction=tuning.val_fraction)

@@ -9,8 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..compare.report import fmt_duration, load_runs
-from ..compare.tuning import chosen_at_edges
+from ..compare import chosen_at_edges, fmt_duration, load_runs
 from ..data import DATASETS
 from ..progress import counted
 from ..reporting import arm_colors, evaluation_warnings, figure, save_figure

@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from ..compare.stats import DiffInterval, diff_confidence_interval
+from ..compare import DiffInterval, diff_confidence_interval
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"

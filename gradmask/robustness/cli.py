@@ -150,10 +150,10 @@ def _check_compatible(loaded: list[dict], dataset: str, explicit_data: bool) -> 
 
 def _gradient_mask(config):
     from ..mask import GradientMask
-    gm = GradientMask.from_settings(config)
-    if gm is None:
+    if config.mask == "none":
         return None, None, 2
-    return gm, (list(config.targets) if config.targets else None), config.skip_last
+    targets = list(config.targets) if config.targets else None
+    return GradientMask.from_settings(config.mask_settings), targets, config.skip_last
 
 
 def _evaluation_size(args: argparse.Namespace, loaded: list[dict]):

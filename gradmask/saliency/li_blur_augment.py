@@ -16,8 +16,9 @@ def li_blur(config: TrainConfig) -> Augment:
     """Crop-flip, then Algorithm 2 (:class:`gradmask.LIBackgroundBlur`, rate 0.5, quantile 0.5,
     blur sigma 2) with the model being trained and the run's LoG settings; the gradient mask is
     off while the LI map is computed (the map needs the plain gradient of the class score)."""
-    blur = LIBackgroundBlur(sigma=config.sigma, kernel_size=config.kernel_size, kernel=config.kernel,
-                            padding=config.padding)
+    settings = config.mask_settings
+    blur = LIBackgroundBlur(sigma=settings.sigma, kernel_size=settings.kernel_size, kernel=settings.kernel,
+                            padding=settings.padding)
 
     def batch(images: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> torch.Tensor:
         with no_gradient_mask(model):

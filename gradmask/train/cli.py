@@ -8,19 +8,28 @@ shared ones of :func:`gradmask.commands.add_mask_arguments` (generated from ``Ma
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Optional
 
 from ..commands import add_mask_arguments, device_argument, register, show_default
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
-from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULE_ALIASES, SCHEDULES, STEMS, TrainConfig
+from .config import (
+    AMP_MODES,
+    DATASETS,
+    FLAT_FIELDS,
+    PRESETS,
+    SCHEDULE_ALIASES,
+    SCHEDULES,
+    STEMS,
+    TrainConfig,
+    field_type,
+)
 from .distributed import is_main_process
 from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
 
-_DEFAULTS = TrainConfig()
+_DEFAULTS = {**TrainConfig().to_dict(), "groups": None}  # flat; groups: the model's
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -43,7 +52,7 @@ def _option(group, name: str, help: str, shown: Optional[str] = None, **kwargs) 
     """``--name`` for TrainConfig field ``name``: not given, it stays out of the namespace (the
     preset's value, else the TrainConfig default applies); the help ends with that default
     (``shown``: how to say it, else the TrainConfig default's value)."""
-    default = getattr(_DEFAULTS, name)
+    default = _DEFAULTS[name]
     if isinstance(default, bool):
         kwargs.setdefault("action", argparse.BooleanOptionalAction)
         shown = shown or ("on" if default else "off")
@@ -118,9 +127,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _option(out, "gsnr_samples", "probe images for the GSNR")
     _option(out, "progress", "a progress bar per epoch")
     add_mask_arguments(parser, defaults=_DEFAULTS, suppress=True)
-    for action in parser._actions:
-        if action.dest == "groups":
-            show_default(action, f"{_DEFAULTS.groups}: the paper's channels per set on the default {_DEFAULTS.model}")
     mask = next(g for g in parser._action_groups if g.title == "gradient mask")
     _option(mask, "inhibition_schedule", "the inhibition rate per step: constant, warmup (linear from 0 to "
             "--inhibition-rate over --inhibition-warmup epochs), anneal (cosine down to 0)",
@@ -133,11 +139,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed ``gradmask train`` arguments: the preset (if any), then every
     option given. A None is a value only for fields that take None (``--kernel-size full``,
     ``--train-limit all``); other commands' options left at None are not passed."""
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if hasattr(args, f.name) and (getattr(args, f.name) is not None or "Optional" in str(f.type))}
+    overrides = {name: getattr(args, name) for name in FLAT_FIELDS
+                 if hasattr(args, name) and (getattr(args, name) is not None or "Optional" in str(field_type(name)))}
     if args.preset:
         return TrainConfig.from_preset(args.preset, **overrides)
-    return TrainConfig(**overrides)
+    return TrainConfig.from_dict(overrides)
 
 
 @register("train", "train a model with or without the gradient mask (metrics, checkpoints, resume, DDP)",

@@ -1,24 +1,27 @@
 """``TrainConfig``: every hyperparameter of a training run in one dataclass, and the presets.
 
 ``TrainConfig(**fields)`` validates on construction (``ValueError`` naming the field and the
-accepted range); ``TrainConfig.from_preset("quick", epochs=3)`` starts from a preset;
-``TrainConfig.from_dict(d)`` reads back ``dataclasses.asdict(config)`` (``config.json``, the
-checkpoint).
+accepted range); the mask's settings are one :class:`gradmask.MaskSettings`, ``mask_settings``.
+On disk (``config.json``, the checkpoint) a config is flat: :meth:`TrainConfig.to_dict` writes the
+settings' fields (``groups``, ``sigma``...) beside the others, and :meth:`TrainConfig.from_dict`,
+:meth:`TrainConfig.replace` and :meth:`TrainConfig.from_preset` take those flat names.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..data.registry import DATASETS, dataset_spec
 from ..device import is_device_name
-from ..models import list_models
+from ..models import list_models, model_groups
 from ..settings import DEFAULTS as MASK_DEFAULTS
-from ..settings import MASK_MODES, MaskSettings
+from ..settings import MASK_MODES, MODES, MaskSettings
 from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
+from .recipes import PAPER_CIFAR
 
 STEMS = ("cifar", "imagenet")
 SCHEDULES = ("multistep", "cosine", "triangle")
@@ -28,24 +31,18 @@ SCHEDULE_ALIASES = {"onecycle": "triangle"}
 AMP_MODES = ("none", "bf16", "fp16")
 MAX_VAL_FRACTION = 0.5  # the largest share of the training images a validation split may take
 
-# The default model is ResNet-18 at a quarter of its width (16/32/64 channels at the masked blocks,
-# quick on a CPU); K=4 keeps the paper's channels per set there (K=16 on ResNet-18's 64/128/256:
-# 4/8/16 per set). The mask's own default (gradmask.settings.DEFAULTS.groups) is the paper's 16.
-DEFAULT_GROUPS = 4
+#: The flat names of the mask settings in config.json, checkpoints, arms and ``--tune`` (MaskSettings' fields
+#: but ``mode``, which ``mask`` gives).
+MASK_SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(MaskSettings) if f.name != "mode")
+#: Keys config.json holds beside the config (written by the run directory), ignored when read.
+RECORD_KEYS = ("gradmask_version", "trained_by", "checksum", "machine")
 
 #: Presets applied by :meth:`TrainConfig.from_preset` (fields not named keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's CIFAR recipe (it keeps the original ResNet's hyperparameters for both arms):
-    # SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 200 epochs, lr x0.2 at 60/120/160,
-    # ResNet-18 with the CIFAR stem, random crop (pad 4) + horizontal flip.
-    "paper": dict(model="resnet18", stem="cifar", groups=16, epochs=200, batch_size=128, lr=0.1, momentum=0.9,
-                  weight_decay=5e-4, nesterov=False, schedule="multistep", milestones=(60, 120, 160),
-                  gamma=0.2, warmup_epochs=0.0, label_smoothing=0.0, augment="crop-flip"),
+    "paper": PAPER_CIFAR,  # the paper's CIFAR recipe, also gradmask reproduce's (gradmask.train.recipes)
     # About a minute on 2 CPU cores on the synthetic data, clearly above chance (see README).
     # No augmentation: in 4 epochs it only slows learning down.
-    # groups=4: on the quarter-width ResNet (16/32/64 channels at the masked blocks) this keeps the
-    # paper's minicolumn sizes (K=16 on ResNet-18's 64/128/256 channels: 4/8/16 per set).
-    "quick": dict(model="resnet18_narrow", groups=4, epochs=4, batch_size=64, lr=0.1, momentum=0.9,
+    "quick": dict(model="resnet18_narrow", epochs=4, batch_size=64, lr=0.1, momentum=0.9,
                   weight_decay=5e-4, nesterov=False, schedule="triangle", warmup_epochs=1.0,
                   label_smoothing=0.0, augment="none", train_limit=5000, test_limit=1000),
 }
@@ -100,13 +97,13 @@ class TrainConfig:
     (``torch.compile``).
 
     Gradient mask: ``mask`` "none" (vanilla) or a :class:`gradmask.GradientMask` mode, with
-    ``groups`` (default 4: the paper's channels per set on the default ``resnet18_narrow``; the
-    "paper" preset sets 16 for ResNet-18), ``sigma``, ``kernel_size`` (None: full), ``kernel``, ``padding``,
-    ``inhibition_rate``, ``targets`` (module names / patterns; None: every residual block but
-    the last ``skip_last``). ``inhibition_schedule`` sets the rate every step
-    (:mod:`gradmask.train.inhibition`): "constant" (``inhibition_rate``), "warmup" (linear from 0
-    to ``inhibition_rate`` over the first ``inhibition_warmup`` epochs), "anneal" (cosine from
-    ``inhibition_rate`` down to 0 over training).
+    ``mask_settings`` a :class:`gradmask.MaskSettings` (``groups``, ``sigma``, ``kernel_size``, ``kernel``,
+    ``padding``, ``inhibition_rate``; its ``mode`` follows ``mask``; a vanilla run keeps them, unused; None:
+    the library defaults with the model's ``groups``, :func:`gradmask.models.model_groups`), ``targets``
+    (module names / patterns; None: every residual block but the last ``skip_last``).
+    ``inhibition_schedule`` sets the rate every step (:mod:`gradmask.train.inhibition`): "constant"
+    (``inhibition_rate``), "warmup" (linear from 0 to ``inhibition_rate`` over the first
+    ``inhibition_warmup`` epochs), "anneal" (cosine from ``inhibition_rate`` down to 0 over training).
 
     Fit: ``train_eval_images`` training images (a fixed draw, the same for every run on the same
     training images) are evaluated after every epoch in eval mode without augmentation
@@ -155,14 +152,9 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
-    # gradient mask (defaults: gradmask.settings.DEFAULTS, but groups: see DEFAULT_GROUPS)
+    # gradient mask
     mask: str = MASK_DEFAULTS.mode
-    groups: int = DEFAULT_GROUPS
-    sigma: float = MASK_DEFAULTS.sigma
-    kernel_size: Optional[int] = MASK_DEFAULTS.kernel_size
-    kernel: str = MASK_DEFAULTS.kernel
-    padding: str = MASK_DEFAULTS.padding
-    inhibition_rate: float = MASK_DEFAULTS.inhibition_rate
+    mask_settings: Optional[MaskSettings] = None  # None: MaskSettings(groups=model_groups(model))
     inhibition_schedule: str = "constant"
     inhibition_warmup: float = 0.0
     targets: Optional[tuple[str, ...]] = None
@@ -193,6 +185,11 @@ class TrainConfig:
             self.out = str(self.out)
         if isinstance(self.schedule, str):
             self.schedule = SCHEDULE_ALIASES.get(self.schedule, self.schedule)
+        mode = self.mask if self.mask in MODES else MASK_DEFAULTS.mode
+        if self.mask_settings is None:
+            self.mask_settings = MaskSettings(groups=model_groups(self.model), mode=mode)
+        elif isinstance(self.mask_settings, MaskSettings) and self.mask_settings.mode != mode:
+            self.mask_settings = dataclasses.replace(self.mask_settings, mode=mode)
         self.validate()
 
     # ------------------------------------------------------------------ construction helpers
@@ -205,22 +202,44 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """A config from ``dataclasses.asdict(config)`` (``config.json``'s extra keys ``gradmask_version``,
-        ``trained_by``, ``checksum`` and ``machine`` ignored)."""
-        values = {k: v for k, v in values.items()
-                  if k not in ("gradmask_version", "trained_by", "checksum", "machine")}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        """A config from its flat dict (:meth:`to_dict`, every stored ``config.json`` and checkpoint:
+        ``RECORD_KEYS`` ignored, a missing key takes its default, ``groups`` missing or None the model's) or
+        with ``mask_settings`` (a MaskSettings, or its dict) instead of the flat mask settings.
+        ``ValueError`` names an unknown field or a bad value."""
+        values = {k: v for k, v in values.items() if k not in RECORD_KEYS}
+        unknown = sorted(set(values) - set(FLAT_FIELDS) - {"mask_settings"})
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; fields: {sorted(names)}")
-        return cls(**values)
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; fields: {sorted(FLAT_FIELDS)}")
+        flat = {k: values.pop(k) for k in MASK_SETTING_FIELDS if k in values}
+        nested = values.pop("mask_settings", None)
+        if flat and nested is not None:
+            raise ValueError(f"give the mask settings either as mask_settings or flat ({', '.join(sorted(flat))}), "
+                             f"not both")
+        if isinstance(nested, dict):
+            flat = {k: v for k, v in nested.items() if k != "mode"}
+        elif nested is not None:
+            return cls(**values, mask_settings=nested)
+        mask, model = values.get("mask", MASK_DEFAULTS.mode), values.get("model", cls.model)
+        if flat.get("groups") is None:
+            flat["groups"] = model_groups(model) if isinstance(model, str) else MASK_DEFAULTS.groups
+        mode = mask if mask in MODES else MASK_DEFAULTS.mode
+        return cls(**values, mask_settings=MaskSettings(mode=mode, **flat))
 
     def replace(self, **changes) -> "TrainConfig":
-        """A validated copy with ``changes``."""
-        return self.from_dict({**dataclasses.asdict(self), **changes})
+        """A validated copy with ``changes`` (flat names, as :meth:`from_dict`; a changed ``model`` keeps the
+        config's ``groups`` unless ``groups`` is given, None for the new model's)."""
+        return self.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat dict of ``config.json`` and checkpoints: the fields in order, ``mask_settings`` as its
+        fields but ``mode`` (``MASK_SETTING_FIELDS``) in its place."""
+        flat: dict[str, Any] = {}
+        for name, value in dataclasses.asdict(self).items():
+            if name == "mask_settings":
+                flat.update((k, value[k]) for k in MASK_SETTING_FIELDS)
+            else:
+                flat[name] = value
+        return flat
 
     @property
     def run_dir(self) -> str:
@@ -229,14 +248,6 @@ class TrainConfig:
             return self.out
         model = self.model.replace(":", "_").replace("/", "_")
         return f"runs/{self.dataset}-{model}-{self.mask}-seed{self.seed}"
-
-    def mask_settings(self) -> Optional[MaskSettings]:
-        """The run's :class:`gradmask.MaskSettings`: None for ``mask="none"`` (its mask fields are
-        validated all the same: ValueError naming the first bad one)."""
-        settings = MaskSettings(groups=self.groups, sigma=self.sigma, kernel_size=self.kernel_size,
-                                kernel=self.kernel, padding=self.padding, inhibition_rate=self.inhibition_rate,
-                                mode=MASK_DEFAULTS.mode if self.mask == "none" else self.mask)
-        return None if self.mask == "none" else settings
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -332,7 +343,8 @@ class TrainConfig:
         boolean("compile")
         # gradient mask
         choice("mask", MASK_MODES)
-        self.mask_settings()
+        if not isinstance(self.mask_settings, MaskSettings):
+            raise bad("mask_settings", "a gradmask.MaskSettings (None: the defaults with the model's groups)")
         choice("inhibition_schedule", INHIBITION_SCHEDULES)
         number("inhibition_warmup", 0.0)
         if self.inhibition_warmup > self.epochs:
@@ -362,6 +374,10 @@ class TrainConfig:
                              "out, overwrite starts it again")
 
 
+#: The flat fields in config.json's order (``to_dict``'s keys).
+FLAT_FIELDS = tuple(n for f in dataclasses.fields(TrainConfig)
+                    for n in (MASK_SETTING_FIELDS if f.name == "mask_settings" else (f.name,)))
+
 # mask fields: they do not apply to the vanilla run (mask="none"); the LoG ones not to mask="norm",
 # ``groups`` not to mask="pixel" (one mask per channel)
 LOG_FIELDS = ("sigma", "kernel_size", "kernel", "padding")
@@ -387,11 +403,18 @@ RESUME_FREE_FIELDS = ("out", "resume", "overwrite", "tensorboard", "progress", "
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore=RESUME_FREE_FIELDS) -> dict[str, tuple]:
-    """``{field: (a's value, b's value)}`` for fields that differ, except ``ignore``."""
-    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(TrainConfig)
-            if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)}
+    """``{field: (a's value, b's value)}`` for the flat fields (:meth:`TrainConfig.to_dict`) that differ,
+    except ``ignore``."""
+    flat_a, flat_b = a.to_dict(), b.to_dict()
+    return {k: (flat_a[k], flat_b[k]) for k in FLAT_FIELDS if k not in ignore and flat_a[k] != flat_b[k]}
 
 
-__all__ = ["AMP_MODES", "DATASETS", "INHIBITION_SCHEDULES", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES",
-           "MAX_VAL_FRACTION", "PRESETS", "SCHEDULE_ALIASES", "SCHEDULES", "STEMS", "TrainConfig", "config_differences",
-           "field_applies"]
+def field_type(name: str) -> Any:
+    """The type annotation of flat field ``name`` (a mask setting's is MaskSettings')."""
+    owner = MaskSettings if name in MASK_SETTING_FIELDS else TrainConfig
+    return typing.get_type_hints(owner)[name]
+
+
+__all__ = ["AMP_MODES", "DATASETS", "FLAT_FIELDS", "INHIBITION_SCHEDULES", "LOG_FIELDS", "MASK_FIELDS", "MASK_MODES",
+           "MASK_SETTING_FIELDS", "MAX_VAL_FRACTION", "PRESETS", "RECORD_KEYS", "SCHEDULE_ALIASES", "SCHEDULES",
+           "STEMS", "TrainConfig", "config_differences", "field_applies", "field_type"]

@@ -159,7 +159,6 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a gradmask.train.TrainConfig, got {type(config).__name__}")
-    config.validate()
     check_plugins(config)
     if config.tensorboard:
         _summary_writer_class()
@@ -190,12 +189,11 @@ def _missing_folders(path: Path) -> list[Path]:
 
 
 def _inhibition_schedule(gm: Optional[GradientMask], config: TrainConfig, steps_per_epoch: int):
-    """The per-step rate schedule, built (and validated) once; None without a mask or when constant
-    (the mask already holds ``config.inhibition_rate``: nothing to set per step)."""
-    if gm is None:
+    """The per-step rate schedule; None without a mask or when constant (the mask already holds
+    ``config.mask_settings.inhibition_rate``: nothing to set per step)."""
+    if gm is None or config.inhibition_schedule == "constant":
         return None
-    schedule = build_inhibition_schedule(config, steps_per_epoch)
-    return None if schedule.kind == "constant" else schedule
+    return build_inhibition_schedule(config, steps_per_epoch)
 
 
 def _machines(resume: Optional[dict], run: RunDir, device: torch.device, say: bool) -> list[dict]:
@@ -275,7 +273,7 @@ def _train(config: TrainConfig, callbacks: list, dist_ctx: DistContext, device: 
     if dist_ctx.enabled:  # then independent random streams per process (batch augmentation, dropout)
         seed_everything(config.seed + 1_000_003 * dist_ctx.rank)
     handle = None
-    gm = GradientMask.from_settings(config)
+    gm = None if config.mask == "none" else GradientMask.from_settings(config.mask_settings)
     if gm is not None:
         handle = attach(model, gm, targets=list(config.targets) if config.targets else None,
                         skip_last=config.skip_last)

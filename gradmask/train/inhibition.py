@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from ..settings import check_inhibition_rate
+
 INHIBITION_SCHEDULES = ("constant", "warmup", "anneal")
 
 
@@ -28,13 +30,12 @@ class InhibitionSchedule:
     def __init__(self, kind: str = "constant", rate: float = 0.5, warmup_steps: int = 0):
         if kind not in INHIBITION_SCHEDULES:
             raise ValueError(f"inhibition_schedule must be one of {list(INHIBITION_SCHEDULES)}, got {kind!r}")
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-            raise ValueError(f"inhibition_rate must be in [0, 1), got {rate!r}")
+        rate = check_inhibition_rate(rate)
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         if kind == "warmup" and warmup_steps < 1:
             raise ValueError("inhibition_schedule 'warmup' needs warmup_steps >= 1 (--inhibition-warmup EPOCHS > 0)")
-        self.kind, self.rate, self.warmup_steps = kind, float(rate), warmup_steps
+        self.kind, self.rate, self.warmup_steps = kind, rate, warmup_steps
 
     def __call__(self, step: int, total_steps: int) -> float:
         if self.kind == "warmup":
@@ -49,11 +50,11 @@ class InhibitionSchedule:
 
 def build_inhibition_schedule(config, steps_per_epoch: int) -> InhibitionSchedule:
     """The schedule a :class:`~gradmask.train.TrainConfig` names (``inhibition_schedule``,
-    ``inhibition_rate``, ``inhibition_warmup`` epochs -> steps)."""
+    ``mask_settings.inhibition_rate``, ``inhibition_warmup`` epochs -> steps)."""
     warmup_steps = int(round(config.inhibition_warmup * steps_per_epoch))
     if config.inhibition_schedule == "warmup":
         warmup_steps = max(warmup_steps, 1)
-    return InhibitionSchedule(config.inhibition_schedule, config.inhibition_rate, warmup_steps)
+    return InhibitionSchedule(config.inhibition_schedule, config.mask_settings.inhibition_rate, warmup_steps)
 
 
 __all__ = ["INHIBITION_SCHEDULES", "InhibitionSchedule", "build_inhibition_schedule"]

@@ -1,10 +1,10 @@
 """The run directory contract (read by the reports; keep the names):
 
-- ``config.json``: ``dataclasses.asdict(config)`` plus ``"gradmask_version"`` (the code revision of the
-  last start, :func:`gradmask.train.source.source_revision`) and ``"trained_by"`` (every revision that
-  trained epochs of the run, oldest first; absent in older runs) and ``"machine"`` (the numerical setup
-  of every stretch of training, oldest first: CPU, its torch dispatch capability, threads, library
-  versions; :mod:`gradmask.train.machine`; absent in older runs).
+- ``config.json``: ``config.to_dict()`` (flat: the mask settings' fields beside the others) plus
+  ``"gradmask_version"`` (the code revision of the last start, :func:`gradmask.train.source.source_revision`)
+  and ``"trained_by"`` (every revision that trained epochs of the run, oldest first; absent in older runs)
+  and ``"machine"`` (the numerical setup of every stretch of training, oldest first: CPU, its torch dispatch
+  capability, threads, library versions; :mod:`gradmask.train.machine`; absent in older runs).
 - ``metrics.jsonl``: one object per finished epoch, keys ``METRIC_KEYS`` (plus any a callback
   added); accuracies are fractions in [0, 1] (train: on the augmented batches, during the epoch;
   test: after it, in eval mode); ``lr`` is the learning rate of the epoch's last step;
@@ -464,9 +464,22 @@ class RunDir:
             what = "the finished run" if self.finished else "the run"
             raise ValueError(f"cannot resume {what} in {self.path}: its config differs in "
                              + ", ".join(f"{k} (run {a!r}, now {b!r})" for k, (a, b) in diff.items())
-                             + "; use the run's settings, overwrite=True (--overwrite) to train it again, "
-                               "or choose another out")
+                             + f"; use the run's settings ({', '.join(_setting(k, a) for k, (a, _) in diff.items())}), "
+                               "overwrite=True (--overwrite) to train it again, or choose another out")
         return state
+
+
+def _setting(name: str, value) -> str:
+    """How to ask for ``value`` of TrainConfig field ``name``: its ``gradmask train`` option (``--groups 4``;
+    none for a None or ``arm``) and keyword (``groups=4``)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        option = flag if value else "--no-" + name.replace("_", "-")
+    elif isinstance(value, (list, tuple)):
+        option = f"{flag} {','.join(map(str, value))}"
+    else:
+        option = None if value is None or name == "arm" else f"{flag} {value}"  # arm: set by gradmask compare
+    return f"{option} / {name}={value!r}" if option else f"{name}={value!r}"
 
 
 __all__ = ["CONFIG", "FINAL", "FINAL_KEYS", "LOCK", "METRICS_CSV", "METRICS_JSONL", "METRIC_KEYS", "RUN_FILES",

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ...compare.tuning import read_tuning
+from ...compare import read_tuning
 from ...data import PLACED
 from ...train import load_checkpoint
 from .. import paper

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ...compare.report import fmt_duration
-from ...compare.tuning import read_tuning
+from ...compare import fmt_duration, read_tuning
 from ...train import TrainConfig, load_checkpoint
 from .. import paper
 from ..presets import Plan
@@ -48,7 +47,7 @@ def run(plan: Plan, out, progress: bool = False) -> RobustnessResult:
     from ...robustness.evalset import evaluation_loader
 
     ev, dataset, device = plan.preset.evaluation, plan.robustness, torch.device(plan.device)
-    config = TrainConfig(**plan.training(dataset))
+    config = TrainConfig.from_dict(plan.training(dataset))
     loader, n, source = evaluation_loader(dataset, plan.data.get(dataset), "test", ev.robustness_images, config,
                                           256, device)
     seeds = {}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...compare.tuning import read_tuning
+from ...compare import read_tuning
 from .. import paper
 from ..runs import FIGURES, runs_dir
 from ..sections import Section, finished_runs, finite, interval_text, mean_std, run_setting

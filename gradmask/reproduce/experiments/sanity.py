@@ -7,8 +7,7 @@ from typing import Optional
 
 import torch
 
-from ...compare.report import fmt_duration
-from ...compare.tuning import read_tuning
+from ...compare import fmt_duration, read_tuning
 from ...train import load_checkpoint
 from .. import paper
 from ..presets import Plan

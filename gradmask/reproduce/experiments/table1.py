@@ -8,9 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...compare.mechanism import mechanism, mechanism_blocks
-from ...compare.report import epoch_difference, report_paths, tuning_blocks
-from ...compare.tuning import read_tuning
+from ...compare import arm_mechanisms, epoch_difference, mechanism_blocks, read_tuning, report_paths, tuning_blocks
 from ...reporting import ARM_COLORS, figure, save_figure
 from .. import paper
 from ..runs import FIGURES, runs_dir
@@ -140,7 +138,7 @@ def section(out: Path, state: dict, datasets: list[str]) -> Section:
         others = [v for v in table1_arms if v not in ("none", "lateral")]
         if others:
             extra += _arm_blocks(dataset, runs, others, s)
-        arms_mech, changes = mechanism({v: runs[v] for v in table1_arms}, "none")
+        arms_mech, changes = arm_mechanisms({v: runs[v] for v in table1_arms}, "none")
         extra += [("p", f"**{args[0]} ({dataset}).**") if kind == "h2" else (kind, *args)
                   for kind, *args in mechanism_blocks(arms_mech, changes, "none")]
         s.numbers[dataset]["mechanism"] = [a.to_json() for a in arms_mech]

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ...compare.runner import run_dir
-from ...compare.tuning import read_tuning
+from ...compare import read_tuning, run_dir
 from ...train import TrainConfig, load_checkpoint
 from ...train.checkpoint import read_checkpoint, trained_image_size
 from .. import paper
@@ -72,7 +71,7 @@ def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_
     if rounds < 2 or steps < 1:
         raise ValueError(f"rounds must be >= 2 and steps >= 1, got {rounds} and {steps}")
     device = torch.device(plan.device)
-    config = TrainConfig(**plan.training(plan.ablation, ablation=plan.separate_ablation))
+    config = TrainConfig.from_dict(plan.training(plan.ablation, ablation=plan.separate_ablation))
     run = Path(run_dir(runs_dir(out, plan.ablation, ablation=plan.separate_ablation), "lateral", 0))
     state = read_checkpoint(run / "checkpoint.pt")
     size = trained_image_size(TrainConfig.from_dict(dict(state["config"])), state["model_args"])
@@ -93,7 +92,8 @@ def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_
     seconds: dict[str, list[float]] = {v: [] for v in COST_VARIANTS}
     for round_index in range(rounds + 1):  # round 0 warms up every variant
         for variant in COST_VARIANTS:
-            gm = GradientMask.from_settings(dataclasses.replace(config, mask=variant))
+            gm = None if variant == "none" else GradientMask.from_settings(
+                dataclasses.replace(config.mask_settings, mode=variant))
             handle = None if gm is None else attach(model, gm, targets=list(config.targets) if config.targets
                                                     else None, skip_last=config.skip_last)
             sgd_step()

@@ -7,8 +7,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from ...compare.report import fmt_duration
-from ...compare.tuning import read_tuning
+from ...compare import fmt_duration, read_tuning
 from ...reporting import evaluation_warnings
 from ...train import load_checkpoint
 from .. import paper
