@@ -2,7 +2,7 @@
 
 :class:`gradmask.GradientMask`, :class:`gradmask.LoGFilter`, LI-Map and the LI background blur
 take their defaults from :data:`DEFAULTS`; ``TrainConfig``'s mask fields and the command-line
-options (:func:`gradmask.commands.add_mask_arguments`, generated from the fields below with their
+options (:func:`gradmask.cli.options.add_mask_arguments`, generated from the fields below with their
 help text) too. Plain Python: no torch.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import gradmask.compare.cli as compare_cli
+import gradmask.cli.compare as compare_cli
 from gradmask.cli import main
 from gradmask.compare import check_seeds, check_variants, compare, load_runs, run_order, write_report
 
@@ -235,7 +235,7 @@ def test_cli_bad_input(tmp_path, capsys):
 
 
 def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
-    """The training flags come from gradmask.train.cli; --out/--mask/--seed are overridden by compare's."""
+    """The training flags come from gradmask.cli.train; --out/--mask/--seed are overridden by compare's."""
     def add_train_arguments(parser):
         parser.add_argument("--epochs", type=int, default=90)
         parser.add_argument("--lr", type=float, default=0.1)
@@ -264,7 +264,7 @@ def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_with_real_train_config(tmp_path, monkeypatch):
-    """The real gradmask.train.cli flags build the TrainConfig; compare replaces mask/seed/out/resume."""
+    """The real gradmask.cli.train flags build the TrainConfig; compare replaces mask/seed/out/resume."""
     train_mod = pytest.importorskip("gradmask.train")
     calls = []
 

@@ -18,7 +18,8 @@ import torch
 from tiny_runs import tiny
 
 from gradmask.cli import main
-from gradmask.compare.executor import SLURM_DIR, check_executor, executor_from_args, open_trainer
+from gradmask.cli.options import add_executor_arguments, executor_from_args
+from gradmask.compare.executor import SLURM_DIR, check_executor, open_trainer
 from gradmask.compare.jobs import train_all
 from gradmask.compare.slurm import JOBS_JSON, SlurmExecutor, SlurmJobFailed, parse_sbatch_args, parse_time
 from gradmask.progress import RunProgress
@@ -352,6 +353,5 @@ def test_the_local_executor_is_the_default_and_unchanged(tmp_path):
     assert not (tmp_path / SLURM_DIR).exists()
     import argparse
     parser = argparse.ArgumentParser()
-    from gradmask.compare.cli import add_executor_arguments
     add_executor_arguments(parser)
     assert executor_from_args(parser.parse_args([])) == "local"

@@ -415,7 +415,7 @@ def test_epoch_gap_is_welch_over_seeds_per_epoch():
 
 
 def test_compare_cli_passes_the_grid_through(tmp_path, monkeypatch, capsys):
-    import gradmask.compare.cli as compare_cli
+    import gradmask.cli.compare as compare_cli
     seen = {}
 
     def fake_compare(base, **kwargs):
@@ -446,7 +446,7 @@ def test_reproduce_cli_bad_tuning_input(tmp_path, capsys, argv, match):
 def test_reproduce_cli_overrides_the_presets_tuning(tmp_path):
     import argparse
 
-    from gradmask.reproduce.cli import tuning_from_args
+    from gradmask.cli.reproduce import tuning_from_args
     args = argparse.Namespace(preset="cifar-full", tune=[], tune_epochs=2, tune_seeds=None, val_fraction=None)
     t = tuning_from_args(args)
     assert t.grid == PRESETS["cifar-full"].tuning.grid == {"lr": (0.05, 0.1, 0.2, 0.4)}

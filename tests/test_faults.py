@@ -258,7 +258,7 @@ def test_a_training_split_smaller_than_one_batch_is_refused_before_training(tmp_
                                      ["blur-eval", "RUN", "--batch-size", "0"], ["saliency", "RUN", "--images", "0"],
                                      ["blur-eval", "RUN", "--images", "0"], ["saliency", "RUN", "--image-size", "0"]])
 def test_evaluation_options_are_validated_before_any_work(command, finished_run, tmp_path, capsys, monkeypatch):
-    from gradmask.saliency import cli as saliency_cli
+    from gradmask.cli import saliency as saliency_cli
     monkeypatch.setattr(saliency_cli, "_load_model", lambda *a: pytest.fail("loaded a model before validating"))
     args = [str(finished_run) if a == "RUN" else a for a in command]
     assert main(args + ["--out", str(tmp_path / "o")]) == 2

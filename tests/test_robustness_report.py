@@ -87,7 +87,7 @@ def test_plot_gsnr_from_run_dirs(tmp_path):
 
 
 def test_compatibility_errors():
-    from gradmask.robustness.cli import _check_compatible
+    from gradmask.cli.robustness import _check_compatible
     cfg = lambda model="resnet18_narrow", dataset="synthetic": SimpleNamespace(model=model, dataset=dataset, data=None,  # noqa: E731
                                                                                      synthetic_clutter=1.0)
     base = {"path": "a", "config": cfg(), "arch": [("w", (3,))], "num_classes": 10}
@@ -143,7 +143,6 @@ def test_probe_during_training_and_plot(runs):
 @pytest.mark.slow
 def test_robustness_command_end_to_end(runs, capsys):
     root, dirs = runs
-    import gradmask.robustness.cli  # noqa: F401  (registers the command until the lead wires it)
     from gradmask.cli import main
     out = root / "report"
     code = main(["robustness", str(dirs[0]), str(dirs[1] / "checkpoint.pt"), "--epsilons", "0,2,8",
@@ -183,7 +182,6 @@ def test_robustness_command_end_to_end(runs, capsys):
 @pytest.mark.slow
 def test_robustness_command_errors(runs, capsys):
     root, dirs = runs
-    import gradmask.robustness.cli  # noqa: F401
     from gradmask.cli import main
     assert main(["robustness", str(dirs[0]), "--epsilons", "0,-2", "--no-progress"]) == 2
     assert "epsilons" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gradmask.cli import main
-from gradmask.status import steps_text
+from gradmask.cli.status import steps_text
 from gradmask.train.status import FINISHED, STOPPED, TRAINING, run_status, scan, status_text
 
 

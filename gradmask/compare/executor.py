@@ -4,8 +4,7 @@
 ``jobs`` worker processes (:class:`gradmask.compare.jobs.ProcessTrainer`). A
 :class:`gradmask.compare.slurm.SlurmExecutor` (``"slurm"``: one with its defaults): each run a Slurm
 job, ``jobs`` at a time, the books in ``{out}/slurm``. :func:`open_trainer` makes the ``train_fn``
-of either; :func:`executor_from_args` reads the command-line options
-(:func:`gradmask.compare.cli.add_executor_arguments`).
+of either; :func:`gradmask.cli.options.executor_from_args` reads the command-line options.
 """
 from __future__ import annotations
 
@@ -50,22 +49,4 @@ def open_trainer(executor: Executor, jobs: int, device: str, out: str | os.PathL
     return executor.trainer(Path(out) / SLURM_DIR, jobs, log)
 
 
-def executor_from_args(args) -> "str | SlurmExecutor":
-    """``"local"`` or the :class:`SlurmExecutor` of the options; ``--slurm-*`` options without
-    ``--executor slurm`` are refused."""
-    slurm = {"partition": args.slurm_partition, "time": args.slurm_time, "nodes": args.slurm_nodes,
-             "gpus_per_node": args.slurm_gpus_per_node, "tasks_per_node": args.slurm_tasks_per_node,
-             "cpus_per_task": args.slurm_cpus_per_task, "mem_gb": args.slurm_mem_gb,
-             "sbatch_args": tuple(args.slurm_sbatch)}
-    if args.executor == "local":
-        defaults = {"partition": None, "time": "24:00:00", "nodes": 1, "gpus_per_node": 0, "tasks_per_node": None,
-                    "cpus_per_task": None, "mem_gb": None, "sbatch_args": ()}
-        given = [f"--slurm-{k.replace('_', '-')}" for k, v in slurm.items() if v != defaults[k]]
-        if given:
-            raise ValueError(f"{', '.join(given)} need --executor slurm")
-        return "local"
-    return SlurmExecutor(**slurm)
-
-
-__all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "check_executor", "executor_from_args",
-           "open_trainer"]
+__all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "check_executor", "open_trainer"]

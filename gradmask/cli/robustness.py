@@ -24,15 +24,15 @@ from typing import Optional
 
 import torch
 
-from ..commands import register, show_default
 from ..data import dataset_spec
 from ..device import resolve_device
 from ..reporting import evaluation_warnings
-from .evalset import evaluation_loader
-from .fgsm import check_epsilons, fgsm_curve
-from .gsnr import gsnr, gsnr_summary
-from .pruning import SCHEMES, check_sparsities, pruning_curve
-from .report import write_report
+from ..robustness.evalset import evaluation_loader
+from ..robustness.fgsm import check_epsilons, fgsm_curve
+from ..robustness.gsnr import gsnr, gsnr_summary
+from ..robustness.pruning import SCHEMES, check_sparsities, pruning_curve
+from ..robustness.report import write_report
+from .options import register, show_default
 
 DEFAULT_EPSILONS = "0,1,2,4,8"
 DEFAULT_SPARSITIES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"

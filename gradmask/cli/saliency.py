@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ..commands import register, show_default
 from ..device import resolve_device
 from ..reporting import evaluation_warnings
-from . import boxes as _boxes
-from .base import SALIENCY_METHODS
-from .blur_eval import blurred_background_accuracy, write_blur_report
-from .evaluate import (
+from ..saliency import boxes as _boxes
+from ..saliency.base import SALIENCY_METHODS
+from ..saliency.blur_eval import blurred_background_accuracy, write_blur_report
+from ..saliency.evaluate import (
     METHODS,
     default_cam_layer,
     evaluate_localization,
@@ -34,7 +33,8 @@ from .evaluate import (
     save_figure_grid,
     write_localization_report,
 )
-from .sanity import cascading_randomization, save_sanity_maps, write_sanity_report
+from ..saliency.sanity import cascading_randomization, save_sanity_maps, write_sanity_report
+from .options import register, show_default
 
 
 # ------------------------------------------------------------------------------ shared

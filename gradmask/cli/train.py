@@ -12,13 +12,13 @@ import dataclasses
 import sys
 from typing import Optional
 
-from ..commands import add_mask_arguments, device_argument, register, show_default
 from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
 from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
-from .config import AMP_MODES, DATASETS, PRESETS, SCHEDULE_ALIASES, SCHEDULES, STEMS, TrainConfig
-from .distributed import is_main_process
-from .inhibition import INHIBITION_SCHEDULES
-from .plugins import augment_names
+from ..train.config import AMP_MODES, DATASETS, PRESETS, SCHEDULE_ALIASES, SCHEDULES, STEMS, TrainConfig
+from ..train.distributed import is_main_process
+from ..train.inhibition import INHIBITION_SCHEDULES
+from ..train.plugins import augment_names
+from .options import add_mask_arguments, device_argument, register, show_default
 
 _DEFAULTS = TrainConfig()
 
@@ -143,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 @register("train", "train a model with or without the gradient mask (metrics, checkpoints, resume, DDP)",
           add_train_arguments)
 def train_command(args: argparse.Namespace) -> int:
-    from .engine import train
+    from ..train.engine import train
     config = config_from_args(args)
     final = train(config)
     if is_main_process():

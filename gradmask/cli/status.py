@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .commands import register
-from .progress import fmt_seconds
-from .reproduce.store import read_state
-from .train.status import scan, status_text
+from ..progress import fmt_seconds
+from ..reproduce.store import read_state
+from ..train.status import scan, status_text
+from .options import register
 
 
 def steps_text(root) -> str:
