@@ -96,7 +96,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, 
     import os
     import tempfile
 
-    from gradmask import files
+    from gradmask.util import files
     if where == "lock":  # every fsync fails: the first write is the run folder's lock
         def full(fd):
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -22,10 +22,10 @@ from gradmask.cli.options import add_executor_arguments, executor_from_args
 from gradmask.compare.executor import SLURM_DIR, check_executor, open_trainer
 from gradmask.compare.jobs import train_all
 from gradmask.compare.slurm import JOBS_JSON, SlurmExecutor, SlurmJobFailed, parse_sbatch_args, parse_time
-from gradmask.progress import RunProgress
 from gradmask.train import rundir
 from gradmask.train.distributed import Launch, expand_hostlist, launch, slurm_launch
 from gradmask.train.rundir import RunDirInUse, RunLock
+from gradmask.util.progress import RunProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 #: one CPU and little memory per job: two jobs side by side on the 2-CPU CI machine

@@ -17,11 +17,11 @@ from tiny_runs import tiny
 
 from gradmask.cli import main
 from gradmask.compare import compare
-from gradmask.files import write_atomic
 from gradmask.reproduce import make_plan, reproduce, runner
 from gradmask.reproduce import report as reproduce_report
 from gradmask.train import TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.checkpoint import save_checkpoint
+from gradmask.util.files import write_atomic
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoi
                                                                                     monkeypatch):
     import tempfile
 
-    from gradmask import files
+    from gradmask.util import files
     path = tmp_path / "checkpoint.pt"
     shutil.copy(finished_run / "checkpoint.pt", path)
     before = path.read_bytes()

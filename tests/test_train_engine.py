@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import gradmask
-from gradmask.files import json_digest
 from gradmask.train import FINAL_KEYS, METRIC_KEYS, TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.source import source_revision
+from gradmask.util.files import json_digest
 
 
 def tiny(out, **kw) -> TrainConfig:

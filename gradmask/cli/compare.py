@@ -16,8 +16,8 @@ from ..compare.jobs import check_jobs
 from ..compare.report import VARIANTS, report_paths, summary_text, write_report
 from ..compare.runner import check_seeds, check_variants, compare
 from ..compare.tuning import DEFAULT_VAL_FRACTION, grid_points, make_tuning, parse_tune
-from ..progress import RunProgress
 from ..train.rundir import take_folder
+from ..util.progress import RunProgress
 from . import train as _train_cli
 from .options import add_executor_arguments, executor_from_args, register, show_default
 

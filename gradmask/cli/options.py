@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 
 from ..compare.executor import EXECUTORS
 from ..compare.slurm import SlurmExecutor
-from ..device import is_device_name
 from ..settings import DEFAULTS, MASK_MODES, MaskSettings
+from ..util.device import is_device_name
 
 
 @dataclass
@@ -147,7 +147,7 @@ def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, su
 
 
 def device_argument(text: str) -> str:
-    """``--device``: auto, cpu, cuda or cuda:N (the form :func:`gradmask.device.resolve_device` takes)."""
+    """``--device``: auto, cpu, cuda or cuda:N (the form :func:`gradmask.util.device.resolve_device` takes)."""
     if is_device_name(text):
         return text
     raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..compare.jobs import check_jobs
 from ..compare.tuning import make_tuning, parse_tune
-from ..device import resolve_device
 from ..reproduce.presets import DATA_NAMES, PRESETS, make_plan, parse_data
 from ..reproduce.runner import reproduce
+from ..util.device import resolve_device
 from .options import add_executor_arguments, device_argument, executor_from_args, register, show_default
 
 

@@ -25,13 +25,13 @@ from typing import Optional
 import torch
 
 from ..data import dataset_spec
-from ..device import resolve_device
-from ..reporting import evaluation_warnings
 from ..robustness.evalset import evaluation_loader
 from ..robustness.fgsm import check_epsilons, fgsm_curve
 from ..robustness.gsnr import gsnr, gsnr_summary
 from ..robustness.pruning import SCHEMES, check_sparsities, pruning_curve
 from ..robustness.report import write_report
+from ..util.device import resolve_device
+from ..util.reporting import evaluation_warnings
 from .options import register, show_default
 
 DEFAULT_EPSILONS = "0,1,2,4,8"

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-from ..device import resolve_device
-from ..reporting import evaluation_warnings
 from ..saliency import boxes as _boxes
 from ..saliency.base import SALIENCY_METHODS
 from ..saliency.blur_eval import blurred_background_accuracy, write_blur_report
@@ -34,6 +32,8 @@ from ..saliency.evaluate import (
     write_localization_report,
 )
 from ..saliency.sanity import cascading_randomization, save_sanity_maps, write_sanity_report
+from ..util.device import resolve_device
+from ..util.reporting import evaluation_warnings
 from .options import register, show_default
 
 

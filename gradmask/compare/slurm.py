@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from ..files import write_atomic
 from ..train.rundir import RunDir, RunLock
+from ..util.files import write_atomic
 
 JOBS_JSON = "jobs.json"
 LOGS = "logs"

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from ..files import read_record, write_record
 from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
+from ..util.files import read_record, write_record
 from .arms import arm_changes, arm_mask, field_converter
 from .jobs import train_all
 from .manifest import older_comparison, read_manifest

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 
 from ..compare.tuning import Tuning
 from ..data import DATASETS, PLACED
-from ..device import is_device_name
+from ..util.device import is_device_name
 
 #: ``--data NAME=PATH`` names reproduce accepts.
 DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")

@@ -27,13 +27,13 @@ import torch
 
 from ..compare.executor import check_executor, open_trainer
 from ..compare.jobs import check_jobs
-from ..files import ChecksumError
-from ..progress import RunProgress
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.config import SCHEDULE_ALIASES
 from ..train.distributed import is_main_process
 from ..train.rundir import FINAL, take_folder
 from ..train.source import source_revision
+from ..util.files import ChecksumError
+from ..util.progress import RunProgress
 from . import runs as training
 from .experiments import EXPERIMENTS
 from .presets import ABLATION_VARIANTS, TRAINED_BOX_SETS, Plan

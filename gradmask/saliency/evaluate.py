@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ..data.augment import as_images
-from ..files import write_atomic
 from ..hooks import residual_blocks
 from ..models import eval_mode, model_device
-from ..reporting import SEQUENTIAL_CMAP, figure, save_figure
+from ..util.files import write_atomic
+from ..util.reporting import SEQUENTIAL_CMAP, figure, save_figure
 from . import gradcam, limap  # noqa: F401  (register "gradcam", "gradcam++", "limap")
 from .base import SALIENCY_METHODS, SaliencyMethod, unwrap_model
 from .localization import _per_image, localization_scores, saliency_boxes, select_images
@@ -257,7 +257,7 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
 
     The ground-truth box is drawn on every panel (white); on the map panels also the box of the
     map's top ``top_fraction`` pixels (orange, dashed) with its IoU in the title; maps in
-    :data:`~gradmask.reporting.SEQUENTIAL_CMAP` (perceptually uniform). ``images``
+    :data:`~gradmask.util.reporting.SEQUENTIAL_CMAP` (perceptually uniform). ``images``
     ``(M, 3, H, W)`` uint8 or [0, 1]; ``boxes`` ``(M, 4)`` or per-image lists; ``maps_by_method``
     name -> ``(M, H, W)``. Returns the path."""
     from .localization import box_iou

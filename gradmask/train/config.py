@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..data.registry import DATASETS, dataset_spec
-from ..device import is_device_name
 from ..models import list_models
 from ..settings import DEFAULTS as MASK_DEFAULTS
 from ..settings import MASK_MODES, MaskSettings
+from ..util.device import is_device_name
 from .inhibition import INHIBITION_SCHEDULES
 from .plugins import augment_names
 

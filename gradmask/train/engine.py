@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
-from ..metric_names import logged_scalars
-from ..progress import counted
+from ..util.device import resolve_device
+from ..util.metric_names import logged_scalars
+from ..util.progress import counted
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .data import RunData, build_data
@@ -522,7 +522,7 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
 
 
 def _log_tensorboard(writer, record: dict) -> None:
-    """One epoch's record under the logged names (:mod:`gradmask.metric_names`: ``train/loss``,
+    """One epoch's record under the logged names (:mod:`gradmask.util.metric_names`: ``train/loss``,
     ``gradmask/kept/<target>``, ...), at step = epoch."""
     for tag, value in logged_scalars(record).items():
         writer.add_scalar(tag, value, record["epoch"])

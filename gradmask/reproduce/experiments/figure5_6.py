@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ...compare.report import fmt_duration
 from ...compare.tuning import read_tuning
 from ...train import TrainConfig, load_checkpoint
+from ...util.durations import format_duration
 from .. import paper
 from ..presets import Plan
 from ..runs import run_path, runs_dir
@@ -69,7 +69,7 @@ def section(out: Path, state: dict) -> list[Section]:
         return []
     r = RobustnessResult(**rec["result"])
     setting = (f"{r.dataset} test images ({r.n_images}, fixed random subset), each seed's none and "
-               f"lateral models from Table 1/2's runs; wall time {fmt_duration(rec.get('wall_seconds'))}.")
+               f"lateral models from Table 1/2's runs; wall time {format_duration(rec.get('wall_seconds'), 'report')}.")
     s5 = Section(paper.FIGURE5)
     s5.blocks.append(("p", "Top-1 accuracy (%) after L1 pruning (`torch.nn.utils.prune`), mean ± std over seeds."))
     rows = []

@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 
-from ...compare.report import fmt_duration
 from ...compare.tuning import read_tuning
 from ...train import load_checkpoint
+from ...util.durations import format_duration
 from .. import paper
 from ..presets import Plan
 from ..runs import FIGURES, box_data, run_path, runs_dir
@@ -85,7 +85,7 @@ def section(out: Path, state: dict) -> Optional[Section]:
                       read_tuning(runs_dir(out, "synthetic")))
     s.finish(f"seed 0's lateral synthetic model, {r.n_images} synthetic test images, groups re-initialised "
              f"top-down per block, Grad-CAM on {r.gradcam_layer}; wall time "
-             f"{fmt_duration(rec.get('wall_seconds'))}.")
+             f"{format_duration(rec.get('wall_seconds'), 'report')}.")
     return s
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from ...compare.mechanism import mechanism, mechanism_blocks
 from ...compare.report import epoch_difference, report_paths, tuning_blocks
 from ...compare.tuning import read_tuning
-from ...reporting import ARM_COLORS, figure, save_figure
+from ...util.reporting import ARM_COLORS, figure, save_figure
 from .. import paper
 from ..runs import FIGURES, runs_dir
 from ..sections import (

@@ -7,10 +7,10 @@ from typing import Iterable, Optional
 
 import torch
 
-from ...compare.report import fmt_duration
 from ...compare.tuning import read_tuning
-from ...reporting import evaluation_warnings
 from ...train import load_checkpoint
+from ...util.durations import format_duration
+from ...util.reporting import evaluation_warnings
 from .. import paper
 from ..presets import TRAINED_BOX_SETS, Plan
 from ..runs import FIGURES, box_data, run_path, runs_dir
@@ -131,7 +131,7 @@ def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) ->
                         f"box covers at most half the image" + (", correctly classified" if box_set != "voc2007"
                                                                  else ", the predicted class explained") +
                         f"; mean ± std over seeds; paired interval over all (image, seed) pairs; wall time "
-                        f"{fmt_duration(rec.get('wall_seconds'))}.")
+                        f"{format_duration(rec.get('wall_seconds'), 'report')}.")
     if not settings:   # no box set measured yet
         return None
     models = {}   # the runs behind each box set that reproduce trains (synthetic's always named)
