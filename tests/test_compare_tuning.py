@@ -152,7 +152,7 @@ def test_validation_split_is_disjoint_complete_and_fixed(n, fraction):
 
 
 def test_run_data_trains_without_the_validation_images():
-    from gradmask.train.plugins import build_augment
+    from gradmask.train.augment import build_augment
     config = tiny(val_fraction=0.25, train_limit=None, synthetic_train=80)
     data = train_data.build_data(config, build_augment(config), torch.device("cpu"))
     assert data.eval_split == "val" and data.test_size == 20 and data.train_size == 60

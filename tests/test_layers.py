@@ -47,32 +47,18 @@ def test_unknown_name_is_an_attribute_error():
         raise AssertionError("gradmask.no_such_thing resolved")
 
 
-def test_training_plugins_missing_say_what_to_import(monkeypatch):
-    """The engine imports nothing above it: li-blur and the GSNR probe are registered by their owners;
-    a config that needs one whose module was not imported fails before any work, naming the module."""
+def test_the_engine_registers_its_augmentations_and_the_gsnr_probe_itself():
+    """li-blur and the GSNR probe are the engine's own (train.augment, train.gsnr_probe): a config
+    naming one trains without importing anything else; an unknown name is refused naming the known."""
     import pytest
 
-    from gradmask.train import TrainConfig, plugins
-    monkeypatch.setattr(plugins, "AUGMENTS", {k: v for k, v in plugins.AUGMENTS.items() if k != "li-blur"})
-    monkeypatch.setattr(plugins, "CONFIG_CALLBACKS", {})
-    config = TrainConfig(augment="li-blur")  # a stored config naming a plug-in still validates
-    with pytest.raises(ValueError, match="gradmask.saliency.li_blur_augment"):
-        plugins.check_plugins(config)
-    with pytest.raises(ValueError, match="gradmask.robustness.gsnr_callback"):
-        plugins.check_plugins(TrainConfig(gsnr_every=1))
-    plugins.check_plugins(TrainConfig())  # nothing needed, nothing missing
-    with pytest.raises(ValueError, match="augment must be one of"):
+    from gradmask.train import TrainConfig, augment, gsnr_probe, plugins
+    assert augment.AUGMENTS["li-blur"] is augment.li_blur and plugins.AUGMENTS is augment.AUGMENTS
+    assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_probe.gsnr_probe
+    assert augment.augment_names() == ["crop-flip", "li-blur", "none"]
+    TrainConfig(augment="li-blur").validate()  # a stored config naming it validates
+    with pytest.raises(ValueError, match=r"augment must be one of \['crop-flip', 'li-blur', 'none'\], got 'no-such'"):
         TrainConfig(augment="no-such").validate()
-
-
-def test_plugin_modules_register_with_the_engine():
-    from gradmask.robustness import gsnr_callback
-    from gradmask.saliency import li_blur_augment
-    from gradmask.train import plugins
-    assert plugins.AUGMENTS["li-blur"] is li_blur_augment.li_blur
-    assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_callback.gsnr_probe
-    assert set(plugins.PLUGIN_AUGMENTS.values()) | set(plugins.PLUGIN_CALLBACKS.values()) == {
-        li_blur_augment.__name__, gsnr_callback.__name__}
 
 
 def test_all_lists_the_core_and_every_lazy_name():

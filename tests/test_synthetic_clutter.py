@@ -3,11 +3,11 @@ run's clutter (robustness evaluation set, reproduce's box images, gradmask salie
 import pytest
 import torch
 
-from gradmask.data import make_synthetic
+from gradmask.data import SYNTHETIC_DATA_SEED, make_synthetic
 from gradmask.robustness.evalset import evaluation_loader
 from gradmask.train import TrainConfig
-from gradmask.train.data import SYNTHETIC_DATA_SEED, build_data
-from gradmask.train.plugins import find_augment
+from gradmask.train.augment import find_augment
+from gradmask.train.data import build_data
 
 CPU = torch.device("cpu")
 

@@ -12,12 +12,10 @@ import dataclasses
 import sys
 from typing import Optional
 
-from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
-from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
+from ..train.augment import augment_names
 from ..train.config import AMP_MODES, DATASETS, PRESETS, SCHEDULE_ALIASES, SCHEDULES, STEMS, TrainConfig
 from ..train.distributed import is_main_process
 from ..train.inhibition import INHIBITION_SCHEDULES
-from ..train.plugins import augment_names
 from .options import add_mask_arguments, device_argument, register, show_default
 
 _DEFAULTS = TrainConfig()

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from ..train import train
 from .jobs import ProcessTrainer, check_jobs
 from .slurm import SlurmExecutor
 
@@ -34,19 +35,22 @@ def check_executor(executor: Any) -> Executor:
 
 
 def open_trainer(executor: Executor, jobs: int, device: str, out: str | os.PathLike,
-                 log: Optional[Callable[[str], Any]] = print):
+                 log: Optional[Callable[[str], Any]] = print, setup: Optional[Callable[[], None]] = None):
     """The ``train_fn`` of ``executor`` as a context manager: locally :func:`gradmask.train.train`
     (``jobs`` 1) or a :class:`ProcessTrainer` of ``jobs`` workers on ``device``; for Slurm its
     :class:`~gradmask.compare.slurm.SlurmTrainer` with the books in ``{out}/slurm`` (a second
-    submitting command on ``out`` is refused). Checked before anything trains."""
+    submitting command on ``out`` is refused). Checked before anything trains.
+
+    ``setup``: a picklable function without arguments that every worker process and every Slurm
+    job calls before training: register your own plug-ins there (augmentations, datasets, models;
+    workers are fresh interpreters). Runs trained in this process need none."""
     executor, jobs = check_executor(executor), check_jobs(jobs)
     if executor == "local":
         if jobs > 1:
-            return ProcessTrainer(jobs, str(device))
-        from ..train import train
+            return ProcessTrainer(jobs, str(device), setup=setup)
         return contextlib.nullcontext(train)
     executor.check_device(str(device))
-    return executor.trainer(Path(out) / SLURM_DIR, jobs, log)
+    return executor.trainer(Path(out) / SLURM_DIR, jobs, log, setup)
 
 
 __all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "check_executor", "open_trainer"]

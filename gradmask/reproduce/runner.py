@@ -27,6 +27,7 @@ import torch
 
 from ..compare.executor import check_executor, open_trainer
 from ..compare.jobs import check_jobs
+from ..train import train
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.config import SCHEDULE_ALIASES
 from ..train.distributed import is_main_process
@@ -205,7 +206,7 @@ def _json_safe(obj):
 
 def reproduce(plan: Plan, out, progress: bool = False, command: str | None = None,
               train_fn: Callable | None = None, log: Callable[[str], None] = print, jobs: int = 1,
-              executor="local") -> dict:
+              executor="local", setup: Callable[[], None] | None = None) -> dict:
     """Run (or resume) every step of ``plan`` in ``out``, then write ``report.md`` / ``report.html``.
     Training runs are counted (runs done / total, elapsed, ETA): a bar when ``progress`` and stderr is
     a terminal (with the engine's epoch bar and the evaluations' bars), else one ``log`` line per run.
@@ -215,6 +216,9 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     run in this process. ``executor``: where the training runs train without ``train_fn``: ``"local"``
     or a :class:`gradmask.compare.slurm.SlurmExecutor` (each run a Slurm job, ``jobs`` at a time, the
     books in ``{out}/slurm``; the measurements still run here, in order, once their runs are trained).
+    ``setup``: a picklable function without arguments that every worker process (``jobs`` > 1) and
+    every Slurm job calls before training (:func:`gradmask.compare.executor.open_trainer`): register
+    there the plug-ins your runs name (augmentations, datasets, models).
 
     The folder is taken like a run folder (``<out>/.gradmask.lock``): a second ``reproduce`` on it is
     refused while this one runs, and the partial temporary files an interrupted one left below it are
@@ -224,7 +228,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     check_jobs(jobs)
     executor = check_executor(executor)
     if train_fn is None and (jobs > 1 or executor != "local"):
-        with open_trainer(executor, jobs, plan.device, out, log) as trainer:
+        with open_trainer(executor, jobs, plan.device, out, log, setup) as trainer:
             return reproduce(plan, out, progress, command, trainer, log, jobs)
     out = Path(out)
     main = is_main_process()
@@ -248,7 +252,7 @@ def _reproduce_in(plan: Plan, out: Path, main: bool, progress: bool, command: st
     state.setdefault("steps", {})
     bars = progress and sys.stderr.isatty()
     if train_fn is None:
-        from ..train import train as train_fn
+        train_fn = train
     counted: list[Callable] = []   # the counting train_fn, made once the steps (and so the total) are known
 
     def train_counted(config):
