@@ -87,19 +87,19 @@ def test_plot_gsnr_from_run_dirs(tmp_path):
 
 
 def test_compatibility_errors():
-    from gradmask.cli.robustness import _check_compatible
+    from gradmask.robustness.measure import check_compatible
     cfg = lambda model="resnet18_narrow", dataset="synthetic": SimpleNamespace(model=model, dataset=dataset, data=None,  # noqa: E731
                                                                                      synthetic_clutter=1.0)
     base = {"path": "a", "config": cfg(), "arch": [("w", (3,))], "num_classes": 10}
-    _check_compatible([base, dict(base, path="b")], "synthetic", False)
+    check_compatible([base, dict(base, path="b")], "synthetic", False)
     with pytest.raises(ValueError, match="different architectures"):
-        _check_compatible([base, dict(base, path="b", config=cfg("resnet18"))], "synthetic", False)
+        check_compatible([base, dict(base, path="b", config=cfg("resnet18"))], "synthetic", False)
     with pytest.raises(ValueError, match="different architectures"):
-        _check_compatible([base, dict(base, path="b", arch=[("w", (4,))])], "synthetic", False)
+        check_compatible([base, dict(base, path="b", arch=[("w", (4,))])], "synthetic", False)
     with pytest.raises(ValueError, match="numbers of classes"):
-        _check_compatible([base, dict(base, path="b", num_classes=5)], "synthetic", False)
+        check_compatible([base, dict(base, path="b", num_classes=5)], "synthetic", False)
     with pytest.raises(ValueError, match="different data"):
-        _check_compatible([base, dict(base, path="b", config=cfg(dataset="cifar10"))], "synthetic", False)
+        check_compatible([base, dict(base, path="b", config=cfg(dataset="cifar10"))], "synthetic", False)
 
 
 # ------------------------------------------------------------------------------------ end to end

@@ -7,7 +7,7 @@
   ``gsnr.png`` (GSNR per layer, one line per model);
 - ``robustness.md`` and a self-contained ``robustness.html`` (inline CSS, figures as data URIs).
 
-``results`` is a dict (see :func:`gradmask.cli.robustness.measure`): ``models`` (list of
+``results`` is a dict (see :func:`gradmask.cli.robustness.measure_runs`): ``models`` (list of
 ``{name, checkpoint, model, mask, seed, n_eval}``), ``data`` (``{dataset, source, split,
 n_images}``), ``pruning`` (``{model: {scheme: PruningCurve.to_dict()}}``), ``fgsm``
 (``FGSMCurve.to_dict()``), ``gsnr`` (``{model: {"summary": {layer: value, "network": value},

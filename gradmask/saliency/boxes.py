@@ -29,10 +29,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from PIL import Image
 
+from ..data import class_mapping
 from ..data.folder import IMAGE_EXTENSIONS, decode_images, scan_image_folder
 
 __all__ = ["VOC_CLASSES", "BoxDataset", "BOX_DATASETS", "load_box_dataset", "register_box_dataset", "parse_voc_xml",
-           "read_voc2007", "read_xml_boxes", "scale_boxes", "voc_to_boxes"]
+           "match_box_classes", "read_voc2007", "read_xml_boxes", "scale_boxes", "voc_to_boxes"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -441,3 +442,15 @@ def load_box_dataset(name: str, root: Optional[PathLike] = None, split: Optional
     if split is not None:
         kw["split"] = split
     return BOX_DATASETS[name](root=root, image_size=image_size, limit=limit, **kw)
+
+
+def match_box_classes(data: BoxDataset, classes, model: str) -> BoxDataset:
+    """``data`` labelled by ``classes``, the model's training classes (matched by name, in any
+    order); a class of the data the model lacks is a ``ValueError`` naming both lists and ``model``."""
+    index, _ = class_mapping(list(data.classes), list(classes), f"box data {data.name} ({data.source or 'rendered'})",
+                             model)
+    if list(data.classes) == list(classes):
+        return data
+    to_model = torch.tensor(index + [-1], dtype=torch.int64)  # position -1 keeps an unknown object -1
+    return BoxDataset(data.images, to_model[data.labels], data.boxes, list(classes),
+                      [to_model[o] for o in data.object_labels], data.names, data.name, data.split, data.source)

@@ -30,7 +30,7 @@ from .localization import _per_image, localization_scores, saliency_boxes, selec
 TRUTH_BOX = "white"        # the object's box on every panel
 PREDICTED_BOX = "#E69F00"  # the top pixels' box (Okabe-Ito orange), dashed
 
-__all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
+__all__ = ["METHODS", "PAPER_TABLE3", "check_classes", "default_cam_layer", "evaluate_localization", "make_method",
            "predict", "save_figure_grid", "write_localization_report"]
 
 #: The methods of Table 3 (the default set), by their registered names (SALIENCY_METHODS).
@@ -355,3 +355,12 @@ def write_localization_report(out_dir: Union[str, os.PathLike], results: dict, s
         paths["figure"] = Path(figure)
     write_atomic(paths["markdown"], "\n".join(lines))
     return paths
+
+
+def check_classes(model, data, where: str) -> None:
+    """ValueError unless ``model``'s logits cover the labels of ``data`` (a BoxDataset; ``where``: the model, named)."""
+    with torch.no_grad(), eval_mode(model):
+        classes = model(as_images(data.images[:1].to(model_device(model)), check_range=False)).shape[1]
+    if classes < data.num_classes:
+        raise ValueError(f"{where} has {classes} classes but the data has {data.num_classes} "
+                         f"({data.name}); evaluate it on the data it was trained for")
