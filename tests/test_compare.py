@@ -249,7 +249,7 @@ def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare_cli, "_train_cli", types.SimpleNamespace(
         add_train_arguments=add_train_arguments, config_from_args=config_from_args))
     calls = []
-    monkeypatch.setattr("gradmask.train.train", fake_train(calls))
+    monkeypatch.setattr("gradmask.compare.executor.train", fake_train(calls))  # what the command trains with
     out = tmp_path / "c"
     assert main(["compare", "--variants", "none,norm", "--seeds", "2", "--epochs", "4", "--lr", "0.02",
                  "--out", str(out)]) == 0
@@ -279,7 +279,7 @@ def test_cli_with_real_train_config(tmp_path, monkeypatch):
 
     real_compare = compare_cli.compare
     monkeypatch.setattr(compare_cli, "compare", lambda *a, **k: real_compare(*a, log=None, **k))
-    monkeypatch.setattr("gradmask.train.train", train_fn)
+    monkeypatch.setattr("gradmask.compare.executor.train", train_fn)
     out = tmp_path / "real"
     assert main(["compare", "--preset", "quick", "--epochs", "3", "--inhibition-rate", "0.3", "--variants",
                  "none,pixel", "--seeds", "2", "--seed-offset", "1", "--out", str(out)]) == 0
