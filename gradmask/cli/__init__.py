@@ -8,6 +8,7 @@ import traceback
 from typing import Optional
 
 from .. import __version__
+from ..train.engine import TrainingDiverged
 from . import compare, mask_stats, reproduce, robustness, saliency, status, train
 from .options import COMMANDS, HelpFormatter
 
@@ -35,7 +36,6 @@ def expected_error(exc: BaseException) -> Optional[str]:
     permissions; with the file), a diverged training, an exception class that says it is one
     (``expected_failure = True``, e.g. Slurm jobs that failed, with their logs); also when one of these
     caused the exception (a run that failed in a worker process)."""
-    from ..train.engine import TrainingDiverged
     seen = exc
     while seen is not None and not (isinstance(seen, (ValueError, OSError, TrainingDiverged))
                                     or getattr(seen, "expected_failure", False)):

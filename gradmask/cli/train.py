@@ -15,6 +15,7 @@ from typing import Optional
 from ..train.augment import augment_names
 from ..train.config import AMP_MODES, DATASETS, PRESETS, SCHEDULE_ALIASES, SCHEDULES, STEMS, TrainConfig
 from ..train.distributed import is_main_process
+from ..train.engine import train
 from ..train.inhibition import INHIBITION_SCHEDULES
 from .options import add_mask_arguments, device_argument, register, show_default
 
@@ -141,7 +142,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 @register("train", "train a model with or without the gradient mask (metrics, checkpoints, resume, DDP)",
           add_train_arguments)
 def train_command(args: argparse.Namespace) -> int:
-    from ..train.engine import train
     config = config_from_args(args)
     final = train(config)
     if is_main_process():

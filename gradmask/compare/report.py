@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..data import DATASETS
+from ..robustness import plot_gsnr
 from ..settings import MASK_MODES
 from ..train.config import field_applies
 from ..train.records import CONFIG, RunRecords, read_run
@@ -700,7 +701,6 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
                 paths["loss"])
     probed = [r.path for r in runs if (r.path / "gsnr.jsonl").is_file()]
     if probed:
-        from ..robustness import plot_gsnr
         plot_gsnr(probed, out / "gsnr.png")
 
     blocks = _report_blocks(out, runs, summaries, gaps)

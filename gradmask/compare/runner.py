@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..train import train
+from ..train.config import RESUME_FREE_FIELDS, TrainConfig
 from ..train.distributed import is_main_process
 from ..train.records import FINAL, read_final
-from ..train.rundir import take_folder
+from ..train.rundir import RunDir, take_folder
 from .arms import arm_changes, parse_arm
 from .executor import check_executor, open_trainer
 from .jobs import check_jobs, train_all
@@ -91,8 +92,6 @@ def changed_runs(base_config, runs: list[tuple[str, int, str]], tuned: Iterable[
     """``{run dir: {field: (run's value, requested value)}}`` for the runs already in their folders
     whose settings differ from ``base_config`` (fields ``tuned`` aside: a tuned point sets them);
     ``{}`` when ``base_config`` is not a TrainConfig (a stand-in whose ``train_fn`` keeps its own books)."""
-    from ..train.config import RESUME_FREE_FIELDS, TrainConfig
-    from ..train.rundir import RunDir
     if not isinstance(base_config, TrainConfig):
         return {}
     ignore = RESUME_FREE_FIELDS + tuple(tuned)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from ..train import train
 from ..train.config import MAX_VAL_FRACTION, TrainConfig, field_applies
 from ..util.files import read_record, write_record
 from .arms import arm_changes, arm_mask, field_converter
@@ -272,7 +273,7 @@ def run_tuning(base, variants: Iterable[str], tuning: Tuning, out, seed_offset: 
     variants = tuple(variants)
     plan = tuning_plan(base, variants, tuning, out, seed_offset)
     if train_fn is None:
-        from gradmask.train import train as train_fn
+        train_fn = train
 
     def announce(k: int, config) -> None:
         variant, point, seed, _ = plan[k - 1]

@@ -27,6 +27,7 @@ import torch
 
 from ..compare.executor import check_executor, open_trainer
 from ..compare.jobs import check_jobs
+from ..compare.tuning import grid_points
 from ..train import train
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.config import SCHEDULE_ALIASES
@@ -38,6 +39,7 @@ from ..util.progress import RunProgress
 from . import runs as training
 from .experiments import EXPERIMENTS
 from .presets import ABLATION_VARIANTS, TRAINED_BOX_SETS, Plan
+from .report import write_report
 from .store import STATE, STEPS, Step, read_state, read_step, stored_json, write_json, write_step
 
 
@@ -124,7 +126,6 @@ def _stale(step: "Step", stored: dict, runs: _Runs, trained: list[Path]) -> str 
 
 
 def _tuning_runs(tuning, variants) -> int:
-    from ..compare.tuning import grid_points
     return 0 if tuning is None else sum(len(grid_points(tuning, v)) for v in variants) * tuning.seeds
 
 
@@ -242,7 +243,6 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
 
 def _reproduce_in(plan: Plan, out: Path, main: bool, progress: bool, command: str | None,
                   train_fn: Callable | None, log: Callable[[str], None], jobs: int) -> dict:
-    from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     state = read_state(out)

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from ..data import class_mapping
+from ..data import class_mapping, load_dataset
 from ..data.folder import IMAGE_EXTENSIONS, decode_images, scan_image_folder
 
 __all__ = ["VOC_CLASSES", "BoxDataset", "BOX_DATASETS", "load_box_dataset", "register_box_dataset", "parse_voc_xml",
@@ -397,7 +397,6 @@ def register_box_dataset(name: str) -> Callable:
 
 @register_box_dataset("synthetic")
 def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
-    from ..data import load_dataset
     seed = kw.pop("seed", 0)  # the training engine's fixed synthetic data seed
     ds = load_dataset("synthetic", split=split, n=limit if limit is not None else 1000, seed=seed,
                       image_size=image_size if image_size is not None else 32, **kw)
@@ -406,7 +405,6 @@ def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> Bo
 
 @register_box_dataset("cifar10-placed")
 def _placed(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
-    from ..data import load_dataset
     if root is None:
         raise ValueError("dataset 'cifar10-placed' needs root=<the CIFAR-10 release: folder or archive>")
     seed = kw.pop("seed", 0)  # the training engine's fixed rendered-data seed

@@ -25,7 +25,7 @@ from ..util.files import write_atomic
 from ..util.reporting import SEQUENTIAL_CMAP, figure, save_figure
 from . import gradcam, limap  # noqa: F401  (register "gradcam", "gradcam++", "limap")
 from .base import SALIENCY_METHODS, SaliencyMethod, unwrap_model
-from .localization import _per_image, localization_scores, saliency_boxes, select_images
+from .localization import _per_image, box_iou, localization_scores, saliency_boxes, select_images
 
 TRUTH_BOX = "white"        # the object's box on every panel
 PREDICTED_BOX = "#E69F00"  # the top pixels' box (Okabe-Ito orange), dashed
@@ -260,7 +260,6 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
     :data:`~gradmask.util.reporting.SEQUENTIAL_CMAP` (perceptually uniform). ``images``
     ``(M, 3, H, W)`` uint8 or [0, 1]; ``boxes`` ``(M, 4)`` or per-image lists; ``maps_by_method``
     name -> ``(M, H, W)``. Returns the path."""
-    from .localization import box_iou
 
     images = as_images(images, check_range=False).detach().cpu()
     m = len(images)

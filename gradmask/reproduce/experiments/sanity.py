@@ -8,6 +8,9 @@ from typing import Optional
 import torch
 
 from ...compare.tuning import read_tuning
+from ...saliency import GradCAM, LIMap
+from ...saliency.evaluate import default_cam_layer
+from ...saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 from ...train import load_checkpoint
 from ...util.durations import format_duration
 from .. import paper
@@ -34,9 +37,6 @@ class SanityResult:
 
 def run(plan: Plan, out, progress: bool = False) -> SanityResult:
     """Cascading randomization of LI-Map and Grad-CAM on seed 0's ``lateral`` synthetic model."""
-    from ...saliency import GradCAM, LIMap
-    from ...saliency.evaluate import default_cam_layer
-    from ...saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = box_data("synthetic", plan, ev.sanity_images, run_path(out, "synthetic", "lateral", 0))

@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 import torch
 
 from ...compare.tuning import read_tuning
+from ...saliency.evaluate import evaluate_localization, save_figure_grid
 from ...train import load_checkpoint
 from ...util.durations import format_duration
 from ...util.reporting import evaluation_warnings
@@ -57,7 +58,6 @@ def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> 
     (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic and cifar10-placed
     boxes use their own runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
     explained and misclassified images are kept, as VOC labels are not ImageNet classes)."""
-    from ...saliency.evaluate import evaluate_localization, save_figure_grid
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
     dataset = box_set if box_set in TRAINED_BOX_SETS else "imagenet"
