@@ -1,122 +1,108 @@
-"""Intra-package import graph of gradmask: modules, edges, cycles (strongly connected components of
-more than one module; a package's ``__init__`` counts as a module and its imports as edges, in-function
-imports too) and imports placed inside functions. Static (ast), so it runs without torch.
+"""Import cycles of gradmask on grimp's graph (the one ``lint-imports`` checks: imports inside
+functions included, those under ``if TYPE_CHECKING`` left out, as in the contract).
 
-    python .ci/import_graph.py [PACKAGE_DIR]
+Two levels: modules (strongly connected components of more than one module) and, for every
+package, its direct children (a child package stands for everything below it; an edge between two
+children is an import from anything in one to anything in the other).
+
+    python .ci/import_graph.py [PACKAGE]      # exit status 1 when there is a cycle
 """
 from __future__ import annotations
 
-import ast
 import sys
-from pathlib import Path
+from typing import Iterable, Mapping
 
 
-def module_name(root: Path, path: Path) -> str:
-    parts = list(path.relative_to(root.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def resolve(current: str, is_package: bool, node: ast.ImportFrom) -> str:
-    if node.level == 0:
-        return node.module or ""
-    base = current.split(".") if is_package else current.split(".")[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
-def graph(root: Path):
-    modules = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
-    edges: dict[str, set[str]] = {m: set() for m in modules}
-    inner = 0
-    for mod, path in modules.items():
-        tree = ast.parse(path.read_text())
-        is_package = path.name == "__init__.py"
-        in_function, type_only = set(), set()
-        for fn in ast.walk(tree):
-            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for n in ast.walk(fn):
-                    if isinstance(n, (ast.Import, ast.ImportFrom)):
-                        in_function.add(id(n))
-            if isinstance(fn, ast.If) and "TYPE_CHECKING" in ast.unparse(fn.test):
-                type_only.update(id(n) for n in ast.walk(fn))
-        for node in ast.walk(tree):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = resolve(mod, is_package, node)
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
-            targets = [t for t in targets if t.split(".")[0] == root.name]
-            if not targets or id(node) in type_only:  # imports for type checkers only never run
+def strongly_connected(edges: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node of ``edges`` (node -> its targets;
+    a target that is not a key is a node without edges), each sorted (Tarjan, iterative)."""
+    nodes = set(edges) | {t for ts in edges.values() for t in ts}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(nodes):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, targets = work[-1]
+            w = next(targets, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(edges.get(w, ())))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
                 continue
-            if id(node) in in_function:
-                inner += 1
-            for t in targets:
-                while t not in modules and "." in t:
-                    t = t.rsplit(".", 1)[0]
-                # a module importing its own package (``from . import x``) finds it already loading
-                if t in modules and t != mod and not mod.startswith(t + "."):
-                    edges[mod].add(t)
-    return modules, edges, inner
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return sorted(out)
 
 
-def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
-    index, low, stack, on, out = {}, {}, [], set(), []
-    counter = [0]
+def package_cycles(edges: Mapping[str, Iterable[str]], children: Mapping[str, Iterable[str]]) -> dict[str, list]:
+    """``{package: its cycles}`` for every package (``children``: package -> its direct children)
+    whose direct children import each other in a cycle."""
+    found = {}
+    for package, kids in sorted(children.items()):
+        kids = sorted(kids)
+        squashed: dict[str, set[str]] = {k: set() for k in kids}
+        for source, targets in edges.items():
+            a = _owner(source, kids)
+            for target in targets:
+                b = _owner(target, kids)
+                if a is not None and b is not None and a != b:
+                    squashed[a].add(b)
+        cycles = strongly_connected(squashed)
+        if cycles:
+            found[package] = cycles
+    return found
 
-    def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in edges[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            out.append(sorted(comp))
 
-    sys.setrecursionlimit(10000)
-    for v in edges:
-        if v not in index:
-            visit(v)
-    return [c for c in out if len(c) > 1]
+def _owner(module: str, kids: list[str]):
+    """The child of ``kids`` that ``module`` is or lies below, or None."""
+    return next((k for k in kids if module == k or module.startswith(k + ".")), None)
+
+
+def graph(package: str = "gradmask") -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """``(edges, children)`` of ``package``'s modules from grimp (``lint-imports``' graph)."""
+    import grimp
+    g = grimp.build_graph(package, cache_dir=None, exclude_type_checking_imports=True)
+    edges = {m: set(g.find_modules_directly_imported_by(m)) for m in g.modules}
+    children = {m: set(g.find_children(m)) for m in g.modules if g.find_children(m)}
+    return edges, children
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[1] if len(argv) > 1 else "gradmask").resolve()
-    modules, edges, inner = graph(root)
-    sccs = strongly_connected(edges)
-    print(f"modules: {len(modules)}  edges: {sum(map(len, edges.values()))}  in-function imports: {inner}")
-    print(f"cycles (strongly connected components of more than one module): {len(sccs)}, "
-          f"modules in them: {sum(map(len, sccs))}")
-    for c in sccs:
-        print(f"  {len(c)}: {', '.join(c)}")
-    # the same at the level of the sub-packages (gradmask.train, gradmask.compare, ...; a top-level
-    # module stands for itself; every command module, ``*.cli``, belongs to the command line, gradmask.cli)
-    def unit(m: str) -> str:
-        return "gradmask.cli" if m.endswith(".cli") else ".".join(m.split(".")[:2])
-    units: dict[str, set[str]] = {}
-    for m, ts in edges.items():
-        units.setdefault(unit(m), set()).update(unit(t) for t in ts if unit(t) != unit(m))
-    for t in {t for ts in units.values() for t in ts}:
-        units.setdefault(t, set())
-    package_sccs = strongly_connected(units)
-    print(f"sub-package cycles: {len(package_sccs)}")
-    for c in package_sccs:
-        print(f"  {len(c)}: {', '.join(c)}")
-    return 0
+    edges, children = graph(argv[1] if len(argv) > 1 else "gradmask")
+    modules = strongly_connected(edges)
+    packages = package_cycles(edges, children)
+    print(f"modules: {len(edges)}  edges: {sum(map(len, edges.values()))}  packages: {len(children)}")
+    print(f"module cycles: {len(modules)}")
+    for c in modules:
+        print(f"  {' <-> '.join(c)}")
+    print(f"package cycles: {len(packages)}")
+    for package, cycles in packages.items():
+        for c in cycles:
+            print(f"  in {package}: {' <-> '.join(c)}")
+    return 1 if modules or packages else 0
 
 
 if __name__ == "__main__":

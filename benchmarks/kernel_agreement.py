@@ -50,9 +50,9 @@ import torch.nn.functional as F
 
 import gradmask
 from gradmask.data import load_dataset, make_synthetic, random_crop_flip, subset_index, to_float
-from gradmask.files import write_atomic
 from gradmask.laplacian import LoGFilter, filter_matrix
 from gradmask.selection import kth_smallest_and_max
+from gradmask.util.files import write_atomic
 
 MASKS = ("lateral", "box", "centre-surround", "norm")
 PAIRS = tuple(itertools.combinations(MASKS, 2))

@@ -5,7 +5,8 @@
 ``gradmask.models.register_model`` adds ``fn(num_classes, stem, mean, std, **kw) -> nn.Module`` under its
 function name (``groups``: the mask's channel sets K when ``--groups`` is not given), so ``--model tiny_resnet``
 works in ``train``, ``compare``, ``mask-stats``... in this process (``--jobs N`` workers are fresh interpreters:
-register there with ``ProcessTrainer(initializer=...)``, or use ``--jobs 1``). The model takes images in [0, 1];
+register there with the ``setup`` function of ``gradmask.compare.compare`` /
+``gradmask.compare.executor.open_trainer``, or use ``--jobs 1``). The model takes images in [0, 1];
 ``Normalized`` puts the dataset's normalisation first.
 """
 import sys

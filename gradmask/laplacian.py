@@ -26,6 +26,8 @@ import functools
 import logging
 import math
 import warnings
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -42,6 +44,14 @@ NOT_BUILT_NOTICE = ("gradmask: the compiled LoG (gradmask/_banded.c) was not bui
                     "the LoG runs on matrix products, slower on CPU")
 
 
+def compiled_path() -> Optional[Path]:
+    """The built extension ``_banded<suffix>`` beside this module (a suffix of this interpreter's
+    ``EXTENSION_SUFFIXES``), or None. Loaded by path with ctypes, not imported: it is a plain C
+    library, and an import of it would read as an import of the package."""
+    here = Path(__file__).parent
+    return next((here / f"_banded{s}" for s in EXTENSION_SUFFIXES if (here / f"_banded{s}").is_file()), None)
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_library():
     """The compiled ``gradmask/_banded.c`` (``gradmask_banded_log``, ``gradmask_finite_input``,
@@ -49,15 +59,14 @@ def compiled_library():
     types set, or None if it was not built (a one-line notice, :data:`NOT_BUILT_NOTICE`, on the
     "gradmask" logger) or was built from an older ``_banded.c`` (a warning says so, and the matrix
     products serve until ``pip install -e .`` rebuilds it)."""
-    try:
-        from . import _banded
-    except ImportError:
+    path = compiled_path()
+    if path is None:
         logging.getLogger("gradmask").warning(NOT_BUILT_NOTICE)
         return None
-    library = ctypes.CDLL(_banded.__file__)  # ctypes releases the GIL during each call
+    library = ctypes.CDLL(str(path))  # ctypes releases the GIL during each call
     version = getattr(library, "gradmask_compiled_version", None)
     if version is None or version() != COMPILED_VERSION:
-        warnings.warn(f"{_banded.__file__} was built from an older gradmask/_banded.c; rebuild it "
+        warnings.warn(f"{path} was built from an older gradmask/_banded.c; rebuild it "
                       f"(pip install -e .). Until then the LoG runs on the matrix products.", RuntimeWarning,
                       stacklevel=2)
         return None

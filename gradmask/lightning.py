@@ -12,7 +12,7 @@ it, e.g. ``"model.layer1.0"`` for a module that holds ``self.model``), removed w
 test or predict loops run (no backward there) and put back afterwards, and removed when fitting
 ends or fails. The kept fraction and the share of the gradient's energy kept of each target are
 logged once per training epoch with ``LightningModule.log`` under the names ``gradmask train`` gives
-them in TensorBoard (:mod:`gradmask.metric_names`: ``gradmask/kept/<target>``,
+them in TensorBoard (:mod:`gradmask.util.metric_names`: ``gradmask/kept/<target>``,
 ``gradmask/energy_kept/<target>``), averaged over processes under DDP.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .hooks import MaskHandle, Target, _check_token_grid, attach
 from .mask import GradientMask
-from .metric_names import PER_TARGET, metric_tag
+from .util.metric_names import PER_TARGET, metric_tag
 
 LOG_PREFIX = PER_TARGET["mask_kept"]  # "gradmask/kept"
 

@@ -3,7 +3,7 @@
 :class:`gradmask.GradientMask`, :class:`gradmask.LoGFilter`, LI-Map and the LI background blur
 take their defaults from :data:`DEFAULTS`; ``TrainConfig.mask_settings`` is one (its ``groups``: the
 model's, :func:`gradmask.models.model_groups`), and the command-line options
-(:func:`gradmask.commands.add_mask_arguments`) are generated from the fields below with their help
+(:func:`gradmask.cli.options.add_mask_arguments`) are generated from the fields below with their help
 text. Plain Python: no torch.
 """
 from __future__ import annotations

@@ -19,9 +19,9 @@ from tiny_runs import tiny
 
 from gradmask.cli import main
 from gradmask.data import load_dataset
-from gradmask.files import CHECKSUM, ChecksumError, UnverifiedFileWarning, digest, verify, with_checksum
 from gradmask.reproduce.store import read_step, write_step
 from gradmask.train import load_checkpoint, read_checkpoint, train
+from gradmask.util.files import CHECKSUM, ChecksumError, UnverifiedFileWarning, digest, verify, with_checksum
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_step_results_carry_a_checksum(tmp_path):
 def test_short_writes_are_completed_so_torch_save_is_not_cut(tmp_path):
     """A write interrupted by a signal may write part of its bytes and say so: write_atomic's file
     completes them (a preempted Slurm job once wrote a checkpoint torch.save called damaged)."""
-    from gradmask.files import _WriteErrors
+    from gradmask.util.files import _WriteErrors
 
     class Short:
         def __init__(self):

@@ -96,7 +96,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, 
     import os
     import tempfile
 
-    from gradmask import files
+    from gradmask.util import files
     if where == "lock":  # every fsync fails: the first write is the run folder's lock
         def full(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -126,7 +126,7 @@ def test_a_full_disk_appending_metrics_names_the_file(tmp_path, monkeypatch):
 
 def test_an_unexpected_exception_prints_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
     from gradmask.cli import build_parser
-    from gradmask.commands import COMMANDS
+    from gradmask.cli.options import COMMANDS
 
     def broken(args):
         raise KeyError("surprise")

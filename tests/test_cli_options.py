@@ -7,10 +7,10 @@ import pytest
 
 import gradmask
 from gradmask.cli import build_parser, main
-from gradmask.commands import HelpFormatter
+from gradmask.cli.options import HelpFormatter
+from gradmask.cli.train import config_from_args
 from gradmask.settings import MaskSettings
 from gradmask.train import TrainConfig
-from gradmask.train.cli import config_from_args
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import gradmask.compare.cli as compare_cli
+import gradmask.cli.compare as compare_cli
 from gradmask.cli import main
 from gradmask.compare import check_seeds, check_variants, compare, load_runs, run_order, write_report
 
@@ -235,7 +235,7 @@ def test_cli_bad_input(tmp_path, capsys):
 
 
 def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
-    """The training flags come from gradmask.train.cli; --out/--mask/--seed are overridden by compare's."""
+    """The training flags come from gradmask.cli.train; --out/--mask/--seed are overridden by compare's."""
     def add_train_arguments(parser):
         parser.add_argument("--epochs", type=int, default=90)
         parser.add_argument("--lr", type=float, default=0.1)
@@ -249,7 +249,7 @@ def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare_cli, "_train_cli", types.SimpleNamespace(
         add_train_arguments=add_train_arguments, config_from_args=config_from_args))
     calls = []
-    monkeypatch.setattr("gradmask.train.train", fake_train(calls))
+    monkeypatch.setattr("gradmask.compare.executor.train", fake_train(calls))  # what the command trains with
     out = tmp_path / "c"
     assert main(["compare", "--variants", "none,norm", "--seeds", "2", "--epochs", "4", "--lr", "0.02",
                  "--out", str(out)]) == 0
@@ -264,7 +264,7 @@ def test_cli_trains_with_train_flags(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_with_real_train_config(tmp_path, monkeypatch):
-    """The real gradmask.train.cli flags build the TrainConfig; compare replaces mask/seed/out/resume."""
+    """The real gradmask.cli.train flags build the TrainConfig; compare replaces mask/seed/out/resume."""
     train_mod = pytest.importorskip("gradmask.train")
     calls = []
 
@@ -279,7 +279,7 @@ def test_cli_with_real_train_config(tmp_path, monkeypatch):
 
     real_compare = compare_cli.compare
     monkeypatch.setattr(compare_cli, "compare", lambda *a, **k: real_compare(*a, log=None, **k))
-    monkeypatch.setattr("gradmask.train.train", train_fn)
+    monkeypatch.setattr("gradmask.compare.executor.train", train_fn)
     out = tmp_path / "real"
     assert main(["compare", "--preset", "quick", "--epochs", "3", "--inhibition-rate", "0.3", "--variants",
                  "none,pixel", "--seeds", "2", "--seed-offset", "1", "--out", str(out)]) == 0

@@ -101,6 +101,27 @@ def test_a_run_failing_in_a_worker_process_is_named(tmp_path):
             trainer(config)
 
 
+def _user_augment(config):
+    from gradmask.train.plugins import Augment
+    return Augment(crop_flip=False)
+
+
+def register_user_augment() -> None:
+    """A user's plug-in: registered in this process by the script, in the workers by ``setup``."""
+    from gradmask.train.plugins import register_augment
+    register_augment("user-augment")(_user_augment)
+
+
+def test_a_user_plugin_reaches_the_worker_processes_through_setup(tmp_path):
+    register_user_augment()
+    config = TrainConfig(**{**TINY, "augment": "user-augment"})
+    dirs = compare(config, ("none",), seeds=2, out=tmp_path, jobs=2, setup=register_user_augment, log=None)
+    assert [d.name for d in dirs] == ["none-seed0", "none-seed1"]
+    for d in dirs:
+        assert json.loads((d / "config.json").read_text())["augment"] == "user-augment"
+        assert (d / "final.json").is_file()
+
+
 def test_workers_share_out_the_gpus():
     assert job_devices("cuda", 3, cuda_count=2) == ["cuda:0", "cuda:1", "cuda:0"]
     assert job_devices("auto", 2, cuda_count=4) == ["cuda:0", "cuda:1"]

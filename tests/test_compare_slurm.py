@@ -18,13 +18,15 @@ import torch
 from tiny_runs import tiny
 
 from gradmask.cli import main
-from gradmask.compare.executor import SLURM_DIR, check_executor, executor_from_args, open_trainer
+from gradmask.cli.options import add_executor_arguments, executor_from_args
+from gradmask.compare import slurm as slurm_module
+from gradmask.compare.executor import SLURM_DIR, check_executor, open_trainer
 from gradmask.compare.jobs import train_all
-from gradmask.compare.slurm import JOBS_JSON, SlurmExecutor, SlurmJobFailed, parse_sbatch_args, parse_time
-from gradmask.progress import RunProgress
-from gradmask.train import rundir
+from gradmask.compare.slurm import JOBS_JSON, SlurmExecutor, SlurmJobFailed, SlurmRun, parse_sbatch_args, parse_time
+from gradmask.train import TrainConfig, rundir
 from gradmask.train.distributed import Launch, expand_hostlist, launch, slurm_launch
 from gradmask.train.rundir import RunDirInUse, RunLock
+from gradmask.util.progress import RunProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 #: one CPU and little memory per job: two jobs side by side on the 2-CPU CI machine
@@ -352,6 +354,25 @@ def test_the_local_executor_is_the_default_and_unchanged(tmp_path):
     assert not (tmp_path / SLURM_DIR).exists()
     import argparse
     parser = argparse.ArgumentParser()
-    from gradmask.compare.cli import add_executor_arguments
     add_executor_arguments(parser)
     assert executor_from_args(parser.parse_args([])) == "local"
+
+
+def test_a_slurm_job_calls_setup_before_it_trains(monkeypatch):
+    """What a job runs (SlurmRun, pickled with the user's ``setup``) calls it first, then trains."""
+    import pickle
+    calls = []
+    monkeypatch.setattr(slurm_module, "train", lambda config: calls.append(("train", config.augment)) or {})
+    run = pickle.loads(pickle.dumps(SlurmRun(setup=_record_setup)))
+    _SETUP_CALLS.clear()
+    assert run(TrainConfig(augment="none").to_dict()) == {}
+    assert _SETUP_CALLS == ["setup"] and calls == [("train", "none")]
+    SlurmRun()(TrainConfig(augment="none").to_dict())  # no setup: trains all the same
+    assert _SETUP_CALLS == ["setup"] and len(calls) == 2
+
+
+_SETUP_CALLS: list = []
+
+
+def _record_setup() -> None:
+    _SETUP_CALLS.append("setup")

@@ -154,7 +154,7 @@ def test_validation_split_is_disjoint_complete_and_fixed(n, fraction):
 
 
 def test_run_data_trains_without_the_validation_images():
-    from gradmask.train.plugins import build_augment
+    from gradmask.train.augment import build_augment
     config = tiny(val_fraction=0.25, train_limit=None, synthetic_train=80)
     data = train_data.build_data(config, build_augment(config), torch.device("cpu"))
     assert data.eval_split == "val" and data.test_size == 20 and data.train_size == 60
@@ -417,7 +417,7 @@ def test_epoch_gap_is_welch_over_seeds_per_epoch():
 
 
 def test_compare_cli_passes_the_grid_through(tmp_path, monkeypatch, capsys):
-    import gradmask.compare.cli as compare_cli
+    import gradmask.cli.compare as compare_cli
     seen = {}
 
     def fake_compare(base, **kwargs):
@@ -448,7 +448,7 @@ def test_reproduce_cli_bad_tuning_input(tmp_path, capsys, argv, match):
 def test_reproduce_cli_overrides_the_presets_tuning(tmp_path):
     import argparse
 
-    from gradmask.reproduce.cli import tuning_from_args
+    from gradmask.cli.reproduce import tuning_from_args
     args = argparse.Namespace(preset="cifar-full", tune=[], tune_epochs=2, tune_seeds=None, val_fraction=None)
     t = tuning_from_args(args)
     assert t.grid == PRESETS["cifar-full"].tuning.grid == {"lr": (0.05, 0.1, 0.2, 0.4)}

@@ -93,7 +93,7 @@ def test_the_command_line_builds_the_stored_configs():
     """``gradmask train ARGV`` -> the flat config recorded in fixtures/cli-train-configs.json (14 argv, keyed by
     the argv joined by spaces; written by issue 23's snapshot_cli.py at ea27df6)."""
     from gradmask.cli import build_parser
-    from gradmask.train.cli import config_from_args
+    from gradmask.cli.train import config_from_args
 
     expected = json.loads((FIXTURES.parent / "cli-train-configs.json").read_text())
     for key, flat in expected.items():

@@ -9,8 +9,8 @@ from PIL import Image
 from gradmask.data import ImageDataset, load_dataset, load_test_split, make_imagenet_loader, match_classes
 from gradmask.robustness import evalset
 from gradmask.train import TrainConfig
+from gradmask.train.augment import build_augment
 from gradmask.train.data import build_data
-from gradmask.train.plugins import build_augment
 
 COLOURS = {"bird": (250, 250, 0), "cat": (200, 30, 30), "dog": (30, 30, 200), "emu": (30, 200, 30)}
 

@@ -191,8 +191,8 @@ def test_real_cifar10_objects_are_placed_with_their_class(tmp_path):
 
 def test_only_the_fields_a_renderer_takes_reach_it_or_the_reports():
     from gradmask.compare.report import _applies
+    from gradmask.data import render_options
     from gradmask.train import TrainConfig
-    from gradmask.train.data import render_options
     placed = TrainConfig(dataset="cifar10-placed", data="x", synthetic_clutter=0.0)
     assert render_options(placed) == {} and render_options(placed, "synthetic") == {"clutter": 0.0}
     assert not _applies("synthetic_clutter", {"dataset": "cifar10-placed"})

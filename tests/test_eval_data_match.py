@@ -82,8 +82,7 @@ def test_synthetic_model_with_other_class_order_is_scored_by_name(tmp_path, main
     """Same names, another order: labels are matched to the model's classes by name."""
     import torch
     run = write_run(tmp_path / "syn", list(reversed(SYNTHETIC_CLASSES)))
-    from gradmask.saliency.boxes import load_box_dataset
-    from gradmask.saliency.cli import match_box_classes
+    from gradmask.saliency.boxes import load_box_dataset, match_box_classes
     data = load_box_dataset("synthetic", limit=20)
     matched = match_box_classes(data, list(reversed(SYNTHETIC_CLASSES)), str(run))
     assert torch.equal(matched.labels, len(SYNTHETIC_CLASSES) - 1 - data.labels)

@@ -17,11 +17,11 @@ from tiny_runs import tiny
 
 from gradmask.cli import main
 from gradmask.compare import compare
-from gradmask.files import write_atomic
 from gradmask.reproduce import make_plan, reproduce, runner
 from gradmask.reproduce import report as reproduce_report
 from gradmask.train import TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.checkpoint import save_checkpoint
+from gradmask.util.files import write_atomic
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoi
                                                                                     monkeypatch):
     import tempfile
 
-    from gradmask import files
+    from gradmask.util import files
     path = tmp_path / "checkpoint.pt"
     shutil.copy(finished_run / "checkpoint.pt", path)
     before = path.read_bytes()
@@ -258,7 +258,7 @@ def test_a_training_split_smaller_than_one_batch_is_refused_before_training(tmp_
                                      ["blur-eval", "RUN", "--batch-size", "0"], ["saliency", "RUN", "--images", "0"],
                                      ["blur-eval", "RUN", "--images", "0"], ["saliency", "RUN", "--image-size", "0"]])
 def test_evaluation_options_are_validated_before_any_work(command, finished_run, tmp_path, capsys, monkeypatch):
-    from gradmask.saliency import cli as saliency_cli
+    from gradmask.cli import saliency as saliency_cli
     monkeypatch.setattr(saliency_cli, "_load_model", lambda *a: pytest.fail("loaded a model before validating"))
     args = [str(finished_run) if a == "RUN" else a for a in command]
     assert main(args + ["--out", str(tmp_path / "o")]) == 2

@@ -1,5 +1,6 @@
 """The one-way architecture: ``import gradmask`` loads the core only, the rest on first use; the
-intra-package import graph has no cycles (.ci/import_graph.py)."""
+layers contract holds without exemptions and the import graph has no cycle, between modules or
+between the children of any package (.ci/import_graph.py)."""
 import json
 import subprocess
 import sys
@@ -47,32 +48,18 @@ def test_unknown_name_is_an_attribute_error():
         raise AssertionError("gradmask.no_such_thing resolved")
 
 
-def test_training_plugins_missing_say_what_to_import(monkeypatch):
-    """The engine imports nothing above it: li-blur and the GSNR probe are registered by their owners;
-    a config that needs one whose module was not imported fails before any work, naming the module."""
+def test_the_engine_registers_its_augmentations_and_the_gsnr_probe_itself():
+    """li-blur and the GSNR probe are the engine's own (train.augment, train.gsnr_probe): a config
+    naming one trains without importing anything else; an unknown name is refused naming the known."""
     import pytest
 
-    from gradmask.train import TrainConfig, plugins
-    monkeypatch.setattr(plugins, "AUGMENTS", {k: v for k, v in plugins.AUGMENTS.items() if k != "li-blur"})
-    monkeypatch.setattr(plugins, "CONFIG_CALLBACKS", {})
-    config = TrainConfig(augment="li-blur")  # a stored config naming a plug-in still validates
-    with pytest.raises(ValueError, match="gradmask.saliency.li_blur_augment"):
-        plugins.check_plugins(config)
-    with pytest.raises(ValueError, match="gradmask.robustness.gsnr_callback"):
-        plugins.check_plugins(TrainConfig(gsnr_every=1))
-    plugins.check_plugins(TrainConfig())  # nothing needed, nothing missing
-    with pytest.raises(ValueError, match="augment must be one of"):
+    from gradmask.train import TrainConfig, augment, gsnr_probe, plugins
+    assert augment.AUGMENTS["li-blur"] is augment.li_blur and plugins.AUGMENTS is augment.AUGMENTS
+    assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_probe.gsnr_probe
+    assert augment.augment_names() == ["crop-flip", "li-blur", "none"]
+    TrainConfig(augment="li-blur").validate()  # a stored config naming it validates
+    with pytest.raises(ValueError, match=r"augment must be one of \['crop-flip', 'li-blur', 'none'\], got 'no-such'"):
         TrainConfig(augment="no-such").validate()
-
-
-def test_plugin_modules_register_with_the_engine():
-    from gradmask.robustness import gsnr_callback
-    from gradmask.saliency import li_blur_augment
-    from gradmask.train import plugins
-    assert plugins.AUGMENTS["li-blur"] is li_blur_augment.li_blur
-    assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_callback.gsnr_probe
-    assert set(plugins.PLUGIN_AUGMENTS.values()) | set(plugins.PLUGIN_CALLBACKS.values()) == {
-        li_blur_augment.__name__, gsnr_callback.__name__}
 
 
 def test_all_lists_the_core_and_every_lazy_name():
@@ -132,10 +119,17 @@ print('ok')
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_import_contracts_hold_and_no_subpackage_imports_another_in_a_cycle():
-    """The layers contract of pyproject.toml (lint-imports, also run by .ci/run) and the import
-    graph of .ci/import_graph.py: no cycle between sub-packages (command modules counted as the
-    command line)."""
+def _import_graph():
+    """.ci/import_graph.py as a module (the cycle finder on grimp's graph, the one lint-imports uses)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / ".ci" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_import_contracts_hold():
+    """The layers contract of pyproject.toml (lint-imports, also run by .ci/run), without exemptions."""
     import shutil
 
     import pytest
@@ -143,9 +137,38 @@ def test_import_contracts_hold_and_no_subpackage_imports_another_in_a_cycle():
         pytest.skip("import-linter is not installed (it is in the test extra)")
     out = subprocess.run(["lint-imports"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
-    graph = subprocess.run([sys.executable, ".ci/import_graph.py"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout
-    assert "sub-package cycles: 0" in graph, graph
+    assert "ignore_imports" not in _layers_contract(), "the layers contract has exemptions"
+
+
+def _layers_contract() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    start = text.index('type = "layers"')
+    return text[start:text.index("[[tool.importlinter.contracts]]", start)]
+
+
+def test_no_import_cycle_between_modules_nor_between_the_children_of_any_package():
+    """On grimp's graph (imports inside functions included, TYPE_CHECKING ones not, as in the
+    contract): no module imports itself through others, and in no package (gradmask, gradmask.cli,
+    gradmask.train, ...) do two children import each other, directly or round a ring."""
+    import pytest
+    pytest.importorskip("grimp")
+    graph = _import_graph()
+    edges, children = graph.graph("gradmask")
+    assert {"gradmask", "gradmask.cli", "gradmask.train", "gradmask.compare"} <= set(children)
+    assert graph.strongly_connected(edges) == []
+    assert graph.package_cycles(edges, children) == {}
+
+
+def test_the_cycle_finder_reports_cycles():
+    """The finder itself, on synthetic graphs: a module ring, and two sub-packages importing each
+    other only through modules deep inside them."""
+    graph = _import_graph()
+    assert graph.strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert graph.strongly_connected({"a": {"b"}, "b": set()}) == []
+    edges = {"p.x.deep": {"p.y.other"}, "p.y.other": {"p.z"}, "p.z": {"p.x"}, "p.x": set()}
+    children = {"p": {"p.x", "p.y", "p.z"}, "p.x": {"p.x.deep"}, "p.y": {"p.y.other"}}
+    assert graph.package_cycles(edges, children) == {"p": [["p.x", "p.y", "p.z"]]}
+    assert graph.package_cycles({"p.x.deep": {"p.y.other"}}, children) == {}
 
 
 def test_the_public_namespace_is_exactly_all():

@@ -1,8 +1,8 @@
 """One naming of logged metrics (TensorBoard, Lightning) beside the files' flat keys."""
 import pytest
 
-from gradmask.metric_names import logged_scalars, metric_tag
 from gradmask.train.rundir import METRIC_KEYS
+from gradmask.util.metric_names import logged_scalars, metric_tag
 
 
 def test_every_key_of_a_run_has_one_tag_in_the_convention():

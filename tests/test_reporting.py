@@ -1,4 +1,4 @@
-"""What every report shares (gradmask.reporting): one colour per arm, perceptually uniform maps,
+"""What every report shares (gradmask.util.reporting): one colour per arm, perceptually uniform maps,
 figures sized for the page, verdict badges, a table of contents; the HTML checked in headless
 chromium at 1280 px with a screenshot."""
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from browser import probe, run_browser
 
-from gradmask import reporting
-from gradmask.reporting import (
+from gradmask.util import reporting
+from gradmask.util.reporting import (
     ARM_COLORS,
     MIN_FONT_PT,
     OKABE_ITO,
@@ -171,9 +171,18 @@ def test_publish_keeps_the_self_contained_html_and_no_checkpoint(tmp_path):
 
 
 def test_a_mixed_headline_gets_its_badge_and_keeps_the_parts():
-    from gradmask.reporting import _badge, _cell
+    from gradmask.util.reporting import _badge, _cell
     cell = _cell("mixed: accuracy not established at this scale; cost does not hold")
     assert cell == '<span class="badge mixed">mixed</span>: accuracy not established at this scale; cost does not hold'
     assert _badge("Verdict: mixed: accuracy holds; cost does not hold").startswith(
         'Verdict: <span class="badge mixed">mixed</span>: ')
     assert _badge("mixed feelings") is None
+
+
+def test_one_duration_formatter_two_styles():
+    from gradmask.util.durations import format_duration
+    assert [format_duration(s, "report") for s in (12.34, 245, 9000, None, float("nan"))] == [
+        "12.3 s", "4.1 min", "2.50 h", "–", "–"]
+    assert [format_duration(s, "clock") for s in (12.4, 245, 3720, None)] == ["12s", "4m05s", "1h02m", "?"]
+    with pytest.raises(ValueError, match="style must be one of report, clock"):
+        format_duration(1.0, "iso")

@@ -384,7 +384,7 @@ def test_table2_cost_verdict_comes_from_paired_step_times(tmp_path):
 def test_run_progress_logs_one_plain_line_per_run_with_elapsed_and_eta(tmp_path):
     from types import SimpleNamespace
 
-    from gradmask.progress import RunProgress
+    from gradmask.util.progress import RunProgress
     now = [0.0]
     lines = []
     progress = RunProgress(4, bar=False, log=lines.append, clock=lambda: now[0])
@@ -417,7 +417,7 @@ def test_run_progress_logs_one_plain_line_per_run_with_elapsed_and_eta(tmp_path)
 
 
 def test_evaluation_warnings_name_chance_level_and_one_class_images():
-    from gradmask.reporting import evaluation_warnings
+    from gradmask.util.reporting import evaluation_warnings
     near = evaluation_warnings(0.101, 10, what="the lateral model")
     assert len(near) == 1 and "the lateral model is near chance level: accuracy 10.1%" in near[0]
     assert evaluation_warnings(0.16, 10) == [] and evaluation_warnings(0.14, 10) != []

@@ -87,19 +87,19 @@ def test_plot_gsnr_from_run_dirs(tmp_path):
 
 
 def test_compatibility_errors():
-    from gradmask.robustness.cli import _check_compatible
+    from gradmask.robustness.measure import check_compatible
     cfg = lambda model="resnet18_narrow", dataset="synthetic": SimpleNamespace(model=model, dataset=dataset, data=None,  # noqa: E731
                                                                                      synthetic_clutter=1.0)
     base = {"path": "a", "config": cfg(), "arch": [("w", (3,))], "num_classes": 10}
-    _check_compatible([base, dict(base, path="b")], "synthetic", False)
+    check_compatible([base, dict(base, path="b")], "synthetic", False)
     with pytest.raises(ValueError, match="different architectures"):
-        _check_compatible([base, dict(base, path="b", config=cfg("resnet18"))], "synthetic", False)
+        check_compatible([base, dict(base, path="b", config=cfg("resnet18"))], "synthetic", False)
     with pytest.raises(ValueError, match="different architectures"):
-        _check_compatible([base, dict(base, path="b", arch=[("w", (4,))])], "synthetic", False)
+        check_compatible([base, dict(base, path="b", arch=[("w", (4,))])], "synthetic", False)
     with pytest.raises(ValueError, match="numbers of classes"):
-        _check_compatible([base, dict(base, path="b", num_classes=5)], "synthetic", False)
+        check_compatible([base, dict(base, path="b", num_classes=5)], "synthetic", False)
     with pytest.raises(ValueError, match="different data"):
-        _check_compatible([base, dict(base, path="b", config=cfg(dataset="cifar10"))], "synthetic", False)
+        check_compatible([base, dict(base, path="b", config=cfg(dataset="cifar10"))], "synthetic", False)
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -143,7 +143,6 @@ def test_probe_during_training_and_plot(runs):
 @pytest.mark.slow
 def test_robustness_command_end_to_end(runs, capsys):
     root, dirs = runs
-    import gradmask.robustness.cli  # noqa: F401  (registers the command until the lead wires it)
     from gradmask.cli import main
     out = root / "report"
     code = main(["robustness", str(dirs[0]), str(dirs[1] / "checkpoint.pt"), "--epsilons", "0,2,8",
@@ -183,7 +182,6 @@ def test_robustness_command_end_to_end(runs, capsys):
 @pytest.mark.slow
 def test_robustness_command_errors(runs, capsys):
     root, dirs = runs
-    import gradmask.robustness.cli  # noqa: F401
     from gradmask.cli import main
     assert main(["robustness", str(dirs[0]), "--epsilons", "0,-2", "--no-progress"]) == 2
     assert "epsilons" in capsys.readouterr().err

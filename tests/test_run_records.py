@@ -27,11 +27,11 @@ from gradmask.compare.manifest import (
 )
 from gradmask.compare.report import summarize_runs
 from gradmask.compare.tuning import read_tuning
-from gradmask.files import CHECKSUM, ChecksumError, json_digest, with_checksum
 from gradmask.train import RunDir
 from gradmask.train.checkpoint import save_checkpoint
 from gradmask.train.records import read_run
 from gradmask.train.rundir import LOCK, RunDirInUse, RunLock, lock_owner, take_folder
+from gradmask.util.files import CHECKSUM, ChecksumError, json_digest, with_checksum
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 

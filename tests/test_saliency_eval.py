@@ -259,7 +259,6 @@ def write_checkpoint(run, seed=0, classes=10):
 @pytest.fixture
 def main():
     from gradmask.cli import main as cli_main
-    from gradmask.saliency import cli as saliency_cli  # noqa: F401  (registers the commands)
     return cli_main
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gradmask.cli import main
-from gradmask.status import steps_text
+from gradmask.cli.status import steps_text
 from gradmask.train.status import FINISHED, STOPPED, TRAINING, run_status, scan, status_text
 
 
@@ -112,6 +112,6 @@ def test_a_run_without_an_epoch_gets_the_pace_of_its_siblings_marked_as_a_guess(
 def test_counts_are_pluralised_right(runs):
     one = runs / "runs" / "lateral-seed0"
     assert "\n1 run: 0 finished, 1 training, 0 stopped; 3 epochs left" in status_text(one, scan(one), now=0.0)
-    from gradmask.progress import counted
+    from gradmask.util.progress import counted
     assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
     assert counted(1, "finished epoch") == "1 finished epoch" and counted(2, "index", "indices") == "2 indices"

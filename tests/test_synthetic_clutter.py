@@ -3,11 +3,11 @@ run's clutter (robustness evaluation set, reproduce's box images, gradmask salie
 import pytest
 import torch
 
-from gradmask.data import make_synthetic
+from gradmask.data import SYNTHETIC_DATA_SEED, make_synthetic
 from gradmask.robustness.evalset import evaluation_loader
 from gradmask.train import TrainConfig
-from gradmask.train.data import SYNTHETIC_DATA_SEED, build_data
-from gradmask.train.plugins import find_augment
+from gradmask.train.augment import find_augment
+from gradmask.train.data import build_data
 
 CPU = torch.device("cpu")
 
@@ -79,7 +79,7 @@ def test_reproduce_box_images_use_the_runs_clutter(tmp_path):
 def test_saliency_cli_takes_the_clutter_from_the_checkpoint_unless_given(tmp_path):
     import argparse
 
-    from gradmask.saliency import cli
+    from gradmask.cli import saliency as cli
     from gradmask.train.checkpoint import load_trained
     _checkpoint(tmp_path / "clean", 0.0)
     _checkpoint(tmp_path / "full", 1.0)
@@ -101,7 +101,6 @@ def test_bad_clutter_is_refused_naming_the_option(tmp_path):
     with pytest.raises(ValueError, match="synthetic_clutter"):
         TrainConfig(synthetic_clutter=float("nan"))
     from gradmask.cli import main
-    from gradmask.saliency import cli as _  # noqa: F401  (registers the commands)
     _checkpoint(tmp_path / "run", 0.0)
     assert main(["saliency", str(tmp_path / "run"), "--synthetic-clutter", "-1"]) == 2
 

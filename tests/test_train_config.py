@@ -174,7 +174,7 @@ def test_scheduler_steps_per_step_and_round_trips_through_state_dict():
 # ---------------------------------------------------------------- CLI -> config
 def _parse(argv):
     from gradmask.cli import build_parser
-    from gradmask.train.cli import config_from_args
+    from gradmask.cli.train import config_from_args
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
 

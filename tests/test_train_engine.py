@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import gradmask
-from gradmask.files import json_digest
 from gradmask.train import FINAL_KEYS, METRIC_KEYS, TrainConfig, load_checkpoint, read_checkpoint, train
 from gradmask.train.source import source_revision
+from gradmask.util.files import json_digest
 
 
 def tiny(out, **kw) -> TrainConfig:
@@ -119,8 +119,8 @@ def test_records_the_energy_kept_and_the_fit_on_a_fixed_training_subset(masked_r
 
 
 def test_train_eval_subset_is_a_fixed_draw_of_the_training_images():
+    from gradmask.train.augment import build_augment
     from gradmask.train.data import build_data
-    from gradmask.train.plugins import build_augment
 
     def subset(seed):
         config = TrainConfig(train_limit=300, test_limit=64, train_eval_images=50, seed=seed, progress=False)
@@ -340,7 +340,7 @@ def test_gsnr_probe_draws_a_fixed_random_subset_of_class_ordered_data():
     """Image files are stored class by class: the probe must not be the first N (one class)."""
     from types import SimpleNamespace
 
-    from gradmask.robustness.gsnr_callback import gsnr_probe as _gsnr_probe
+    from gradmask.train.gsnr_probe import gsnr_probe as _gsnr_probe
     labels = torch.arange(10).repeat_interleave(50)                     # class-ordered, 500 images
     images = (torch.arange(500, dtype=torch.float32) / 500).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
     data = SimpleNamespace(streamed=False, train=SimpleNamespace(images=images, labels=labels))

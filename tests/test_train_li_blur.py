@@ -3,9 +3,8 @@ import torch
 
 import gradmask
 from gradmask.hooks import mask_handles, no_gradient_mask
-from gradmask.saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
 from gradmask.train import TrainConfig
-from gradmask.train.plugins import build_augment
+from gradmask.train.augment import build_augment
 
 
 def test_li_blur_batch_augment_blurs_some_images_with_the_mask_off():

@@ -4,8 +4,7 @@
 ``jobs`` worker processes (:class:`gradmask.compare.jobs.ProcessTrainer`). A
 :class:`gradmask.compare.slurm.SlurmExecutor` (``"slurm"``: one with its defaults): each run a Slurm
 job, ``jobs`` at a time, the books in ``{out}/slurm``. :func:`open_trainer` makes the ``train_fn``
-of either; :func:`executor_from_args` reads the command-line options
-(:func:`gradmask.compare.cli.add_executor_arguments`).
+of either; :func:`gradmask.cli.options.executor_from_args` reads the command-line options.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from ..train import train
 from .jobs import ProcessTrainer, check_jobs
 from .slurm import SlurmExecutor
 
@@ -35,37 +35,22 @@ def check_executor(executor: Any) -> Executor:
 
 
 def open_trainer(executor: Executor, jobs: int, device: str, out: str | os.PathLike,
-                 log: Optional[Callable[[str], Any]] = print):
+                 log: Optional[Callable[[str], Any]] = print, setup: Optional[Callable[[], None]] = None):
     """The ``train_fn`` of ``executor`` as a context manager: locally :func:`gradmask.train.train`
     (``jobs`` 1) or a :class:`ProcessTrainer` of ``jobs`` workers on ``device``; for Slurm its
     :class:`~gradmask.compare.slurm.SlurmTrainer` with the books in ``{out}/slurm`` (a second
-    submitting command on ``out`` is refused). Checked before anything trains."""
+    submitting command on ``out`` is refused). Checked before anything trains.
+
+    ``setup``: a picklable function without arguments that every worker process and every Slurm
+    job calls before training: register your own plug-ins there (augmentations, datasets, models;
+    workers are fresh interpreters). Runs trained in this process need none."""
     executor, jobs = check_executor(executor), check_jobs(jobs)
     if executor == "local":
         if jobs > 1:
-            return ProcessTrainer(jobs, str(device))
-        from ..train import train
+            return ProcessTrainer(jobs, str(device), setup=setup)
         return contextlib.nullcontext(train)
     executor.check_device(str(device))
-    return executor.trainer(Path(out) / SLURM_DIR, jobs, log)
+    return executor.trainer(Path(out) / SLURM_DIR, jobs, log, setup)
 
 
-def executor_from_args(args) -> "str | SlurmExecutor":
-    """``"local"`` or the :class:`SlurmExecutor` of the options; ``--slurm-*`` options without
-    ``--executor slurm`` are refused."""
-    slurm = {"partition": args.slurm_partition, "time": args.slurm_time, "nodes": args.slurm_nodes,
-             "gpus_per_node": args.slurm_gpus_per_node, "tasks_per_node": args.slurm_tasks_per_node,
-             "cpus_per_task": args.slurm_cpus_per_task, "mem_gb": args.slurm_mem_gb,
-             "sbatch_args": tuple(args.slurm_sbatch)}
-    if args.executor == "local":
-        defaults = {"partition": None, "time": "24:00:00", "nodes": 1, "gpus_per_node": 0, "tasks_per_node": None,
-                    "cpus_per_task": None, "mem_gb": None, "sbatch_args": ()}
-        given = [f"--slurm-{k.replace('_', '-')}" for k, v in slurm.items() if v != defaults[k]]
-        if given:
-            raise ValueError(f"{', '.join(given)} need --executor slurm")
-        return "local"
-    return SlurmExecutor(**slurm)
-
-
-__all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "check_executor", "executor_from_args",
-           "open_trainer"]
+__all__ = ["EXECUTORS", "Executor", "SLURM_DIR", "check_executor", "open_trainer"]

@@ -9,9 +9,10 @@ with a ``train_batch(configs, before)`` method (the Slurm executor's,
 of :func:`gradmask.train.train` in one process: each run draws only from its own seed. On CPU a
 run's low bits depend on its thread count, as they do anywhere.
 
-Workers are fresh interpreters: plug-ins your script registers (``register_augment``, datasets) do
-not exist there, and a run that names one fails with the worker's error. Register them in an
-importable module and set ``initializer``, or train with ``jobs=1``.
+Workers are fresh interpreters: plug-ins your script registers (``register_augment``, datasets,
+models) do not exist there, and a run that names one fails with the worker's error. Register them
+in a ``setup`` function (importable, no arguments) that each worker calls first, or train with
+``jobs=1``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolE
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+from ..train import TrainConfig, train
 
 _WORKER: dict[str, Any] = {}   # in a worker process: its device (None: the config's)
 
@@ -59,20 +62,18 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="gradmask-parent-watch", daemon=True).start()
 
 
-def _start_worker(parent: int, counter, devices: Sequence[Optional[str]], threads: int, initializer) -> None:
+def _start_worker(parent: int, counter, devices: Sequence[Optional[str]], threads: int, setup) -> None:
     _die_with_parent(parent)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
     _WORKER["device"] = devices[index % len(devices)]
     torch.set_num_threads(threads)
-    from . import runner  # noqa: F401  (registers the li-blur augmentation and the GSNR probe, as in the parent)
-    if initializer is not None:
-        initializer()
+    if setup is not None:
+        setup()
 
 
 def _train_in_worker(values: dict) -> dict:
-    from ..train import TrainConfig, train
     # runs side by side: no epoch bars (they would overwrite each other)
     config = TrainConfig.from_dict(values).replace(progress=False)
     if _WORKER.get("device") is not None:
@@ -84,10 +85,10 @@ class ProcessTrainer:
     """``train_fn`` training each run in one of ``jobs`` spawned processes (use as a context manager,
     or call :meth:`close`). ``device``: the base config's (see :func:`job_devices`); ``threads``: torch
     CPU threads per worker (default: this process's thread count shared out, at least 1);
-    ``initializer``: a picklable function each worker calls first (to register plug-ins)."""
+    ``setup``: a picklable function, no arguments, each worker calls first (to register plug-ins)."""
 
     def __init__(self, jobs: int, device: str = "cpu", threads: Optional[int] = None,
-                 initializer: Optional[Callable[[], None]] = None) -> None:
+                 setup: Optional[Callable[[], None]] = None) -> None:
         self.jobs = check_jobs(jobs)
         if os.environ.get("WORLD_SIZE", "1") != "1":
             raise ValueError("jobs (--jobs) > 1 cannot run under torchrun: every torchrun process already "
@@ -99,7 +100,7 @@ class ProcessTrainer:
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
                                          initargs=(os.getpid(), context.Value("i", 0), self.devices, self.threads,
-                                                   initializer))
+                                                   setup))
 
     def __call__(self, config) -> dict:
         try:

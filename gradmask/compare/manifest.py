@@ -6,7 +6,7 @@ one entry per run, keyed by its variant (the arm's name: ``config.arm``, else it
 seed; ``folder`` is the run's folder name inside the comparison folder; ``final`` the checksum of
 its ``final.json`` once compare saw it finished (None before); ``tuning`` the checksum of the
 comparison's ``tuning.json`` (None: not tuned, or tuned by an older gradmask); ``checksum`` that of
-the manifest itself (:func:`gradmask.files.json_digest`; a manifest without one is refused).
+the manifest itself (:func:`gradmask.util.files.json_digest`; a manifest without one is refused).
 
 A report reads the runs the manifest lists, not every folder it finds: another folder holding a
 run (a copy such as ``lateral-seed1.bak``) is ignored with an :class:`UnlistedRunWarning`. A
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..files import UnverifiedFileWarning, read_record, write_record
+from ..util.files import UnverifiedFileWarning, read_record, write_record
 
 MANIFEST = "manifest.json"
 FORMAT = 1

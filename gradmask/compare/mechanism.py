@@ -207,7 +207,7 @@ def _shown_epochs(epochs: list[int], most: int = 20) -> list[int]:
 
 
 def mechanism_blocks(arms: list[ArmMechanism], changes: dict[str, list[GapChange]], baseline: str) -> list[tuple]:
-    """Report blocks (``("h2"|"p"|"table", ...)``, see :mod:`gradmask.reporting`) of the mechanism:
+    """Report blocks (``("h2"|"p"|"table", ...)``, see :mod:`gradmask.util.reporting`) of the mechanism:
     the end-of-training table, the per-epoch differences to ``baseline`` and the computed trend sentences."""
     if not any(a.per_epoch_versus_baseline for a in arms):
         return []

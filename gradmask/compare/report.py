@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..data import DATASETS
-from ..files import write_atomic, write_csv
-from ..reporting import arm_colors, figure, render_html, render_markdown, save_figure
+from ..robustness import plot_gsnr
 from ..settings import MASK_MODES
 from ..train.config import field_applies
 from ..train.records import CONFIG, RunRecords, read_run
+from ..util.durations import format_duration
+from ..util.files import write_atomic, write_csv
+from ..util.reporting import arm_colors, figure, render_html, render_markdown, save_figure
 from .manifest import MANIFEST, UnlistedRunWarning, older_comparison, read_manifest
 from .mechanism import arm_mechanisms, mechanism_blocks
 from .stats import DiffInterval, Summary, diff_confidence_interval, interval_contains_zero, summarize
@@ -335,16 +337,6 @@ def fmt_mean_std(s: Summary) -> str:
     return f"{s.mean:.2f} ± {s.std:.2f}"
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if _nan(seconds):
-        return "–"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
 def fmt_ci(ci: DiffInterval | None) -> str:
     if ci is None:
         return "–"
@@ -569,7 +561,7 @@ def _report_blocks(out: Path, runs: list[Run], summaries: list[VariantSummary],
         seeds = str(len(s.finished)) + (f" (+{len(s.unfinished)} unfinished)" if s.unfinished else "")
         delta = "–" if s.delta is None else f"{s.delta.diff:+.2f}"
         rows.append([s.variant, seeds, fmt_mean_std(s.top1), fmt_mean_std(s.top5), delta, fmt_ci(s.delta),
-                     fmt_duration(s.train_seconds.mean)])
+                     format_duration(s.train_seconds.mean, "report")])
     blocks.append(("table", headers, rows, "lrrrrrr"))
     tuning = read_tuning(out)
     for line in conclusions(runs, summaries, tuning):
@@ -660,8 +652,9 @@ def tuning_blocks(tuning: dict, runs: list[Run]) -> list[tuple]:
                             f"such an arm is tuned only within the grid."))
     final = [r.train_seconds for r in runs if r.finished and r.train_seconds is not None]
     n_tuning = sum(len(p["runs"]) for record in tuning["variants"].values() for p in record["points"])
-    blocks.append(("p", f"Training time (sum over runs): tuning {fmt_duration(tuning['train_seconds'])} "
-                        f"({n_tuning} runs), final runs {fmt_duration(sum(final))} ({len(final)} finished runs)."))
+    blocks.append(("p", f"Training time (sum over runs): tuning {format_duration(tuning['train_seconds'], 'report')} "
+                        f"({n_tuning} runs), final runs {format_duration(sum(final), 'report')} "
+                        f"({len(final)} finished runs)."))
     return blocks
 
 
@@ -708,7 +701,6 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Path]:
                 paths["loss"])
     probed = [r.path for r in runs if (r.path / "gsnr.jsonl").is_file()]
     if probed:
-        from ..robustness import plot_gsnr
         plot_gsnr(probed, out / "gsnr.png")
 
     blocks = _report_blocks(out, runs, summaries, gaps)

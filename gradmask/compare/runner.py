@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of gsnr_every)
-from ..saliency import li_blur_augment  # noqa: F401  (registers augment="li-blur")
+from ..train import train
+from ..train.config import RESUME_FREE_FIELDS, TrainConfig
 from ..train.distributed import is_main_process
 from ..train.records import FINAL, read_final
-from ..train.rundir import take_folder
+from ..train.rundir import RunDir, take_folder
 from .arms import arm_changes, parse_arm
 from .executor import check_executor, open_trainer
 from .jobs import check_jobs, train_all
@@ -92,8 +92,6 @@ def changed_runs(base_config, runs: list[tuple[str, int, str]], tuned: Iterable[
     """``{run dir: {field: (run's value, requested value)}}`` for the runs already in their folders
     whose settings differ from ``base_config`` (fields ``tuned`` aside: a tuned point sets them);
     ``{}`` when ``base_config`` is not a TrainConfig (a stand-in whose ``train_fn`` keeps its own books)."""
-    from ..train.config import RESUME_FREE_FIELDS, TrainConfig
-    from ..train.rundir import RunDir
     if not isinstance(base_config, TrainConfig):
         return {}
     ignore = RESUME_FREE_FIELDS + tuple(tuned)
@@ -110,7 +108,8 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
             out: str | os.PathLike = "runs/compare", seed_offset: int = 0,
             train_fn: Callable | None = None, log: Callable[[str], Any] | None = print,
             tune: Optional[Mapping[str, Iterable]] = None, tune_epochs: Optional[int] = None, tune_seeds: int = 1,
-            val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1, executor="local") -> list[Path]:
+            val_fraction: float = DEFAULT_VAL_FRACTION, jobs: int = 1, executor="local",
+            setup: Optional[Callable[[], None]] = None) -> list[Path]:
     """Train ``variants`` x ``seeds`` runs from ``base_config``, record them in ``out``'s manifest
     and write the report in ``out``, which is taken like a run folder for the duration (a second
     ``compare`` on it is refused).
@@ -136,6 +135,10 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     ``executor``: where the runs train without ``train_fn``: ``"local"`` (above) or a
     :class:`gradmask.compare.slurm.SlurmExecutor` (each run a Slurm job, ``jobs`` at a time; its books
     in ``{out}/slurm``), see :mod:`gradmask.compare.executor`.
+
+    ``setup``: a picklable function without arguments that every worker process (``jobs`` > 1) and
+    every Slurm job calls before training (:func:`gradmask.compare.executor.open_trainer`): register
+    there the plug-ins your runs name (augmentations, datasets, models).
     """
     check_jobs(jobs)
     executor = check_executor(executor)
@@ -157,14 +160,15 @@ def compare(base_config, variants: Iterable[str] = ("none", "lateral"), seeds: i
     lock = take_folder(Path(out)) if main else None
     try:
         return _compare_in(base_config, variants, runs, out, seed_offset, train_fn, log, tuning, jobs, main,
-                           executor)
+                           executor, setup)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _compare_in(base_config, variants: tuple, runs: list, out, seed_offset: int, train_fn: Callable | None,
-                log: Callable[[str], Any] | None, tuning, jobs: int, main: bool, executor) -> list[Path]:
+                log: Callable[[str], Any] | None, tuning, jobs: int, main: bool, executor,
+                setup: Optional[Callable[[], None]]) -> list[Path]:
     """:func:`compare` in its taken folder."""
     # runs already there with other settings: refused before anything trains, or (overwrite) trained again
     changed = changed_runs(base_config, runs, tuning.grid if tuning is not None else ())
@@ -176,13 +180,13 @@ def _compare_in(base_config, variants: tuple, runs: list, out, seed_offset: int,
                          + "; use the settings they were trained with, choose another out, or pass "
                            "overwrite=True (--overwrite) to train those runs again")
     if train_fn is None and (jobs > 1 or executor != "local"):
-        with open_trainer(executor, jobs, str(getattr(base_config, "device", "cpu")), out, log) as trainer:
+        with open_trainer(executor, jobs, str(getattr(base_config, "device", "cpu")), out, log, setup) as trainer:
             return _compare_in(base_config, variants, runs, out, seed_offset, trainer, log, tuning, jobs, main,
-                               executor)
+                               executor, setup)
     if main:  # the comparison's runs are those its manifest lists: these join it before they train
         record_runs(out, runs, retrained=changed)
     if train_fn is None:
-        from gradmask.train import train as train_fn
+        train_fn = train
     chosen: dict[str, dict] = {}
     if tuning is not None:
         # tuning runs resume; one of other settings is refused by the engine, naming the fields

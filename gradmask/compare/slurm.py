@@ -40,8 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from ..files import write_atomic
+import torch
+
+from ..train import TrainConfig, train
 from ..train.rundir import RunDir, RunLock
+from ..util.files import write_atomic
+from .jobs import check_jobs
 
 JOBS_JSON = "jobs.json"
 LOGS = "logs"
@@ -184,22 +188,26 @@ class SlurmExecutor:
                              else f"{int(self.mem_gb * 1024)}MB")
         return params
 
-    def trainer(self, folder, jobs: int = 1, log: Optional[Callable[[str], Any]] = print) -> "SlurmTrainer":
-        """A :class:`SlurmTrainer` keeping its books in ``folder``, ``jobs`` jobs running at a time."""
-        return SlurmTrainer(self, folder, jobs, log)
+    def trainer(self, folder, jobs: int = 1, log: Optional[Callable[[str], Any]] = print,
+                setup: Optional[Callable[[], None]] = None) -> "SlurmTrainer":
+        """A :class:`SlurmTrainer` keeping its books in ``folder``, ``jobs`` jobs running at a time;
+        every job calls ``setup`` (picklable, no arguments) before training."""
+        return SlurmTrainer(self, folder, jobs, log, setup)
 
 
 # ------------------------------------------------------------------------------------- in the job
 class SlurmRun:
     """What each task of a Slurm job runs: :func:`gradmask.train.train` on the config (a dict), with
-    ``SLURM_CPUS_PER_TASK`` torch threads. Checkpointable: on Slurm's warning signal submitit calls
-    :meth:`checkpoint` and requeues the job, which then resumes the run from its last checkpoint."""
+    ``SLURM_CPUS_PER_TASK`` torch threads, after ``setup()`` (the user's plug-ins, when given).
+    Checkpointable: on Slurm's warning signal submitit calls :meth:`checkpoint` and requeues the job,
+    which then resumes the run from its last checkpoint."""
+
+    def __init__(self, setup: Optional[Callable[[], None]] = None) -> None:
+        self.setup = setup
 
     def __call__(self, values: dict) -> dict:
-        import torch
-
-        from ..train import TrainConfig, train
-        from . import runner  # noqa: F401  (registers the li-blur augmentation and the GSNR probe)
+        if self.setup is not None:
+            self.setup()
         threads = os.environ.get("SLURM_CPUS_PER_TASK")
         if threads:
             torch.set_num_threads(int(threads))
@@ -208,7 +216,6 @@ class SlurmRun:
     def checkpoint(self, values: dict):
         """The submission a requeued job runs: the same run, resumed from its checkpoint (``resume``;
         ``overwrite`` dropped once the run folder holds this config's run: the job started it)."""
-        from ..train import TrainConfig
         config = TrainConfig.from_dict(values)
         changes = {"resume": True}
         if config.overwrite and not RunDir(config.run_dir).differences(config):
@@ -270,9 +277,8 @@ class SlurmTrainer:
     runs as one job array; calling it with one config trains that run alone."""
 
     def __init__(self, executor: SlurmExecutor, folder, jobs: int = 1,
-                 log: Optional[Callable[[str], Any]] = print) -> None:
-        from .jobs import check_jobs
-        self.executor, self.jobs = executor, check_jobs(jobs)
+                 log: Optional[Callable[[str], Any]] = print, setup: Optional[Callable[[], None]] = None) -> None:
+        self.executor, self.jobs, self.setup = executor, check_jobs(jobs), setup
         self.folder = Path(folder).absolute()
         self.log = log or (lambda line: None)
         _submitit()
@@ -374,7 +380,7 @@ class SlurmTrainer:
         executor = submitit.SlurmExecutor(folder=self.folder / LOGS, max_num_timeout=self.executor.max_timeouts)
         executor.update_parameters(**self.executor.parameters(self.jobs, name))
         with executor.batch():
-            handles = [executor.submit(SlurmRun(), config.to_dict()) for config in configs]
+            handles = [executor.submit(SlurmRun(self.setup), config.to_dict()) for config in configs]
         for handle, key in zip(handles, keys):
             books["runs"][key] = self._record(handle.job_id, name)
         books["submitting"] = [s for s in books["submitting"] if s["name"] != name]

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from ..files import read_record, write_record
+from ..train import train
 from ..train.config import FLAT_FIELDS, MAX_VAL_FRACTION, TrainConfig, field_applies
+from ..util.files import read_record, write_record
 from .arms import arm_changes, arm_mask, field_converter
 from .jobs import train_all
 from .manifest import older_comparison, read_manifest
@@ -274,7 +275,7 @@ def run_tuning(base, variants: Iterable[str], tuning: Tuning, out, seed_offset: 
     variants = tuple(variants)
     plan = tuning_plan(base, variants, tuning, out, seed_offset)
     if train_fn is None:
-        from gradmask.train import train as train_fn
+        train_fn = train
 
     def announce(k: int, config) -> None:
         variant, point, seed, _ = plan[k - 1]

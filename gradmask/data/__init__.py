@@ -27,8 +27,17 @@ from .folder import MissingSplitError, decode_image_folder, load_image_folder
 from .imagenet import ImageFolderDataset, eval_transform, make_imagenet_loader, train_transform
 from .loader import TensorLoader
 from .placed import PLACED, make_placed, place_objects
-from .registry import DATASET_STATS, DATASETS, DatasetSpec, Stats, dataset_spec, dataset_stats, register_dataset
-from .synthetic import SYNTHETIC_CLASSES, make_synthetic, render_synthetic
+from .registry import (
+    DATASET_STATS,
+    DATASETS,
+    DatasetSpec,
+    Stats,
+    dataset_spec,
+    dataset_stats,
+    register_dataset,
+    render_options,
+)
+from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_DATA_SEED, make_synthetic, render_synthetic
 
 __all__ = [
     "ImageDataset",
@@ -57,6 +66,8 @@ __all__ = [
     "make_synthetic",
     "render_synthetic",
     "SYNTHETIC_CLASSES",
+    "SYNTHETIC_DATA_SEED",
+    "render_options",
     "PLACED",
     "make_placed",
     "place_objects",

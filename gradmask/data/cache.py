@@ -8,7 +8,7 @@ tree its size, mtime and a SHA-256 of its content (the whole content up to
 :data:`ARCHIVE_WHOLE_LIMIT` / :data:`FILE_WHOLE_LIMIT`, else its first and last
 :data:`SAMPLE_BYTES` and evenly spaced blocks between) -- plus the decode parameters, so a changed
 source, even one replaced by a file of the same size and time, gets a new file name and is
-rebuilt.  ``checksum`` (:func:`gradmask.files.digest` of the rest) is verified on every read.
+rebuilt.  ``checksum`` (:func:`gradmask.util.files.digest` of the rest) is verified on every read.
 
 Policy for a damaged entry (unreadable / truncated / wrong keys, shapes or
 dtypes / fingerprint or checksum mismatch): warn naming the file and rebuild it.
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..files import ChecksumError, UnreadableFileError, load_torch, verify, with_checksum, write_atomic
+from ..util.files import ChecksumError, UnreadableFileError, load_torch, verify, with_checksum, write_atomic
 from .dataset import ImageDataset
 
 __all__ = [

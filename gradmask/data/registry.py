@@ -115,5 +115,13 @@ def need_root(name: str, root) -> Path:
     return root
 
 
+def render_options(config, dataset: Optional[str] = None) -> dict:
+    """``{field: value}``: a run's (``config``, a TrainConfig) ``synthetic_<field>`` values that the
+    reader of the rendered ``dataset`` (default: the run's) takes besides ``n`` and ``seed`` (its
+    spec's ``render_fields``; synthetic: ``clutter``), so that every evaluation renders the images of
+    the run's own data."""
+    return {f: getattr(config, f"synthetic_{f}") for f in dataset_spec(dataset or config.dataset).render_fields}
+
+
 __all__ = ["DATASETS", "DATASET_STATS", "DatasetSpec", "Loader", "Stats", "dataset_spec", "dataset_stats",
-           "need_root", "register_dataset"]
+           "need_root", "register_dataset", "render_options"]

@@ -24,9 +24,9 @@ from typing import Mapping, Optional
 
 from ..compare import Tuning
 from ..data import DATASETS, PLACED
-from ..device import is_device_name
 from ..models import model_groups
 from ..train.recipes import PAPER_CIFAR
+from ..util.device import is_device_name
 
 #: ``--data NAME=PATH`` names reproduce accepts.
 DATA_NAMES = ("cifar10", "cifar100", "imagenet", "voc2007", "imagenet-boxes")

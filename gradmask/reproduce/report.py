@@ -11,10 +11,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..compare import fmt_duration, read_manifest
-from ..files import write_atomic, write_csv
-from ..progress import counted
-from ..reporting import render_html, render_markdown
+from ..compare import read_manifest
+from ..util.durations import format_duration
+from ..util.files import write_atomic, write_csv
+from ..util.progress import counted
+from ..util.reporting import render_html, render_markdown
 from .experiments import EXPERIMENTS
 from .sections import Section
 from .store import StoredPlan, read_state
@@ -87,7 +88,7 @@ def write_report(out) -> dict[str, Path]:
                            ("p", f"Command: `{state.get('command', '?')}`"),
                            ("p", f"Preset: {state.get('summary', '?')}. Device: {state.get('device', '?')}; "
                                  f"machine: {machine}; seeds: {state.get('seeds', '?')}; measured wall time "
-                                 f"{fmt_duration(total)} (of the steps run by the last invocations)."),
+                                 f"{format_duration(total, 'report')} (of the steps run by the last invocations)."),
                            ("p", f"Code: this report by gradmask {m.get('gradmask', '?')}; the runs were trained by "
                                  f"{training_code(out)}; the measurements were made by {measuring_code(state)}."),
                            ("p", "Each verdict is computed from the numbers: **holds** when the 95% confidence "

@@ -26,16 +26,18 @@ from typing import Callable
 import torch
 
 from ..compare import check_executor, check_jobs, grid_points, open_trainer
-from ..files import ChecksumError
-from ..progress import RunProgress
+from ..train import train
 from ..train.checkpoint import read_checkpoint, recording_reads
 from ..train.config import SCHEDULE_ALIASES
 from ..train.distributed import is_main_process
 from ..train.rundir import FINAL, take_folder
 from ..train.source import source_revision
+from ..util.files import ChecksumError
+from ..util.progress import RunProgress
 from . import runs as training
 from .experiments import EXPERIMENTS
 from .presets import ABLATION_VARIANTS, TRAINED_BOX_SETS, Plan
+from .report import write_report
 from .store import STATE, STEPS, Step, read_state, read_step, stored_json, write_json, write_step
 
 
@@ -203,7 +205,7 @@ def _json_safe(obj):
 
 def reproduce(plan: Plan, out, progress: bool = False, command: str | None = None,
               train_fn: Callable | None = None, log: Callable[[str], None] = print, jobs: int = 1,
-              executor="local") -> dict:
+              executor="local", setup: Callable[[], None] | None = None) -> dict:
     """Run (or resume) every step of ``plan`` in ``out``, then write ``report.md`` / ``report.html``.
     Training runs are counted (runs done / total, elapsed, ETA): a bar when ``progress`` and stderr is
     a terminal (with the engine's epoch bar and the evaluations' bars), else one ``log`` line per run.
@@ -213,6 +215,9 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     run in this process. ``executor``: where the training runs train without ``train_fn``: ``"local"``
     or a :class:`gradmask.compare.slurm.SlurmExecutor` (each run a Slurm job, ``jobs`` at a time, the
     books in ``{out}/slurm``; the measurements still run here, in order, once their runs are trained).
+    ``setup``: a picklable function without arguments that every worker process (``jobs`` > 1) and
+    every Slurm job calls before training (:func:`gradmask.compare.executor.open_trainer`): register
+    there the plug-ins your runs name (augmentations, datasets, models).
 
     The folder is taken like a run folder (``<out>/.gradmask.lock``): a second ``reproduce`` on it is
     refused while this one runs, and the partial temporary files an interrupted one left below it are
@@ -222,7 +227,7 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
     check_jobs(jobs)
     executor = check_executor(executor)
     if train_fn is None and (jobs > 1 or executor != "local"):
-        with open_trainer(executor, jobs, plan.device, out, log) as trainer:
+        with open_trainer(executor, jobs, plan.device, out, log, setup) as trainer:
             return reproduce(plan, out, progress, command, trainer, log, jobs)
     out = Path(out)
     main = is_main_process()
@@ -236,7 +241,6 @@ def reproduce(plan: Plan, out, progress: bool = False, command: str | None = Non
 
 def _reproduce_in(plan: Plan, out: Path, main: bool, progress: bool, command: str | None,
                   train_fn: Callable | None, log: Callable[[str], None], jobs: int) -> dict:
-    from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     state = read_state(out)
@@ -246,7 +250,7 @@ def _reproduce_in(plan: Plan, out: Path, main: bool, progress: bool, command: st
     state.setdefault("steps", {})
     bars = progress and sys.stderr.isatty()
     if train_fn is None:
-        from ..train import train as train_fn
+        train_fn = train
     counted: list[Callable] = []   # the counting train_fn, made once the steps (and so the total) are known
 
     def train_counted(config):

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..compare import Tuning, compare, read_tuning, run_dir
+from ..data import render_options
+from ..saliency.boxes import load_box_dataset
 from ..train import TrainConfig
 from ..train.checkpoint import read_checkpoint, trained_image_size
-from ..train.data import render_options
 from .presets import TRAINED_BOX_SETS, Plan
 
 FIGURES = "figures"
@@ -59,7 +60,6 @@ def box_data(name: str, plan: Plan, limit: int, run: Path):
     """The box images of ``name`` at the side ``run``'s model was trained at (its checkpoint); those
     of a box set reproduce trains on (synthetic, cifar10-placed) rendered like ``run``'s training data
     (its data path, the synthetic clutter)."""
-    from ..saliency.boxes import load_box_dataset
     state = read_checkpoint(run / "checkpoint.pt")
     config = TrainConfig.from_dict(dict(state["config"]))
     size = trained_image_size(config, state["model_args"])

@@ -9,10 +9,11 @@ from typing import Optional
 
 import numpy as np
 
-from ..compare import chosen_at_edges, fmt_duration, load_runs
+from ..compare import chosen_at_edges, load_runs
 from ..data import DATASETS
-from ..progress import counted
-from ..reporting import arm_colors, evaluation_warnings, figure, save_figure
+from ..util.durations import format_duration
+from ..util.progress import counted
+from ..util.reporting import arm_colors, evaluation_warnings, figure, save_figure
 from . import paper
 from .runs import FIGURES, runs_dir
 from .verdict import difference_interval, headline, verdict
@@ -152,7 +153,7 @@ def budget(runs: list, tuning: Optional[dict]) -> str:
 
 def chance_warnings(runs: list) -> list[str]:
     """Warnings for the arms (dataset, variant, augmentation) of ``runs`` whose mean final test
-    accuracy is near chance (:func:`gradmask.reporting.evaluation_warnings`)."""
+    accuracy is near chance (:func:`gradmask.util.reporting.evaluation_warnings`)."""
     arms: dict[tuple, list[float]] = {}
     for r in runs:
         if (acc := r.value("test_acc")) is not None:
@@ -189,7 +190,8 @@ def run_setting(runs: list, state: dict) -> str:
             f"{c.get('model')} (groups {c.get('groups')}, sigma {c.get('sigma')}, kernel {c.get('kernel_size')}, "
             f"rate {per_variant(runs, 'inhibition_rate')}), {c.get('epochs')} epochs, batch {c.get('batch_size')}, "
             f"lr {per_variant(runs, 'lr')} {c.get('schedule')}, augment {augments}, seeds {seeds}, device "
-            f"{runs[0].final.get('device', state.get('device'))}, training wall time {fmt_duration(seconds)} "
+            f"{runs[0].final.get('device', state.get('device'))}, training wall time "
+            f"{format_duration(seconds, 'report')} "
             f"({counted(len(runs), 'run')}).")
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..files import json_digest, verify, with_checksum, write_atomic
+from ..util.files import json_digest, verify, with_checksum, write_atomic
 from .presets import ACCURACY_DATASETS, figure7_dataset
 
 STEPS = "steps"
@@ -47,7 +47,7 @@ def read_state(out) -> dict:
 
 def read_step(out, name: str) -> dict | None:
     """The stored record of step ``name`` (``{"settings", "result", "wall_seconds", ...}``) or None.
-    A record whose content does not match its checksum raises :class:`gradmask.files.ChecksumError`
+    A record whose content does not match its checksum raises :class:`gradmask.util.files.ChecksumError`
     naming the file; one that is not JSON (a damaged write) counts as absent (measured again)."""
     path = Path(out) / STEPS / f"{name}.json"
     if not path.is_file():

@@ -4,7 +4,9 @@
 - :func:`fgsm` / :func:`fgsm_curve` (Fig. 6): FGSM, accuracy on the images every model gets right;
 - :func:`gsnr` / :func:`gsnr_summary` / :class:`GSNRProbe` (Fig. 7): gradient signal-to-noise
   ratio from per-sample gradients (``torch.func``), with the gradient mask when there is one;
-- :func:`write_report` and the ``gradmask robustness`` command (:mod:`.cli`).
+- :func:`gradmask.robustness.measure.measure`: pruning and FGSM of loaded models on one evaluation
+  set (the ``gradmask robustness`` command, :mod:`gradmask.cli.robustness`, and reproduce's
+  Figures 5/6); :func:`write_report`.
 
 Images are in [0, 1] everywhere (normalisation is the model's first layer). Gradient mask hooks
 on a model are switched off while it is attacked or evaluated (:func:`gradmask.no_gradient_mask`).

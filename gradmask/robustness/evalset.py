@@ -6,6 +6,18 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..data import (
+    SYNTHETIC_DATA_SEED,
+    TensorLoader,
+    dataset_spec,
+    eval_transform,
+    load_dataset,
+    load_eval_split,
+    make_imagenet_loader,
+    match_classes,
+    render_options,
+    to_float,
+)
 from ..data.dataset import SUBSET_SEED, subset_index
 
 
@@ -16,7 +28,6 @@ class _Streamed:
         self.loader, self.limit = loader, limit
 
     def __iter__(self):
-        from ..data import to_float
         seen = 0
         for x, y in self.loader:
             if self.limit is not None:
@@ -31,7 +42,6 @@ def training_classes(dataset: str, root, **decode) -> Optional[list[str]]:
     """The class names of the training split of ``dataset`` at ``root`` (the label order of a
     model trained on it), for runs whose checkpoint does not record them; None for synthetic.
     ``decode``: options of the loader (``image_size``) where the split must be decoded."""
-    from ..data import dataset_spec, load_dataset
     spec = dataset_spec(dataset)
     if spec.rendered:
         return None
@@ -53,7 +63,6 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
     both lists (and ``model``, the run evaluated). ``image_size``: the side to evaluate at (None: the
     training side: ``config.image_size`` for folder data, the dataset's own size otherwise);
     CIFAR's python release has a fixed 32 px."""
-    from ..data import TensorLoader, dataset_spec, load_dataset, load_eval_split, match_classes
     spec = dataset_spec(dataset)
     size = image_size if image_size is not None else (config.image_size if spec.resizable else None)
     if spec.fixed_size and size is not None:
@@ -65,7 +74,6 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
     if classes is None and split != "train":
         classes = training_classes(dataset, root, **decode)
     if spec.streamed:
-        from ..data import eval_transform, make_imagenet_loader
         split = spec.test_splits[0] if split == "test" else split
         transform = eval_transform(uint8=True) if size is None else eval_transform(round(size * 256 / 224), size,
                                                                                    uint8=True)
@@ -75,7 +83,6 @@ def evaluation_loader(dataset: str, root, split: str, limit: Optional[int], conf
         n = len(loader.dataset) if limit is None else min(limit, len(loader.dataset))
         return _Streamed(loader, limit), n, str(root)
     if spec.rendered:
-        from ..train.data import SYNTHETIC_DATA_SEED, render_options
         default = config.synthetic_test if split == "test" else config.synthetic_train
         n = default if limit is None else limit
         ds = load_dataset(dataset, root=root, split=split, n=n, seed=SYNTHETIC_DATA_SEED,

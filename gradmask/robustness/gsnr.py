@@ -50,10 +50,10 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 from ..data.augment import as_images
-from ..files import write_atomic
 from ..hooks import mask_handles, no_gradient_mask, resolve_targets
 from ..mask import GradientMask
 from ..models import eval_mode, model_device
+from ..util.files import write_atomic
 
 DEFAULT_EPS = 1e-30
 GSNR_FILE = "gsnr.jsonl"

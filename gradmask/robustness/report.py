@@ -7,7 +7,7 @@
   ``gsnr.png`` (GSNR per layer, one line per model);
 - ``robustness.md`` and a self-contained ``robustness.html`` (inline CSS, figures as data URIs).
 
-``results`` is a dict (see :func:`gradmask.robustness.cli.measure`): ``models`` (list of
+``results`` is a dict (see :func:`gradmask.cli.robustness.measure_runs`): ``models`` (list of
 ``{name, checkpoint, model, mask, seed, n_eval}``), ``data`` (``{dataset, source, split,
 n_images}``), ``pruning`` (``{model: {scheme: PruningCurve.to_dict()}}``), ``fgsm``
 (``FGSMCurve.to_dict()``), ``gsnr`` (``{model: {"summary": {layer: value, "network": value},
@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from ..files import write_atomic, write_csv
-from ..progress import counted
-from ..reporting import arm_colors, figure, render_html, render_markdown, save_figure, series_styles
+from ..util.files import write_atomic, write_csv
+from ..util.progress import counted
+from ..util.reporting import arm_colors, figure, render_html, render_markdown, save_figure, series_styles
 from .gsnr import read_gsnr
 
 MASK_NOTE = ("Gradient mask hooks were switched off (or absent: checkpoints are loaded without hooks) "
@@ -211,7 +211,7 @@ def _gsnr_table(gsnr: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> tuple:
-    """A table block for :func:`gradmask.reporting.render_markdown` / ``render_html``: the
+    """A table block for :func:`gradmask.util.reporting.render_markdown` / ``render_html``: the
     first column left-aligned, the others right-aligned."""
     return ("table", header, rows, "l" + "r" * (len(header) - 1))
 

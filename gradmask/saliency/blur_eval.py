@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..data.augment import as_images
-from ..files import write_atomic
 from ..models import eval_mode, model_device
-from ..reporting import arm_colors, figure, save_figure
+from ..util.files import write_atomic
+from ..util.reporting import arm_colors, figure, save_figure
 from .blur import gaussian_blur
 from .evaluate import _batches, _jsonable
 from .localization import _per_image

@@ -29,10 +29,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from PIL import Image
 
+from ..data import class_mapping, load_dataset
 from ..data.folder import IMAGE_EXTENSIONS, decode_images, scan_image_folder
 
 __all__ = ["VOC_CLASSES", "BoxDataset", "BOX_DATASETS", "load_box_dataset", "register_box_dataset", "parse_voc_xml",
-           "read_voc2007", "read_xml_boxes", "scale_boxes", "voc_to_boxes"]
+           "match_box_classes", "read_voc2007", "read_xml_boxes", "scale_boxes", "voc_to_boxes"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -396,7 +397,6 @@ def register_box_dataset(name: str) -> Callable:
 
 @register_box_dataset("synthetic")
 def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
-    from ..data import load_dataset
     seed = kw.pop("seed", 0)  # the training engine's fixed synthetic data seed
     ds = load_dataset("synthetic", split=split, n=limit if limit is not None else 1000, seed=seed,
                       image_size=image_size if image_size is not None else 32, **kw)
@@ -405,7 +405,6 @@ def _synthetic(root=None, split="test", image_size=None, limit=None, **kw) -> Bo
 
 @register_box_dataset("cifar10-placed")
 def _placed(root=None, split="test", image_size=None, limit=None, **kw) -> BoxDataset:
-    from ..data import load_dataset
     if root is None:
         raise ValueError("dataset 'cifar10-placed' needs root=<the CIFAR-10 release: folder or archive>")
     seed = kw.pop("seed", 0)  # the training engine's fixed rendered-data seed
@@ -441,3 +440,15 @@ def load_box_dataset(name: str, root: Optional[PathLike] = None, split: Optional
     if split is not None:
         kw["split"] = split
     return BOX_DATASETS[name](root=root, image_size=image_size, limit=limit, **kw)
+
+
+def match_box_classes(data: BoxDataset, classes, model: str) -> BoxDataset:
+    """``data`` labelled by ``classes``, the model's training classes (matched by name, in any
+    order); a class of the data the model lacks is a ``ValueError`` naming both lists and ``model``."""
+    index, _ = class_mapping(list(data.classes), list(classes), f"box data {data.name} ({data.source or 'rendered'})",
+                             model)
+    if list(data.classes) == list(classes):
+        return data
+    to_model = torch.tensor(index + [-1], dtype=torch.int64)  # position -1 keeps an unknown object -1
+    return BoxDataset(data.images, to_model[data.labels], data.boxes, list(classes),
+                      [to_model[o] for o in data.object_labels], data.names, data.name, data.split, data.source)

@@ -19,18 +19,18 @@ import torch
 from torch import nn
 
 from ..data.augment import as_images
-from ..files import write_atomic
 from ..hooks import residual_blocks
 from ..models import eval_mode, model_device
-from ..reporting import SEQUENTIAL_CMAP, figure, save_figure
+from ..util.files import write_atomic
+from ..util.reporting import SEQUENTIAL_CMAP, figure, save_figure
 from . import gradcam, limap  # noqa: F401  (register "gradcam", "gradcam++", "limap")
 from .base import SALIENCY_METHODS, SaliencyMethod, unwrap_model
-from .localization import _per_image, localization_scores, saliency_boxes, select_images
+from .localization import _per_image, box_iou, localization_scores, saliency_boxes, select_images
 
 TRUTH_BOX = "white"        # the object's box on every panel
 PREDICTED_BOX = "#E69F00"  # the top pixels' box (Okabe-Ito orange), dashed
 
-__all__ = ["METHODS", "PAPER_TABLE3", "default_cam_layer", "evaluate_localization", "make_method",
+__all__ = ["METHODS", "PAPER_TABLE3", "check_classes", "default_cam_layer", "evaluate_localization", "make_method",
            "predict", "save_figure_grid", "write_localization_report"]
 
 #: The methods of Table 3 (the default set), by their registered names (SALIENCY_METHODS).
@@ -257,10 +257,9 @@ def save_figure_grid(path: Union[str, os.PathLike], images: torch.Tensor, boxes,
 
     The ground-truth box is drawn on every panel (white); on the map panels also the box of the
     map's top ``top_fraction`` pixels (orange, dashed) with its IoU in the title; maps in
-    :data:`~gradmask.reporting.SEQUENTIAL_CMAP` (perceptually uniform). ``images``
+    :data:`~gradmask.util.reporting.SEQUENTIAL_CMAP` (perceptually uniform). ``images``
     ``(M, 3, H, W)`` uint8 or [0, 1]; ``boxes`` ``(M, 4)`` or per-image lists; ``maps_by_method``
     name -> ``(M, H, W)``. Returns the path."""
-    from .localization import box_iou
 
     images = as_images(images, check_range=False).detach().cpu()
     m = len(images)
@@ -355,3 +354,12 @@ def write_localization_report(out_dir: Union[str, os.PathLike], results: dict, s
         paths["figure"] = Path(figure)
     write_atomic(paths["markdown"], "\n".join(lines))
     return paths
+
+
+def check_classes(model, data, where: str) -> None:
+    """ValueError unless ``model``'s logits cover the labels of ``data`` (a BoxDataset; ``where``: the model, named)."""
+    with torch.no_grad(), eval_mode(model):
+        classes = model(as_images(data.images[:1].to(model_device(model)), check_range=False)).shape[1]
+    if classes < data.num_classes:
+        raise ValueError(f"{where} has {classes} classes but the data has {data.num_classes} "
+                         f"({data.name}); evaluate it on the data it was trained for")

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import as_images
-from ..files import write_atomic
 from ..models import model_device
-from ..reporting import SEQUENTIAL_CMAP, arm_colors, figure, save_figure
+from ..util.files import write_atomic
+from ..util.reporting import SEQUENTIAL_CMAP, arm_colors, figure, save_figure
 from .base import unwrap_model
 from .evaluate import _fmt, _jsonable, predict
 

@@ -10,7 +10,7 @@ generator state; ``rank_states``: every process's ``{"rng", "loader"}`` under DD
 ``image_size``, the side of the training images, and ``classes``, the training split's class
 names in label order), ``history`` (the ``metrics.jsonl`` records so far), ``machine`` (the numerical setup of every
 stretch of training, :mod:`gradmask.train.machine`; absent in older checkpoints), ``train_seconds`` and
-``checksum`` (:func:`gradmask.files.digest` of everything else, verified on every read; a
+``checksum`` (:func:`gradmask.util.files.digest` of everything else, verified on every read; a
 checkpoint written before has none and is read unverified, with a warning).
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ..data.registry import DATASETS
-from ..files import load_torch, verify, with_checksum, write_atomic
 from ..models import create_model
+from ..util.files import load_torch, verify, with_checksum, write_atomic
 from .config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -74,7 +74,7 @@ def _checkpoint_path(path_or_run_dir: Union[str, os.PathLike]) -> Path:
 
 def read_checkpoint(path_or_run_dir: Union[str, os.PathLike], map_location="cpu") -> dict:
     """The checkpoint's dict (with its ``checksum``, verified). A truncated / corrupted file, one
-    whose content does not match its checksum (:class:`gradmask.files.ChecksumError`), one that
+    whose content does not match its checksum (:class:`gradmask.util.files.ChecksumError`), one that
     holds other objects than tensors and values, or one lacking keys raises ``ValueError`` naming
     the file."""
     path = _checkpoint_path(path_or_run_dir)

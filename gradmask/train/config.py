@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..data.registry import DATASETS, dataset_spec
-from ..device import is_device_name
 from ..models import list_models, model_groups
 from ..settings import DEFAULTS as MASK_DEFAULTS
 from ..settings import MASK_MODES, MODES, MaskSettings
+from ..util.device import is_device_name
+from .augment import augment_names
 from .inhibition import INHIBITION_SCHEDULES
-from .plugins import augment_names
 from .recipes import PAPER_CIFAR
 
 STEMS = ("cifar", "imagenet")
@@ -72,7 +72,7 @@ class TrainConfig:
     ``synthetic_clutter`` the synthetic data's distractors (strokes, blobs, patches, mid-frequency
     texture and pixel noise; :func:`gradmask.data.make_synthetic`): 1 the default, 0 none (the
     objects on the low-frequency colour-noise background only), the same in every evaluation of the run;
-    ``augment`` a name in ``gradmask.train.plugins.AUGMENTS`` ("crop-flip": random crop with
+    ``augment`` a name in ``gradmask.train.augment.AUGMENTS`` ("crop-flip": random crop with
     4-pixel padding + horizontal flip, ImageNet: random-resized-crop + flip; "none");
     ``num_workers`` decoding processes of the streamed ImageNet loader; ``image_size``
     (resizable datasets only) "folder": resize every image to ``image_size`` x ``image_size`` when

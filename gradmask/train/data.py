@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..data import (
+    SYNTHETIC_DATA_SEED,
     RandomCropFlip,
     TensorLoader,
     dataset_spec,
@@ -26,14 +27,14 @@ from ..data import (
     load_eval_split,
     make_imagenet_loader,
     match_classes,
+    render_options,
     subset_index,
     to_float,
 )
+from .augment import Augment
 from .config import TrainConfig
-from .plugins import Augment
 
 _CROP_PADDING = 4
-SYNTHETIC_DATA_SEED = 0  # the synthetic data set is fixed; ``seed`` varies the training only
 VALIDATION_SEED = 1  # the validation split is the same in every run (any seed, any variant)
 
 
@@ -125,13 +126,6 @@ def _channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
-
-
-def render_options(config: TrainConfig, dataset: Optional[str] = None) -> dict:
-    """``{field: value}``: the run's ``synthetic_<field>`` values that the reader of the rendered
-    ``dataset`` (default: the run's) takes besides ``n`` and ``seed`` (its spec's ``render_fields``;
-    synthetic: ``clutter``), so that every evaluation renders the images of the run's own data."""
-    return {f: getattr(config, f"synthetic_{f}") for f in dataset_spec(dataset or config.dataset).render_fields}
 
 
 def _small_splits(config: TrainConfig):
@@ -266,4 +260,4 @@ def _build_imagenet(config, augment, device, rank, world_size, batch, eval_batch
                    streamed=True, train_steps=steps, classes=tuple(train.dataset.classes))
 
 
-__all__ = ["RunData", "SYNTHETIC_DATA_SEED", "VALIDATION_SEED", "build_data", "render_options", "validation_split"]
+__all__ = ["RunData", "VALIDATION_SEED", "build_data", "validation_split"]

@@ -28,18 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..device import resolve_device
 from ..hooks import MaskHandle, attach
 from ..mask import GradientMask
-from ..metric_names import logged_scalars
-from ..progress import counted
+from ..util.device import resolve_device
+from ..util.metric_names import logged_scalars
+from ..util.progress import counted
+from .augment import build_augment
 from .checkpoint import FORMAT, build_model, load_model_state, save_checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .data import RunData, build_data
 from .distributed import DistContext, setup_distributed
 from .inhibition import build_inhibition_schedule
 from .machine import differences, machine_record, restore, settings
-from .plugins import build_augment, check_plugins, config_callbacks
+from .plugins import config_callbacks
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import TENSORBOARD, RunDir, claim
 from .schedule import build_scheduler
@@ -159,7 +160,6 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> dict:
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a gradmask.train.TrainConfig, got {type(config).__name__}")
-    check_plugins(config)
     if config.tensorboard:
         _summary_writer_class()
     requested = resolve_device(config.device)
@@ -520,7 +520,7 @@ def _checkpoint_state(ctx: TrainContext, model_args: dict, rank_states: list) ->
 
 
 def _log_tensorboard(writer, record: dict) -> None:
-    """One epoch's record under the logged names (:mod:`gradmask.metric_names`: ``train/loss``,
+    """One epoch's record under the logged names (:mod:`gradmask.util.metric_names`: ``train/loss``,
     ``gradmask/kept/<target>``, ...), at step = epoch."""
     for tag, value in logged_scalars(record).items():
         writer.add_scalar(tag, value, record["epoch"])

@@ -1,5 +1,5 @@
 """The run records a report trusts, checked: ``config.json``, ``final.json`` and every line of
-``metrics.jsonl`` carry their own checksum (:func:`gradmask.files.json_digest` of the record under
+``metrics.jsonl`` carry their own checksum (:func:`gradmask.util.files.json_digest` of the record under
 ``"checksum"``), and :func:`read_run` checks a run's records against each other and against the
 checkpoint they describe.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..files import CHECKSUM, json_digest, read_record, verify, warn_unverified, with_checksum
+from ..util.files import CHECKSUM, json_digest, read_record, verify, warn_unverified, with_checksum
 from .checkpoint import CHECKPOINT, checkpoint_summary
 
 CONFIG = "config.json"

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..files import write_atomic, write_csv, write_record
+from ..util.files import write_atomic, write_csv, write_record
 from . import records
 from .checkpoint import CHECKPOINT, read_checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig, config_differences
@@ -62,7 +62,7 @@ class RunDirInUse(ValueError):
 
 
 def _is_partial(name: str) -> bool:
-    """A temporary file of :func:`gradmask.files.write_atomic` (``.<name>.<random>.tmp``)."""
+    """A temporary file of :func:`gradmask.util.files.write_atomic` (``.<name>.<random>.tmp``)."""
     return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
 
 

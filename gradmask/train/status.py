@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..progress import counted, fmt_seconds
+from ..util.durations import format_duration
+from ..util.progress import counted
 from .rundir import CONFIG, METRICS_JSONL, RunDir, lock_owner
 
 FINISHED, TRAINING, STOPPED = "finished", "training", "stopped"
@@ -85,14 +86,14 @@ def status_text(root, runs: list[RunStatus], now: Optional[float] = None) -> str
         name = str(r.path.relative_to(root)) if r.path != Path(root) else r.path.name
         epochs = f"{r.epochs_done}/{r.epochs_planned if r.epochs_planned is not None else '?'}"
         acc = "-" if r.last_acc is None else f"{100 * r.last_acc:.2f}% {r.split}"
-        left = "-" if r.state == FINISHED else fmt_seconds(r.eta_seconds)
+        left = "-" if r.state == FINISHED else format_duration(r.eta_seconds, "clock")
         if r.state != FINISHED and r.eta_seconds is None and r.epochs_planned is not None:
             # no epoch of its own yet: the pace of the listed runs of the same length, marked as a guess
             pace = [o.epoch_seconds for o in runs if o.epoch_seconds and o.epochs_planned == r.epochs_planned]
             if pace:
-                left = "~" + fmt_seconds(statistics.median(pace) * (r.epochs_planned - r.epochs_done))
-        ago = "-" if r.updated is None else f"{fmt_seconds(now - r.updated)} ago"
-        rows.append((name, r.state, epochs, acc, fmt_seconds(r.epoch_seconds), left, ago))
+                left = "~" + format_duration(statistics.median(pace) * (r.epochs_planned - r.epochs_done), "clock")
+        ago = "-" if r.updated is None else f"{format_duration(now - r.updated, 'clock')} ago"
+        rows.append((name, r.state, epochs, acc, format_duration(r.epoch_seconds, "clock"), left, ago))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     count = {s: sum(r.state == s for r in runs) for s in (FINISHED, TRAINING, STOPPED)}

@@ -11,6 +11,7 @@ import torch
 
 from ...compare import read_tuning
 from ...data import PLACED
+from ...saliency.blur_eval import blurred_background_accuracy
 from ...train import load_checkpoint
 from .. import paper
 from ..presets import TRAINED_BOX_SETS, Plan
@@ -51,7 +52,6 @@ def run(plan: Plan, out, progress: bool = False, box_set: str = "synthetic") -> 
     """Accuracy with the background outside the boxes blurred, for each seed's ``box_set`` model
     (a box set reproduce trains on: synthetic, cifar10-placed) trained without (``none``) and with
     the LI background-blur augmentation (``li-blur``)."""
-    from ...saliency.blur_eval import blurred_background_accuracy
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = box_data(box_set, plan, ev.blur_images, run_path(out, box_set, "none", 0))

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ...compare import fmt_duration, read_tuning
+from ...compare import read_tuning
+from ...robustness.evalset import evaluation_loader
+from ...robustness.measure import measure
 from ...train import TrainConfig, load_checkpoint
+from ...util.durations import format_duration
 from .. import paper
 from ..presets import Plan
 from ..runs import run_path, runs_dir
@@ -43,9 +46,6 @@ class RobustnessResult:
 def run(plan: Plan, out, progress: bool = False) -> RobustnessResult:
     """Pruning (global and per-layer L1) and FGSM of each seed's ``none`` and ``lateral`` models
     on ``robustness_images`` test images of the robustness dataset (a fixed random subset)."""
-    from ...robustness import fgsm_curve, pruning_curve
-    from ...robustness.evalset import evaluation_loader
-
     ev, dataset, device = plan.preset.evaluation, plan.robustness, torch.device(plan.device)
     config = TrainConfig.from_dict(plan.training(dataset))
     loader, n, source = evaluation_loader(dataset, plan.data.get(dataset), "test", ev.robustness_images, config,
@@ -54,11 +54,11 @@ def run(plan: Plan, out, progress: bool = False) -> RobustnessResult:
     for seed in range(plan.seeds):
         models = {v: load_checkpoint(run_path(out, dataset, v, seed), map_location=device)[0]
                   for v in ("none", "lateral")}
-        pruning = {v: {scheme: [list(p) for p in pruning_curve(m, loader, ev.sparsities, scheme=scheme,
-                                                                 progress=progress)]
-                       for scheme in ("global", "layer")} for v, m in models.items()}
-        fgsm = fgsm_curve(models, loader, ev.epsilons, subset="joint", progress=progress).to_dict()
-        seeds[str(seed)] = {"pruning": pruning, "fgsm": fgsm}
+        measured = measure(models, loader, ev.sparsities, ev.epsilons, ("global", "layer"), subset="joint",
+                           progress=progress)
+        pruning = {v: {scheme: [list(p) for p in curve] for scheme, curve in curves.items()}
+                   for v, curves in measured.pruning.items()}
+        seeds[str(seed)] = {"pruning": pruning, "fgsm": measured.fgsm.to_dict()}
     return RobustnessResult(dataset, source, n, list(ev.sparsities), list(ev.epsilons), seeds)
 
 
@@ -68,7 +68,7 @@ def section(out: Path, state: dict) -> list[Section]:
         return []
     r = RobustnessResult(**rec["result"])
     setting = (f"{r.dataset} test images ({r.n_images}, fixed random subset), each seed's none and "
-               f"lateral models from Table 1/2's runs; wall time {fmt_duration(rec.get('wall_seconds'))}.")
+               f"lateral models from Table 1/2's runs; wall time {format_duration(rec.get('wall_seconds'), 'report')}.")
     s5 = Section(paper.FIGURE5)
     s5.blocks.append(("p", "Top-1 accuracy (%) after L1 pruning (`torch.nn.utils.prune`), mean ± std over seeds."))
     rows = []

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ...compare import read_tuning
+from ...robustness import plot_gsnr, read_gsnr
 from .. import paper
 from ..runs import FIGURES, runs_dir
 from ..sections import Section, finished_runs, finite, interval_text, mean_std, run_setting
@@ -17,7 +18,6 @@ from .base import Experiment
 
 
 def section(out: Path, state: dict, dataset: str) -> Optional[Section]:
-    from ...robustness import plot_gsnr, read_gsnr
     runs = finished_runs(out, dataset)
     records = {r.path: read_gsnr(r.path) for v in ("none", "lateral") for r in runs.get(v, [])}
     probed = {v: [r for r in runs.get(v, []) if records[r.path]] for v in ("none", "lateral")}

@@ -7,8 +7,12 @@ from typing import Optional
 
 import torch
 
-from ...compare import fmt_duration, read_tuning
+from ...compare import read_tuning
+from ...saliency import GradCAM, LIMap
+from ...saliency.evaluate import default_cam_layer
+from ...saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 from ...train import load_checkpoint
+from ...util.durations import format_duration
 from .. import paper
 from ..presets import Plan
 from ..runs import FIGURES, box_data, run_path, runs_dir
@@ -33,9 +37,6 @@ class SanityResult:
 
 def run(plan: Plan, out, progress: bool = False) -> SanityResult:
     """Cascading randomization of LI-Map and Grad-CAM on seed 0's ``lateral`` synthetic model."""
-    from ...saliency import GradCAM, LIMap
-    from ...saliency.evaluate import default_cam_layer
-    from ...saliency.sanity import cascading_randomization, plot_sanity, save_sanity_maps
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
     data = box_data("synthetic", plan, ev.sanity_images, run_path(out, "synthetic", "lateral", 0))
@@ -84,7 +85,7 @@ def section(out: Path, state: dict) -> Optional[Section]:
                       read_tuning(runs_dir(out, "synthetic")))
     s.finish(f"seed 0's lateral synthetic model, {r.n_images} synthetic test images, groups re-initialised "
              f"top-down per block, Grad-CAM on {r.gradcam_layer}; wall time "
-             f"{fmt_duration(rec.get('wall_seconds'))}.")
+             f"{format_duration(rec.get('wall_seconds'), 'report')}.")
     return s
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ...compare import arm_mechanisms, epoch_difference, mechanism_blocks, read_tuning, report_paths, tuning_blocks
-from ...reporting import ARM_COLORS, figure, save_figure
+from ...util.reporting import ARM_COLORS, figure, save_figure
 from .. import paper
 from ..runs import FIGURES, runs_dir
 from ..sections import (

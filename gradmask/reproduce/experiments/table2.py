@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from ...compare import read_tuning, run_dir
+from ...hooks import attach
+from ...mask import GradientMask
 from ...train import TrainConfig, load_checkpoint
 from ...train.checkpoint import read_checkpoint, trained_image_size
 from .. import paper
@@ -65,8 +67,6 @@ def training_cost(plan: Plan, out, rounds: int = COST_ROUNDS, steps: int = COST_
 
     import torch.nn.functional as F
 
-    from ...hooks import attach
-    from ...mask import GradientMask
 
     if rounds < 2 or steps < 1:
         raise ValueError(f"rounds must be >= 2 and steps >= 1, got {rounds} and {steps}")

@@ -7,9 +7,11 @@ from typing import Iterable, Optional
 
 import torch
 
-from ...compare import fmt_duration, read_tuning
-from ...reporting import evaluation_warnings
+from ...compare import read_tuning
+from ...saliency.evaluate import evaluate_localization, save_figure_grid
 from ...train import load_checkpoint
+from ...util.durations import format_duration
+from ...util.reporting import evaluation_warnings
 from .. import paper
 from ..presets import TRAINED_BOX_SETS, Plan
 from ..runs import FIGURES, box_data, run_path, runs_dir
@@ -56,7 +58,6 @@ def run(plan: Plan, out, box_set: str = "synthetic", progress: bool = False) -> 
     (and ``none``) model; per-image IoUs kept for paired comparisons. Synthetic and cifar10-placed
     boxes use their own runs; VOC 2007 / ImageNet boxes the ImageNet runs (VOC: the predicted class is
     explained and misclassified images are kept, as VOC labels are not ImageNet classes)."""
-    from ...saliency.evaluate import evaluate_localization, save_figure_grid
 
     ev, device = plan.preset.evaluation, torch.device(plan.device)
     dataset = box_set if box_set in TRAINED_BOX_SETS else "imagenet"
@@ -130,7 +131,7 @@ def section(out: Path, state: dict, box_sets: Iterable[str] = ("synthetic",)) ->
                         f"box covers at most half the image" + (", correctly classified" if box_set != "voc2007"
                                                                  else ", the predicted class explained") +
                         f"; mean ± std over seeds; paired interval over all (image, seed) pairs; wall time "
-                        f"{fmt_duration(rec.get('wall_seconds'))}.")
+                        f"{format_duration(rec.get('wall_seconds'), 'report')}.")
     if not settings:   # no box set measured yet
         return None
     models = {}   # the runs behind each box set that reproduce trains (synthetic's always named)

@@ -1,29 +1,28 @@
 """The ``gradmask`` command (the top layer): imports every command module (each registers its
-sub-commands in :data:`gradmask.commands.COMMANDS`) and dispatches."""
+sub-commands in :data:`gradmask.cli.options.COMMANDS`) and dispatches."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import traceback
 from typing import Optional
 
-from . import __version__
-from .commands import COMMANDS, HelpFormatter
+from .. import __version__
+from ..train.engine import TrainingDiverged
+from . import compare, mask_stats, reproduce, robustness, saliency, status, train
+from .options import COMMANDS, HelpFormatter
 
-# The modules that register sub-commands; a new command is one module plus one line here.
-COMMAND_MODULES = ("gradmask.train.cli", "gradmask.mask_stats", "gradmask.compare.cli", "gradmask.saliency.cli",
-                   "gradmask.robustness.cli", "gradmask.reproduce.cli", "gradmask.status")
+# The command modules in the order of ``gradmask --help``; a new command is one module plus its name here.
+COMMAND_MODULES = (train, mask_stats, compare, saliency, robustness, reproduce, status)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    for module in COMMAND_MODULES:
-        importlib.import_module(module)
+    order = {module.__name__: i for i, module in enumerate(COMMAND_MODULES)}
     parser = argparse.ArgumentParser(prog="gradmask",
                                      description="Gradient Mask: lateral inhibition in backpropagation")
     parser.add_argument("--version", action="version", version=f"gradmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for cmd in COMMANDS.values():
+    for cmd in sorted(COMMANDS.values(), key=lambda cmd: order[cmd.module]):
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, formatter_class=HelpFormatter)
         cmd.configure(p)
         p.set_defaults(run=cmd.run)
@@ -37,7 +36,6 @@ def expected_error(exc: BaseException) -> Optional[str]:
     permissions; with the file), a diverged training, an exception class that says it is one
     (``expected_failure = True``, e.g. Slurm jobs that failed, with their logs); also when one of these
     caused the exception (a run that failed in a worker process)."""
-    from .train.engine import TrainingDiverged
     seen = exc
     while seen is not None and not (isinstance(seen, (ValueError, OSError, TrainingDiverged))
                                     or getattr(seen, "expected_failure", False)):
@@ -69,6 +67,3 @@ def main(argv=None) -> int:
               f"{__version__}; please report it with the traceback above and the command you ran", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,12 +7,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .commands import add_mask_arguments, register
-from .hooks import attach
-from .mask import GradientMask
-from .models import create_model, model_groups
-from .settings import MaskSettings
-from .train.config import STEMS, TrainConfig
+from ..hooks import attach
+from ..mask import GradientMask
+from ..models import create_model, model_groups
+from ..settings import MaskSettings
+from ..train.config import STEMS, TrainConfig
+from .options import add_mask_arguments, register
 
 
 def _mask_stats_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .commands import register
-from .progress import fmt_seconds
-from .reproduce.store import read_state
-from .train.status import scan, status_text
+from ..reproduce.store import read_state
+from ..train.status import scan, status_text
+from ..util.durations import format_duration
+from .options import register
 
 
 def steps_text(root) -> str:
@@ -22,7 +22,7 @@ def steps_text(root) -> str:
     steps = state.get("steps") if isinstance(state, dict) else None
     if not isinstance(steps, dict):
         return ""
-    done = [f"{name} ({fmt_seconds(record.get('wall_seconds'))})" for name, record in steps.items()
+    done = [f"{name} ({format_duration(record.get('wall_seconds'), 'clock')})" for name, record in steps.items()
             if isinstance(record, dict)]
     return (f"reproduce --preset {state.get('preset', '?')}: {len(done)} step{'s' if len(done) != 1 else ''} "
             f"finished{': ' + ', '.join(done) if done else ''}\n")

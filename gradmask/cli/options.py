@@ -1,6 +1,6 @@
-"""The registry of ``gradmask`` sub-commands. It holds no commands: each command module registers
-itself with :func:`register` when imported, and :mod:`gradmask.cli` (the top layer) imports the
-list of command modules (``COMMAND_MODULES``) and builds the parser."""
+"""The registry of ``gradmask`` sub-commands and the options several commands share (mask, executor,
+device). It holds no commands: each command module registers itself with :func:`register` when
+imported, and :mod:`gradmask.cli` imports every command module and builds the parser."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .device import is_device_name
-from .settings import DEFAULTS, MASK_MODES, MaskSettings
+from ..compare.executor import EXECUTORS
+from ..compare.slurm import SlurmExecutor
+from ..settings import DEFAULTS, MASK_MODES, MaskSettings
+from ..util.device import is_device_name
 
 
 @dataclass
@@ -18,6 +20,7 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    module: str  # the command module that registered it
 
 
 COMMANDS: dict[str, Command] = {}
@@ -26,7 +29,7 @@ COMMANDS: dict[str, Command] = {}
 def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
     """Decorator: ``run(args)`` becomes ``gradmask NAME``, its options set by ``configure``."""
     def wrap(run):
-        COMMANDS[name] = Command(name, help, configure, run)
+        COMMANDS[name] = Command(name, help, configure, run, run.__module__)
         return run
     return wrap
 
@@ -147,7 +150,47 @@ def add_mask_arguments(parser: argparse.ArgumentParser, defaults: Any = None, su
 
 
 def device_argument(text: str) -> str:
-    """``--device``: auto, cpu, cuda or cuda:N (the form :func:`gradmask.device.resolve_device` takes)."""
+    """``--device``: auto, cpu, cuda or cuda:N (the form :func:`gradmask.util.device.resolve_device` takes)."""
     if is_device_name(text):
         return text
     raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def add_executor_arguments(parser) -> None:
+    """``--executor`` and the ``--slurm-*`` options of ``compare`` and ``reproduce``."""
+    group = parser.add_argument_group("executor (where the runs train; docs/slurm.md)")
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local: on this machine, --jobs at a time; slurm: each run a Slurm job "
+                            "(submitit, pip install 'gradmask[slurm]'), --jobs at a time")
+    show_default(group.add_argument("--slurm-partition", default=None, help="partition of the jobs"),
+                 "the cluster's")
+    group.add_argument("--slurm-time", default="24:00:00",
+                       help="time limit of one job, minutes or [D-]HH:MM:SS; a run that needs "
+                            "longer is requeued from its checkpoint (at most 3 times)")
+    group.add_argument("--slurm-nodes", type=int, default=1, help="nodes per run")
+    group.add_argument("--slurm-gpus-per-node", type=int, default=0, help="GPUs per node of a run")
+    show_default(group.add_argument("--slurm-tasks-per-node", type=int, default=None,
+                                    help="processes (DDP ranks) per node of a run"), "one per GPU, at least 1")
+    show_default(group.add_argument("--slurm-cpus-per-task", type=int, default=None,
+                                    help="CPUs per process, also its torch threads"), "the cluster's")
+    show_default(group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per node of a run, GB"),
+                 "the cluster's")
+    group.add_argument("--slurm-sbatch", action="append", default=[], metavar="--OPTION=VALUE",
+                       help="a further sbatch option, repeatable (e.g. --slurm-sbatch=--account=NAME)")
+
+
+def executor_from_args(args) -> "str | SlurmExecutor":
+    """``"local"`` or the :class:`SlurmExecutor` of the options; ``--slurm-*`` options without
+    ``--executor slurm`` are refused."""
+    slurm = {"partition": args.slurm_partition, "time": args.slurm_time, "nodes": args.slurm_nodes,
+             "gpus_per_node": args.slurm_gpus_per_node, "tasks_per_node": args.slurm_tasks_per_node,
+             "cpus_per_task": args.slurm_cpus_per_task, "mem_gb": args.slurm_mem_gb,
+             "sbatch_args": tuple(args.slurm_sbatch)}
+    if args.executor == "local":
+        defaults = {"partition": None, "time": "24:00:00", "nodes": 1, "gpus_per_node": 0, "tasks_per_node": None,
+                    "cpus_per_task": None, "mem_gb": None, "sbatch_args": ()}
+        given = [f"--slurm-{k.replace('_', '-')}" for k, v in slurm.items() if v != defaults[k]]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --executor slurm")
+        return "local"
+    return SlurmExecutor(**slurm)

@@ -6,14 +6,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..commands import device_argument, register, show_default
-from ..compare.cli import add_executor_arguments
-from ..compare.executor import executor_from_args
 from ..compare.jobs import check_jobs
 from ..compare.tuning import make_tuning, parse_tune
-from ..device import resolve_device
-from .presets import DATA_NAMES, PRESETS, make_plan, parse_data
-from .runner import reproduce
+from ..reproduce.presets import DATA_NAMES, PRESETS, make_plan, parse_data
+from ..reproduce.runner import reproduce
+from ..util.device import resolve_device
+from .options import add_executor_arguments, device_argument, executor_from_args, register, show_default
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

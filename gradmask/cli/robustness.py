@@ -24,15 +24,16 @@ from typing import Optional
 
 import torch
 
-from ..commands import register, show_default
 from ..data import dataset_spec
-from ..device import resolve_device
-from ..reporting import evaluation_warnings
-from .evalset import evaluation_loader
-from .fgsm import check_epsilons, fgsm_curve
-from .gsnr import gsnr, gsnr_summary
-from .pruning import SCHEMES, check_sparsities, pruning_curve
-from .report import write_report
+from ..robustness.evalset import evaluation_loader
+from ..robustness.fgsm import check_epsilons
+from ..robustness.measure import check_compatible, first_images, measure, measure_gsnr
+from ..robustness.pruning import SCHEMES, check_sparsities
+from ..robustness.report import write_report
+from ..train.checkpoint import load_trained
+from ..util.device import resolve_device
+from ..util.reporting import evaluation_warnings
+from .options import register, show_default
 
 DEFAULT_EPSILONS = "0,1,2,4,8"
 DEFAULT_SPARSITIES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
@@ -83,21 +84,6 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-# --------------------------------------------------------------------------------------- data
-
-def _first_images(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys, seen = [], [], 0
-    for x, y in loader:
-        xs.append(x[: n - seen])
-        ys.append(y[: n - seen])
-        seen += ys[-1].shape[0]
-        if seen >= n:
-            break
-    if not xs:
-        raise ValueError("the GSNR split yielded no images")
-    return torch.cat(xs), torch.cat(ys)
-
-
 # --------------------------------------------------------------------------------------- models
 
 def _checkpoint_file(run: str) -> Path:
@@ -124,37 +110,6 @@ def _architecture(model: torch.nn.Module) -> list[tuple[str, tuple]]:
     return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
 
-def _check_compatible(loaded: list[dict], dataset: str, explicit_data: bool) -> None:
-    first = loaded[0]
-    for other in loaded[1:]:
-        a, b = first["config"], other["config"]
-        if a.model != b.model or first["arch"] != other["arch"]:
-            what = (f"{a.model!r} vs {b.model!r}" if a.model != b.model else
-                    f"{a.model!r} with different layer shapes (stem / width)")
-            raise ValueError(f"runs {first['path']} and {other['path']} have different architectures ({what}); "
-                             f"robustness compares models of one architecture on one shared evaluation set: "
-                             f"run the command separately for each architecture")
-        if first["num_classes"] != other["num_classes"]:
-            raise ValueError(f"runs {first['path']} and {other['path']} predict different numbers of classes "
-                             f"({first['num_classes']} vs {other['num_classes']}): they cannot share an "
-                             f"evaluation set")
-        if not explicit_data and (a.dataset, a.data) != (b.dataset, b.data):
-            raise ValueError(f"runs {first['path']} and {other['path']} were trained on different data "
-                             f"({a.dataset} {a.data or ''} vs {b.dataset} {b.data or ''}); pass --data / --dataset "
-                             f"to evaluate all of them on one set")
-        if "clutter" in dataset_spec(dataset).render_fields and a.synthetic_clutter != b.synthetic_clutter:
-            raise ValueError(f"runs {first['path']} and {other['path']} were trained on synthetic data of different "
-                             f"clutter ({a.synthetic_clutter} vs {b.synthetic_clutter}); the evaluation set is "
-                             f"rendered with the first run's: evaluate them separately")
-
-
-def _gradient_mask(config):
-    from ..mask import GradientMask
-    if config.mask == "none":
-        return None, None, 2
-    targets = list(config.targets) if config.targets else None
-    return GradientMask.from_settings(config.mask_settings), targets, config.skip_last
-
 
 def _evaluation_size(args: argparse.Namespace, loaded: list[dict]):
     """The side the images are evaluated at, passed to the loader (None: the data's own side,
@@ -179,10 +134,9 @@ def _evaluation_size(args: argparse.Namespace, loaded: list[dict]):
 
 # --------------------------------------------------------------------------------------- command
 
-def measure(args: argparse.Namespace) -> dict:
-    """Load the runs, measure, return the results dict :func:`write_report` takes."""
-    from ..train.checkpoint import load_trained  # inside: the command module imports without the engine
-
+def measure_runs(args: argparse.Namespace) -> dict:
+    """Load the runs, measure (:mod:`gradmask.robustness.measure`), return the results dict
+    :func:`write_report` takes."""
     epsilons = check_epsilons(_numbers(args.epsilons, "--epsilons"))
     sparsities = check_sparsities(_numbers(args.sparsities, "--sparsities"))
     schemes = [s.strip() for s in str(args.schemes).split(",") if s.strip()]
@@ -226,11 +180,11 @@ def measure(args: argparse.Namespace) -> dict:
     print(f"loading the {dataset} test images ...", file=sys.stderr)
     loader, n_eval, source = evaluation_loader(dataset, root, "test", args.test_limit, config, args.batch_size, device,
                                                classes, image_size, model)
-    first_x, first_y = _first_images(loader, 1)
+    first_x, first_y = first_images(loader, 1)
     for entry in loaded:
         with torch.no_grad():
             entry["num_classes"] = int(entry["model"].eval()(first_x.to(device)).shape[1])
-    _check_compatible(loaded, dataset, explicit_data=bool(args.data or args.dataset))
+    check_compatible(loaded, dataset, explicit_data=bool(args.data or args.dataset))
     labels = getattr(loader, "labels", None)
     if labels is not None and labels.numel() and int(labels.max()) >= loaded[0]["num_classes"]:
         raise ValueError(f"the {dataset} images have labels up to {int(labels.max())} but the models predict "
@@ -254,18 +208,13 @@ def measure(args: argparse.Namespace) -> dict:
                                                           "switched off during attacks and evaluation"},
         "pruning": {}, "fgsm": None, "gsnr": {},
     }
-    for e in loaded:
-        results["pruning"][e["name"]] = {}
-        for scheme in schemes:
-            print(f"pruning {e['name']} ({scheme}) ...", file=sys.stderr)
-            curve = pruning_curve(e["model"], loader, sparsities, scheme=scheme, recalibrate_bn=recal,
-                                  progress=progress)
-            results["pruning"][e["name"]][scheme] = curve.to_dict()
-    print("FGSM ...", file=sys.stderr)
-    with warnings.catch_warnings():  # its "no image to attack" is printed once, by the command
+    with warnings.catch_warnings():  # FGSM's "no image to attack" is printed once, by the command
         warnings.filterwarnings("ignore", message="fgsm_curve: ", category=RuntimeWarning)
-        curve = fgsm_curve(models, loader, epsilons, subset=args.subset, progress=progress)
-    results["fgsm"] = curve.to_dict()
+        measured = measure(models, loader, sparsities, epsilons, schemes, subset=args.subset, recalibrate_bn=recal,
+                           progress=progress, log=_say)
+    results["pruning"] = {name: {scheme: c.to_dict() for scheme, c in curves.items()}
+                          for name, curves in measured.pruning.items()}
+    results["fgsm"] = measured.fgsm.to_dict()
     results["warnings"] = [w for name, c in results["pruning"].items() for w in evaluation_warnings(
         _clean_accuracy(c), loaded[0]["num_classes"], labels.tolist() if labels is not None else (),
         what=f"model {name}")]
@@ -273,16 +222,15 @@ def measure(args: argparse.Namespace) -> dict:
     if args.gsnr_samples:
         g_loader, _, _ = evaluation_loader(dataset, root, args.gsnr_split, args.gsnr_samples, config,
                                            args.batch_size, device, classes, image_size, model)
-        images, labels = _first_images(g_loader, args.gsnr_samples)
-        for e in loaded:
-            gm, targets, skip_last = _gradient_mask(e["config"]) if args.gsnr_mask == "run" else (None, None, 2)
-            print(f"GSNR {e['name']} ({images.shape[0]} samples{', masked' if gm else ''}) ...", file=sys.stderr)
-            r = gsnr(e["model"], None, images, labels, chunk_size=args.gsnr_chunk,
-                     params=None if args.gsnr_params == "all" else "conv", gradient_mask=gm,
-                     mask_targets=targets, skip_last=skip_last, progress=progress)
-            results["gsnr"][e["name"]] = {"summary": gsnr_summary(r), "n_samples": r.n_samples, "masked": r.masked,
-                                          "split": args.gsnr_split, "eps": r.eps, "ddof": r.ddof}
+        images, labels = first_images(g_loader, args.gsnr_samples)
+        results["gsnr"] = measure_gsnr({e["name"]: (e["model"], e["config"]) for e in loaded}, images, labels,
+                                       args.gsnr_mask == "run", args.gsnr_params, args.gsnr_chunk, args.gsnr_split,
+                                       progress=progress, log=_say)
     return results
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _clean_accuracy(curves: dict) -> Optional[float]:
@@ -298,7 +246,7 @@ def _default_out(runs: list[str]) -> Path:
 @register("robustness", "pruning, FGSM and GSNR of trained runs on one evaluation set: Markdown/HTML report",
           _configure)
 def robustness_command(args: argparse.Namespace) -> int:
-    results = measure(args)
+    results = measure_runs(args)
     out = Path(args.out) if args.out else _default_out(args.runs)
     paths = write_report(results, out)
     fgsm = results["fgsm"]
@@ -321,4 +269,4 @@ def robustness_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["measure", "robustness_command"]
+__all__ = ["measure_runs", "robustness_command"]

@@ -4,7 +4,7 @@ elapsed time and an ETA.
 On a terminal a tqdm bar (each run's epoch bar, drawn by the engine, sits beneath it); otherwise one
 plain line per finished run through ``log``, never a carriage return, so a redirected log stays
 readable. The ETA is the mean time of the runs trained so far times the runs left (runs that were
-finished before, which return at once, do not count towards it). A leaf module.
+finished before, which return at once, do not count towards it).
 """
 from __future__ import annotations
 
@@ -15,17 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-
-def fmt_seconds(seconds: Optional[float]) -> str:
-    """``"1h02m"``, ``"4m05s"``, ``"12s"``; ``"?"`` for None."""
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+from .durations import format_duration
 
 
 def counted(n: int, noun: str, plural: Optional[str] = None) -> str:
@@ -65,7 +55,8 @@ class RunProgress:
         return sum(self.trained) / len(self.trained) * math.ceil((self.total - self.done) / self.jobs)
 
     def _times(self) -> str:
-        return f"elapsed {fmt_seconds(self.clock() - self.start)}, ETA {fmt_seconds(self.eta())}"
+        elapsed = format_duration(self.clock() - self.start, "clock")
+        return f"elapsed {elapsed}, ETA {format_duration(self.eta(), 'clock')}"
 
     def finished(self, name: str, seconds: float, trained: bool) -> None:
         """Record one finished run (``trained``: it trained now, rather than having finished before);
@@ -81,7 +72,7 @@ class RunProgress:
             self._bar.set_postfix_str(self._times(), refresh=False)
             self._bar.update(1)
         else:
-            status = f"trained in {fmt_seconds(seconds)}" if trained else "finished earlier"
+            status = f"trained in {format_duration(seconds, 'clock')}" if trained else "finished earlier"
             self.log(f"runs {self.done}/{self.total}: {name} {status}; {self._times()}")
 
     def skipped(self, runs: int) -> None:
@@ -119,4 +110,4 @@ class RunProgress:
             self._bar = None
 
 
-__all__ = ["RunProgress", "counted", "fmt_seconds"]
+__all__ = ["RunProgress", "counted"]

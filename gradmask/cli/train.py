@@ -2,7 +2,7 @@
 
 One option per ``TrainConfig`` field, its help ending with the field's default; options left out
 keep the preset's value (``--preset``), else the ``TrainConfig`` default. The mask options are the
-shared ones of :func:`gradmask.commands.add_mask_arguments` (generated from ``MaskSettings``). Under
+shared ones of :func:`gradmask.cli.options.add_mask_arguments` (generated from ``MaskSettings``). Under
 ``torchrun --nproc_per_node=N -m gradmask train ...`` every process runs it (DDP).
 """
 from __future__ import annotations
@@ -11,10 +11,8 @@ import argparse
 import sys
 from typing import Optional
 
-from ..commands import add_mask_arguments, device_argument, register, show_default
-from ..robustness import gsnr_callback  # noqa: F401  (registers the GSNR probe of --gsnr-every)
-from ..saliency import li_blur_augment  # noqa: F401  (registers --augment li-blur)
-from .config import (
+from ..train.augment import augment_names
+from ..train.config import (
     AMP_MODES,
     DATASETS,
     FLAT_FIELDS,
@@ -25,9 +23,10 @@ from .config import (
     TrainConfig,
     field_type,
 )
-from .distributed import is_main_process
-from .inhibition import INHIBITION_SCHEDULES
-from .plugins import augment_names
+from ..train.distributed import is_main_process
+from ..train.engine import train
+from ..train.inhibition import INHIBITION_SCHEDULES
+from .options import add_mask_arguments, device_argument, register, show_default
 
 _DEFAULTS = {**TrainConfig().to_dict(), "groups": None}  # flat; groups: the model's
 
@@ -149,7 +148,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 @register("train", "train a model with or without the gradient mask (metrics, checkpoints, resume, DDP)",
           add_train_arguments)
 def train_command(args: argparse.Namespace) -> int:
-    from .engine import train
     config = config_from_args(args)
     final = train(config)
     if is_main_process():

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ..commands import register, show_default
-from ..device import resolve_device
-from ..reporting import evaluation_warnings
-from . import boxes as _boxes
-from .base import SALIENCY_METHODS
-from .blur_eval import blurred_background_accuracy, write_blur_report
-from .evaluate import (
+from ..saliency import boxes as _boxes
+from ..saliency.base import SALIENCY_METHODS
+from ..saliency.blur_eval import blurred_background_accuracy, write_blur_report
+from ..saliency.boxes import match_box_classes
+from ..saliency.evaluate import (
     METHODS,
+    check_classes,
     default_cam_layer,
     evaluate_localization,
     make_method,
@@ -34,7 +33,11 @@ from .evaluate import (
     save_figure_grid,
     write_localization_report,
 )
-from .sanity import cascading_randomization, save_sanity_maps, write_sanity_report
+from ..saliency.sanity import cascading_randomization, save_sanity_maps, write_sanity_report
+from ..train.checkpoint import load_trained
+from ..util.device import resolve_device
+from ..util.reporting import evaluation_warnings
+from .options import register, show_default
 
 
 # ------------------------------------------------------------------------------ shared
@@ -125,20 +128,6 @@ def _image_size(args: argparse.Namespace, trained: list) -> int:
     return side
 
 
-def match_box_classes(data: "_boxes.BoxDataset", classes, model: str) -> "_boxes.BoxDataset":
-    """``data`` labelled by ``classes``, the model's training classes (matched by name, in any
-    order); a class of the data the model lacks is a ``ValueError`` naming both lists and ``model``."""
-    from ..data import class_mapping
-    index, _ = class_mapping(list(data.classes), list(classes), f"box data {data.name} ({data.source or 'rendered'})",
-                             model)
-    if list(data.classes) == list(classes):
-        return data
-    to_model = torch.tensor(index + [-1], dtype=torch.int64)  # position -1 keeps an unknown object -1
-    return _boxes.BoxDataset(data.images, to_model[data.labels], data.boxes, list(classes),
-                             [to_model[o] for o in data.object_labels], data.names, data.name, data.split,
-                             data.source)
-
-
 def _synthetic_clutter(args: argparse.Namespace, trained: list) -> float:
     """The synthetic images' clutter: ``--synthetic-clutter``, else the one the models were trained
     with (their configs' ``synthetic_clutter``; they must agree)."""
@@ -177,19 +166,7 @@ def _load_data(args: argparse.Namespace, trained: list) -> tuple[str, "_boxes.Bo
 
 def _load_model(path: str, device: torch.device):
     """The :class:`~gradmask.train.checkpoint.TrainedModel` of a run directory or checkpoint."""
-    from ..train.checkpoint import load_trained  # imported here: the saliency package works without it
     return load_trained(path, map_location=device)
-
-
-def _check_classes(model, data, where: str) -> None:
-    """The model's logits must cover the data's labels."""
-    from ..data.augment import as_images
-    from ..models import eval_mode, model_device
-    with torch.no_grad(), eval_mode(model):
-        classes = model(as_images(data.images[:1].to(model_device(model)), check_range=False)).shape[1]
-    if classes < data.num_classes:
-        raise ValueError(f"{where} has {classes} classes but the data has {data.num_classes} "
-                         f"({data.name}); evaluate it on the data it was trained for")
 
 
 def _run_dir(path: str) -> Path:
@@ -235,7 +212,7 @@ def saliency_command(args: argparse.Namespace) -> int:
     trained = _load_model(args.checkpoint, device)
     model, config = trained.model, trained.config
     name, data = _load_data(args, [trained])
-    _check_classes(model, data, args.checkpoint)
+    check_classes(model, data, args.checkpoint)
     out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "saliency"
     results = evaluate_localization(model, data.images, data.labels, data.boxes, methods=methods,
                                     top_fraction=args.top_fraction, single_object=not args.multi_object,
@@ -352,7 +329,7 @@ def blur_eval_command(args: argparse.Namespace) -> int:
     name, data = _load_data(args, trained)
     curves, models = {}, {}
     for label, run, t in zip(labels, args.runs, trained):
-        _check_classes(t.model, data, run)
+        check_classes(t.model, data, run)
         curves[label] = blurred_background_accuracy(t.model, data.images, data.labels, data.boxes, sigmas,
                                                     batch_size=args.batch_size, progress=sys.stderr.isatty())
         models[label] = f"{t.config.model}, mask {t.config.mask}"

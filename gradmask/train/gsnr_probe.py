@@ -1,14 +1,11 @@
-"""``TrainConfig(gsnr_every=K)``: the GSNR probe (Figure 7) as a training callback, registered with
-the engine when this module is imported (the engine does not import robustness)."""
+"""``TrainConfig(gsnr_every=K)``: the GSNR probe (Figure 7) as a training callback."""
 from __future__ import annotations
 
-from ..train.config import TrainConfig
-from ..train.data import RunData, random_subset
-from ..train.plugins import register_config_callback
-from .gsnr import GSNRProbe
+from ..robustness.gsnr import GSNRProbe
+from .config import TrainConfig
+from .data import RunData, random_subset
 
 
-@register_config_callback("gsnr_every")
 def gsnr_probe(config: TrainConfig, data: RunData) -> GSNRProbe:
     """A GSNRProbe on a fixed probe set: ``gsnr_samples`` training images, un-augmented, drawn with
     the fixed seed of :func:`gradmask.data.subset_index` (the same in every run; files are stored
@@ -17,3 +14,6 @@ def gsnr_probe(config: TrainConfig, data: RunData) -> GSNRProbe:
         raise ValueError("gsnr_every needs an in-memory dataset (not the streamed ImageNet loader)")
     images, labels = random_subset(data.train.images, data.train.labels, config.gsnr_samples)
     return GSNRProbe(images, labels, every=config.gsnr_every)
+
+
+__all__ = ["gsnr_probe"]

@@ -1,7 +1,7 @@
 """``gradmask compare``: train mask variants x seeds with the training flags, then write the report.
 
-The training flags and the TrainConfig they build come from the training engine's CLI module
-(``gradmask.train.cli.add_train_arguments(parser)`` / ``config_from_args(args)``), so ``compare`` takes
+The training flags and the TrainConfig they build come from ``gradmask train``'s command module
+(``gradmask.cli.train.add_train_arguments(parser)`` / ``config_from_args(args)``), so ``compare`` takes
 exactly the options ``gradmask train`` takes, except ``--mask`` / ``--seed`` (replaced by ``--variants``,
 ``--seeds``, ``--seed-offset``) and ``--out`` (the comparison folder).
 """
@@ -11,38 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..commands import register, show_default
-from ..progress import RunProgress
-from ..train import cli as _train_cli
+from ..compare.executor import open_trainer
+from ..compare.jobs import check_jobs
+from ..compare.report import VARIANTS, report_paths, summary_text, write_report
+from ..compare.runner import check_seeds, check_variants, compare
+from ..compare.tuning import DEFAULT_VAL_FRACTION, grid_points, make_tuning, parse_tune
 from ..train.rundir import take_folder
-from .executor import EXECUTORS, executor_from_args, open_trainer
-from .jobs import check_jobs
-from .report import VARIANTS, report_paths, summary_text, write_report
-from .runner import check_seeds, check_variants, compare
-from .tuning import DEFAULT_VAL_FRACTION, grid_points, make_tuning, parse_tune
-
-
-def add_executor_arguments(parser) -> None:
-    """``--executor`` and the ``--slurm-*`` options of ``compare`` and ``reproduce``."""
-    group = parser.add_argument_group("executor (where the runs train; docs/slurm.md)")
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: on this machine, --jobs at a time; slurm: each run a Slurm job "
-                            "(submitit, pip install 'gradmask[slurm]'), --jobs at a time")
-    show_default(group.add_argument("--slurm-partition", default=None, help="partition of the jobs"),
-                 "the cluster's")
-    group.add_argument("--slurm-time", default="24:00:00",
-                       help="time limit of one job, minutes or [D-]HH:MM:SS; a run that needs "
-                            "longer is requeued from its checkpoint (at most 3 times)")
-    group.add_argument("--slurm-nodes", type=int, default=1, help="nodes per run")
-    group.add_argument("--slurm-gpus-per-node", type=int, default=0, help="GPUs per node of a run")
-    show_default(group.add_argument("--slurm-tasks-per-node", type=int, default=None,
-                                    help="processes (DDP ranks) per node of a run"), "one per GPU, at least 1")
-    show_default(group.add_argument("--slurm-cpus-per-task", type=int, default=None,
-                                    help="CPUs per process, also its torch threads"), "the cluster's")
-    show_default(group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per node of a run, GB"),
-                 "the cluster's")
-    group.add_argument("--slurm-sbatch", action="append", default=[], metavar="--OPTION=VALUE",
-                       help="a further sbatch option, repeatable (e.g. --slurm-sbatch=--account=NAME)")
+from ..util.progress import RunProgress
+from . import train as _train_cli
+from .options import add_executor_arguments, executor_from_args, register, show_default
 
 
 class _Replaced(argparse.Action):
