@@ -91,7 +91,17 @@ def test_the_first_failure_stops_the_runs_not_yet_started():
     assert len(calls) < 20
 
 
-def test_a_run_failing_in_a_worker_process_is_named(tmp_path):
+@pytest.fixture
+def own_augments():
+    """The augmentations a test registers are gone after it (the registry is the process's)."""
+    from gradmask.train.augment import AUGMENTS
+    before = dict(AUGMENTS)
+    yield
+    AUGMENTS.clear()
+    AUGMENTS.update(before)
+
+
+def test_a_run_failing_in_a_worker_process_is_named(tmp_path, own_augments):
     # a plug-in registered only in this process does not exist in a fresh worker
     from gradmask.train.plugins import Augment, register_augment
     register_augment("only-here")(lambda config: Augment(crop_flip=False))
@@ -112,9 +122,9 @@ def register_user_augment() -> None:
     register_augment("user-augment")(_user_augment)
 
 
-def test_a_user_plugin_reaches_the_worker_processes_through_setup(tmp_path):
+def test_a_user_plugin_reaches_the_worker_processes_through_setup(tmp_path, own_augments):
     register_user_augment()
-    config = TrainConfig(**{**TINY, "augment": "user-augment"})
+    config = TrainConfig.from_dict({**TINY, "augment": "user-augment"})
     dirs = compare(config, ("none",), seeds=2, out=tmp_path, jobs=2, setup=register_user_augment, log=None)
     assert [d.name for d in dirs] == ["none-seed0", "none-seed1"]
     for d in dirs:

@@ -49,17 +49,23 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_the_engine_registers_its_augmentations_and_the_gsnr_probe_itself():
-    """li-blur and the GSNR probe are the engine's own (train.augment, train.gsnr_probe): a config
-    naming one trains without importing anything else; an unknown name is refused naming the known."""
-    import pytest
-
-    from gradmask.train import TrainConfig, augment, gsnr_probe, plugins
-    assert augment.AUGMENTS["li-blur"] is augment.li_blur and plugins.AUGMENTS is augment.AUGMENTS
-    assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_probe.gsnr_probe
-    assert augment.augment_names() == ["crop-flip", "li-blur", "none"]
-    TrainConfig(augment="li-blur").validate()  # a stored config naming it validates
-    with pytest.raises(ValueError, match=r"augment must be one of \['crop-flip', 'li-blur', 'none'\], got 'no-such'"):
-        TrainConfig(augment="no-such").validate()
+    """li-blur and the GSNR probe are the engine's own (train.augment, train.gsnr_probe): in a fresh
+    interpreter (no test's plug-ins), a config naming one trains without importing anything else; an
+    unknown name is refused naming the known."""
+    code = """
+from gradmask.train import TrainConfig, augment, gsnr_probe, plugins
+assert augment.AUGMENTS["li-blur"] is augment.li_blur and plugins.AUGMENTS is augment.AUGMENTS
+assert plugins.CONFIG_CALLBACKS["gsnr_every"] is gsnr_probe.gsnr_probe
+assert augment.augment_names() == ["crop-flip", "li-blur", "none"], augment.augment_names()
+TrainConfig(augment="li-blur").validate()  # a stored config naming it validates
+try:
+    TrainConfig(augment="no-such")
+except ValueError as e:
+    print(e)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "augment must be one of ['crop-flip', 'li-blur', 'none'], got 'no-such'" in done.stdout
 
 
 def test_all_lists_the_core_and_every_lazy_name():
